@@ -1,0 +1,1 @@
+"""Datasets: registry, sources (CoOp root, TFDS, folders, built-ins), few-shot sampling."""

@@ -1,0 +1,68 @@
+"""Nested, deterministic few-shot sampling.
+
+For a (pool, seed) every class's members are put in one fixed random order,
+drawn from ``SeedSequence([seed, class_index])``; the k-shot set is the first
+k of that order. Hence k-shot ⊂ 2k-shot, and the answer depends only on the
+labels, the seed and the class, never on call order or on how many shots
+anyone else asked for (big_vision ``fewshot_lsr``: permute, take ``[:k]``).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from jaxclip_fs.errors import DataError
+
+
+def class_order(labels: np.ndarray, class_index: int, seed: int) -> np.ndarray:
+    """The fixed random order of the members of one class (indices into ``labels``)."""
+    members = np.flatnonzero(np.asarray(labels) == class_index)
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(class_index)])))
+    return members[rng.permutation(members.size)]
+
+
+def nested_fewshot(
+    labels: np.ndarray,
+    num_classes: int,
+    shots: int,
+    seed: int,
+    classnames: Sequence[str] | None = None,
+    what: str = "train",
+) -> np.ndarray:
+    """Per-class few-shot indices, nested in their column order.
+
+    Args:
+      labels: int [N] class of every pool item.
+      num_classes: C.
+      shots: K, items per class.
+      seed: sampling seed.
+      classnames: used only to name a class in errors.
+      what: the split's name, for errors.
+
+    Returns:
+      int [C, K] indices into ``labels``; ``out[:, :k]`` is the k-shot set
+      for every k ≤ K.
+
+    Raises:
+      DataError: a class has fewer than K items (names the class).
+    """
+    if shots < 1:
+        raise DataError(f"shots must be >= 1, got {shots}")
+    labels = np.asarray(labels)
+    out = np.empty((num_classes, shots), dtype=np.int64)
+    for c in range(num_classes):
+        order = class_order(labels, c, seed)
+        if order.size < shots:
+            name = classnames[c] if classnames is not None else str(c)
+            raise DataError(
+                f"class '{name}' (index {c}) has {order.size} {what} images; {shots} shots asked"
+            )
+        out[c] = order[:shots]
+    return out
+
+
+def capped_val_shots(shots: int, cap: int = 4) -> int:
+    """CoOp's few-shot validation size: ``min(shots, cap)`` per class."""
+    return min(int(shots), int(cap))

@@ -1,0 +1,27 @@
+"""User-facing errors.
+
+Every error a user can cause (bad file, bad key, bad argument, missing
+weights) is raised as a :class:`JaxclipError` subclass whose message is a
+single line naming the file, key or argument. The CLI prints it as
+``error: <message>`` and exits with status 2, never with a traceback.
+"""
+
+
+class JaxclipError(Exception):
+    """Base class: a one-line, user-facing message."""
+
+
+class FeatureFileError(JaxclipError):
+    """A feature file (.npz) is missing a key or has a bad shape/dtype/value."""
+
+
+class CheckpointError(JaxclipError):
+    """A checkpoint cannot be found, read, or does not match the variant."""
+
+
+class DataError(JaxclipError):
+    """A dataset, split file, image or few-shot request is unusable."""
+
+
+class ConfigError(JaxclipError):
+    """A bad method name, hyperparameter name/value or CLI argument."""

@@ -1,0 +1,209 @@
+"""The feature file: the bring-your-own-features and export format.
+
+An ``.npz`` with these keys (DESIGN.md, "Contracts"):
+
+=============== ============== =================================================
+key             dtype / shape  meaning
+=============== ============== =================================================
+``text``        float32 [C, D] L2-normalised class embeddings (zero-shot classifier)
+``train``       float32 [V,N,D] training-pool image features, one row per view;
+                               view 0 un-augmented, views 1.. augmented
+``train_labels`` int [N]       class index of each training image
+``val``         float32 [M, D] validation image features
+``val_labels``  int [M]
+``test``        float32 [T, D] test image features
+``test_labels`` int [T]
+``classnames``  str [C]
+``logit_scale`` float, optional exp(logit_scale) of CLIP; default 100
+``meta``        str, optional  JSON provenance (backbone, weights, dataset, ...)
+``fewshot_seeds`` int [S], optional  seeds whose few-shot sets the pool holds
+``fewshot_index`` int [S,C,K], optional  per seed and class, rows of ``train``
+                               in nested order: ``[s, :, :k]`` is seed s's k-shot set
+=============== ============== =================================================
+
+When the pool was extracted for given seeds and shots (``extract --shots 16
+--seeds 1,2,3``) the ``fewshot_*`` keys record which pool rows form each
+seed's sets, so ``evaluate --shots 4 --seed 2`` uses exactly the images the
+dataset's sampler chose. Without them the sampler runs on the pool itself.
+
+Image features are stored as the encoder outputs them (or L2-normalised by the
+user); each method normalises as its paper's code does. Every problem is
+reported as one :class:`~jaxclip_fs.errors.FeatureFileError` line naming the
+file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import zipfile
+from typing import Any, Mapping
+
+import numpy as np
+
+from jaxclip_fs.errors import FeatureFileError
+from jaxclip_fs.io import atomic
+
+DEFAULT_LOGIT_SCALE = 100.0
+REQUIRED_KEYS = (
+    "text", "train", "train_labels", "val", "val_labels", "test", "test_labels", "classnames",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSet:
+    """In-memory form of a feature file (see module docstring for the keys)."""
+
+    text: np.ndarray
+    train: np.ndarray
+    train_labels: np.ndarray
+    val: np.ndarray
+    val_labels: np.ndarray
+    test: np.ndarray
+    test_labels: np.ndarray
+    classnames: tuple[str, ...]
+    logit_scale: float = DEFAULT_LOGIT_SCALE
+    meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    fewshot: Mapping[int, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.text.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.text.shape[1])
+
+    @property
+    def num_views(self) -> int:
+        return int(self.train.shape[0])
+
+
+def validate(fs: FeatureSet, source: str = "features") -> FeatureSet:
+    """Checks shapes, dtypes, finiteness and label ranges; returns ``fs``.
+
+    Raises:
+      FeatureFileError: one line, ``"<source>: key '<k>' ..."``.
+    """
+
+    def fail(key: str, msg: str) -> None:
+        raise FeatureFileError(f"{source}: key '{key}' {msg}")
+
+    for key in ("text", "train", "val", "test"):
+        arr = getattr(fs, key)
+        if not isinstance(arr, np.ndarray) or not np.issubdtype(arr.dtype, np.floating):
+            fail(key, f"must be a float array, got {getattr(arr, 'dtype', type(arr).__name__)}")
+    if fs.text.ndim != 2:
+        fail("text", f"must have shape [C, D], got {list(fs.text.shape)}")
+    num_classes, dim = fs.text.shape
+    if num_classes < 2:
+        fail("text", f"needs at least 2 classes, got {num_classes}")
+    if fs.train.ndim != 3 or fs.train.shape[2] != dim or fs.train.shape[0] < 1:
+        fail("train", f"must have shape [V, N, {dim}] with V >= 1, got {list(fs.train.shape)}")
+    for key in ("val", "test"):
+        arr = getattr(fs, key)
+        if arr.ndim != 2 or arr.shape[1] != dim:
+            fail(key, f"must have shape [M, {dim}], got {list(arr.shape)}")
+    for key, rows in (("train_labels", fs.train.shape[1]), ("val_labels", fs.val.shape[0]),
+                      ("test_labels", fs.test.shape[0])):
+        labels = getattr(fs, key)
+        if not isinstance(labels, np.ndarray) or not np.issubdtype(labels.dtype, np.integer):
+            fail(key, f"must be an integer array, got {getattr(labels, 'dtype', type(labels).__name__)}")
+        if labels.shape != (rows,):
+            fail(key, f"must have shape [{rows}] to match its features, got {list(labels.shape)}")
+        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+            bad = int(labels[(labels < 0) | (labels >= num_classes)][0])
+            fail(key, f"has label {bad} outside [0, {num_classes})")
+    for key in ("text", "train", "val", "test"):
+        arr = getattr(fs, key)
+        if not np.all(np.isfinite(arr)):
+            fail(key, "contains NaN or Inf")
+    norms = np.linalg.norm(fs.text, axis=1)
+    if not np.allclose(norms, 1.0, atol=1e-3):
+        fail("text", f"rows must be L2-normalised (norms range {norms.min():.4g}..{norms.max():.4g})")
+    if len(fs.classnames) != num_classes:
+        fail("classnames", f"has {len(fs.classnames)} names for {num_classes} classes in 'text'")
+    if not (np.isfinite(fs.logit_scale) and fs.logit_scale > 0):
+        fail("logit_scale", f"must be a positive number, got {fs.logit_scale}")
+    for seed, index in fs.fewshot.items():
+        index = np.asarray(index)
+        if index.ndim != 2 or index.shape[0] != num_classes or not np.issubdtype(index.dtype, np.integer):
+            fail("fewshot_index", f"seed {seed}: must be int [{num_classes}, K], got {list(index.shape)}")
+        if index.size and (index.min() < 0 or index.max() >= fs.train.shape[1]):
+            fail("fewshot_index", f"seed {seed}: row outside the {fs.train.shape[1]} train rows")
+        if not np.all(fs.train_labels[index] == np.arange(num_classes)[:, None]):
+            fail("fewshot_index", f"seed {seed}: a row's train_label differs from its class")
+    return fs
+
+
+def load(path: str | os.PathLike) -> FeatureSet:
+    """Reads and validates a feature file.
+
+    Raises:
+      FeatureFileError: missing file, not an npz, missing key, or any
+        :func:`validate` failure -- always one line naming the file and key.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FeatureFileError(f"{path}: no such feature file")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            data = {k: npz[k] for k in npz.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise FeatureFileError(f"{path}: not a readable .npz feature file ({exc})") from None
+    for key in REQUIRED_KEYS:
+        if key not in data:
+            raise FeatureFileError(f"{path}: missing key '{key}' (have: {', '.join(sorted(data))})")
+    meta: dict[str, Any] = {}
+    if "meta" in data:
+        try:
+            meta = json.loads(str(data["meta"]))
+        except json.JSONDecodeError:
+            raise FeatureFileError(f"{path}: key 'meta' is not a JSON string") from None
+    logit_scale = DEFAULT_LOGIT_SCALE
+    if "logit_scale" in data:
+        if data["logit_scale"].size != 1:
+            raise FeatureFileError(f"{path}: key 'logit_scale' must be a scalar")
+        logit_scale = float(data["logit_scale"].reshape(()))
+    classnames = data["classnames"]
+    if classnames.ndim != 1 or classnames.dtype.kind not in "US":
+        raise FeatureFileError(f"{path}: key 'classnames' must be a 1-D string array")
+    fewshot: dict[int, np.ndarray] = {}
+    if ("fewshot_seeds" in data) != ("fewshot_index" in data):
+        raise FeatureFileError(f"{path}: keys 'fewshot_seeds' and 'fewshot_index' go together")
+    if "fewshot_seeds" in data:
+        seeds, index = data["fewshot_seeds"], data["fewshot_index"]
+        if seeds.ndim != 1 or index.ndim != 3 or index.shape[0] != seeds.shape[0]:
+            raise FeatureFileError(
+                f"{path}: key 'fewshot_index' must be [S, C, K] with S = len(fewshot_seeds)")
+        fewshot = {int(s): index[i] for i, s in enumerate(seeds)}
+    fs = FeatureSet(
+        text=data["text"], train=data["train"], train_labels=data["train_labels"],
+        val=data["val"], val_labels=data["val_labels"], test=data["test"],
+        test_labels=data["test_labels"], classnames=tuple(str(c) for c in classnames),
+        logit_scale=logit_scale, meta=meta, fewshot=fewshot,
+    )
+    validate(fs, source=path)
+    return dataclasses.replace(
+        fs, **{k: getattr(fs, k).astype(np.float32) for k in ("text", "train", "val", "test")},
+        **{k: getattr(fs, k).astype(np.int32) for k in ("train_labels", "val_labels", "test_labels")},
+    )
+
+
+def save(path: str | os.PathLike, fs: FeatureSet) -> None:
+    """Validates ``fs`` and writes it atomically to ``path`` (an .npz)."""
+    validate(fs, source=os.fspath(path))
+    extra: dict[str, np.ndarray] = {}
+    if fs.fewshot:
+        seeds = sorted(fs.fewshot)
+        extra["fewshot_seeds"] = np.asarray(seeds, dtype=np.int64)
+        extra["fewshot_index"] = np.stack([np.asarray(fs.fewshot[s], np.int64) for s in seeds])
+    atomic.save_npz(
+        path, **extra,
+        text=fs.text.astype(np.float32), train=fs.train.astype(np.float32),
+        train_labels=fs.train_labels.astype(np.int64), val=fs.val.astype(np.float32),
+        val_labels=fs.val_labels.astype(np.int64), test=fs.test.astype(np.float32),
+        test_labels=fs.test_labels.astype(np.int64), classnames=np.asarray(fs.classnames, dtype=str),
+        logit_scale=np.float32(fs.logit_scale), meta=np.asarray(json.dumps(dict(fs.meta))),
+    )
