@@ -19,7 +19,8 @@ from jaxclip_fs.errors import DataError
 def class_order(labels: np.ndarray, class_index: int, seed: int) -> np.ndarray:
     """The fixed random order of the members of one class (indices into ``labels``)."""
     members = np.flatnonzero(np.asarray(labels) == class_index)
-    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(class_index)])))
+    seed_seq = np.random.SeedSequence([int(seed), int(class_index)])
+    rng = np.random.Generator(np.random.PCG64(seed_seq))
     return members[rng.permutation(members.size)]
 
 
@@ -66,3 +67,60 @@ def nested_fewshot(
 def capped_val_shots(shots: int, cap: int = 4) -> int:
     """CoOp's few-shot validation size: ``min(shots, cap)`` per class."""
     return min(int(shots), int(cap))
+
+
+# --- over a Dataset --------------------------------------------------------------------
+
+#: Validation policies: "coop" -- min(K, 4) per class of the val split, drawn
+#: with the same seed (CoOp: ``generate_fewshot_dataset(val, min(K, 4))``);
+#: "full" -- the whole val split (as Tip-Adapter and APE search on it).
+VAL_POLICIES = ("coop", "full")
+
+
+def fewshot_train(dataset, shots: int, seed: int) -> np.ndarray:
+    """The nested K-shot training set of ``dataset`` for ``seed``.
+
+    Args:
+      dataset: a :class:`~jaxclip_fs.data.dataset.Dataset` with a "train" split.
+      shots: K per class.
+      seed: sampling seed (papers: 1, 2, 3).
+
+    Returns:
+      int [C, K] indices into ``dataset.split("train")``; ``[:, :k]`` is the
+      k-shot set (k-shot ⊂ 2k-shot), independent of call order.
+
+    Raises:
+      DataError: no train split, or a class with fewer than K train images
+        (names the class).
+    """
+    train = dataset.split("train")
+    return nested_fewshot(train.labels, dataset.num_classes, shots, seed,
+                          classnames=dataset.classnames, what=f"{dataset.name} train")
+
+
+def fewshot_val(dataset, shots: int, seed: int, policy: str = "coop") -> np.ndarray:
+    """The validation items used to select hyperparameters for a K-shot run.
+
+    ``"coop"``: per class the first ``min(K, 4)`` of the class's fixed random
+    order for ``seed`` (:func:`class_order` on the val labels), so nested in K
+    like the train set; a class with fewer val images gives all it has (as
+    Dassl's ``generate_fewshot_dataset`` without ``repeat``). ``"full"``: the
+    whole val split.
+
+    Returns:
+      int [M] indices into ``dataset.split("val")``, class by class for
+      "coop", ascending for "full".
+
+    Raises:
+      DataError: unknown policy, or no val split.
+    """
+    if policy not in VAL_POLICIES:
+        raise DataError(f"val policy must be one of {', '.join(VAL_POLICIES)}, got '{policy}'")
+    val = dataset.split("val")
+    if policy == "full":
+        return np.arange(len(val), dtype=np.int64)
+    if shots < 1:
+        raise DataError(f"shots must be >= 1, got {shots}")
+    per_class = capped_val_shots(shots)
+    return np.concatenate([class_order(val.labels, c, seed)[:per_class]
+                           for c in range(dataset.num_classes)]).astype(np.int64)
