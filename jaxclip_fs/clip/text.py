@@ -1,0 +1,48 @@
+"""CLIP's text transformer (OpenAI ``CLIP.encode_text``).
+
+Tokens int [B, L] (L = ``context_length``; sot 49406 ... eot 49407, then 0)::
+
+    x = token_embedding[tokens] + positional_embedding          [B, L, W]
+    x = ln_final(block_N(...block_1(x)))     causal self-attention
+    embedding = x[b, argmax_l tokens[b, l]] @ text_projection   [B, E]
+
+The end-of-text token has the largest id, so ``argmax`` finds it (OpenAI;
+transformers' first-``eos_token_id`` pooling picks the same position for
+CLIP-tokenized text).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxclip_fs.clip.layers import LayerNorm, ResidualAttentionBlock, causal_mask
+from jaxclip_fs.clip.variants import CLIPConfig
+
+
+class TextTransformer(nn.Module):
+    """Text tower: tokens [B, L] int -> embedding [B, E] (not normalised)."""
+
+    config: CLIPConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        c = self.config
+        length = tokens.shape[1]
+        x = nn.Embed(c.vocab_size, c.text_width, embedding_init=nn.initializers.normal(0.02),
+                     name="token_embedding")(tokens).astype(self.dtype)
+        pos = self.param("positional_embedding", nn.initializers.normal(0.01),
+                         (c.context_length, c.text_width), jnp.float32)
+        x = x + pos[:length].astype(self.dtype)
+        mask = causal_mask(length)
+        for i in range(1, c.text_layers + 1):
+            x = ResidualAttentionBlock(c.text_heads, c.text_mlp_dim, c.act, c.layer_norm_eps,
+                                       dtype=self.dtype, name=f"block{i}")(x, mask)
+        x = LayerNorm(c.layer_norm_eps, self.dtype, name="ln_final")(x)
+        eot = jnp.argmax(tokens, axis=-1)
+        pooled = jnp.take_along_axis(x, eot[:, None, None], axis=1)[:, 0]
+        proj = self.param("text_projection", nn.initializers.normal(c.text_width ** -0.5),
+                          (c.text_width, c.embed_dim), jnp.float32)
+        return pooled @ proj.astype(self.dtype)

@@ -1,0 +1,186 @@
+"""Reading checkpoint files into ``{name: np.ndarray}`` (no layout knowledge here).
+
+Formats:
+
+- ``.safetensors`` (also sharded via ``*.safetensors.index.json``): parsed
+  here (8-byte header length, JSON header, raw little-endian data), any
+  dtype incl. bfloat16; no torch needed.
+- PyTorch pickles (``.bin``, ``.pt``, ``.pth``; sharded ``*.bin.index.json``):
+  ``torch.load(weights_only=True)``; training checkpoints wrapping the
+  weights in ``{"state_dict": ...}`` and DDP's ``module.`` prefix are unwrapped.
+- TorchScript archives (OpenAI's released ``.pt`` files):
+  ``torch.jit.load(...).state_dict()``.
+
+torch is imported only for the pickle/TorchScript formats. Floating tensors
+come back as float32 (OpenAI's checkpoints store float16). Every failure is
+a one-line :class:`~jaxclip_fs.errors.CheckpointError` naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+import zipfile
+from typing import Iterable
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxclip_fs.errors import CheckpointError
+
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": jnp.bfloat16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+    "BOOL": np.bool_,
+}
+
+
+def read_tensors(path: str) -> dict[str, np.ndarray]:
+    """All tensors of the checkpoint file ``path`` (see module docstring)."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.endswith(".index.json"):
+        return _read_sharded(path)
+    if path.endswith(".safetensors"):
+        return read_safetensors(path)
+    return read_torch(path)
+
+
+def read_safetensors(path: str) -> dict[str, np.ndarray]:
+    """Tensors of a ``.safetensors`` file; floats as float32."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        raw_len = f.read(8)
+        if len(raw_len) < 8:
+            raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes)")
+        header_len = int.from_bytes(raw_len, "little")
+        if header_len > size - 8:
+            raise CheckpointError(
+                f"{path}: not a safetensors file or truncated (header of {header_len} bytes, "
+                f"file of {size})")
+        try:
+            header = json.loads(f.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{path}: corrupt safetensors header ({exc})") from None
+        data_start = 8 + header_len
+        entries = {k: v for k, v in header.items() if k != "__metadata__"}
+        needed = max((v["data_offsets"][1] for v in entries.values()), default=0)
+        if data_start + needed > size:
+            raise CheckpointError(
+                f"{path}: truncated safetensors file ({size} bytes, header needs "
+                f"{data_start + needed})")
+        if not entries:
+            return {}
+        out = {}
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            for name, info in entries.items():
+                dtype = _SAFETENSORS_DTYPES.get(info.get("dtype"))
+                if dtype is None:
+                    raise CheckpointError(f"{path}: tensor '{name}' has unsupported dtype "
+                                          f"{info.get('dtype')}")
+                begin, end = info["data_offsets"]
+                shape = tuple(info["shape"])
+                count = int(np.prod(shape, dtype=np.int64))
+                if (end - begin) != count * np.dtype(dtype).itemsize:
+                    raise CheckpointError(f"{path}: tensor '{name}' has inconsistent size")
+                # a copy, so no view of the mapping outlives it
+                out[name] = _as_float32(np.frombuffer(
+                    buf, dtype=dtype, count=count, offset=data_start + begin).reshape(shape))
+        return out
+
+
+def read_torch(path: str) -> dict[str, np.ndarray]:
+    """Tensors of a PyTorch pickle or TorchScript archive (imports torch)."""
+    torch = import_torch(path)
+    try:
+        if is_torchscript(path):
+            state = torch.jit.load(path, map_location="cpu").state_dict()
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated / foreign files
+        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise CheckpointError(
+            f"{path}: cannot read as a PyTorch checkpoint (truncated or corrupt?): "
+            f"{type(exc).__name__}: {msg}") from None
+    return state_dict_to_numpy(_unwrap(state, path))
+
+
+def import_torch(path: str):
+    """``import torch`` or a one-line CheckpointError saying how to get it."""
+    try:
+        import torch
+    except ImportError:
+        raise CheckpointError(
+            f"{path}: reading PyTorch .pt/.bin files needs torch (pip install "
+            f"'jaxclip-fs[torch]'), or use a .safetensors checkpoint") from None
+    return torch
+
+
+def is_torchscript(path: str) -> bool:
+    """True for a TorchScript zip archive (it holds compiled ``code/`` and ``constants.pkl``)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
+    except zipfile.BadZipFile:
+        return False
+
+
+def state_dict_to_numpy(state) -> dict[str, np.ndarray]:
+    """``{name: torch.Tensor}`` -> ``{name: np.ndarray}``, floats as float32."""
+    out = {}
+    for name, value in state.items():
+        if hasattr(value, "detach"):
+            t = value.detach().cpu()
+            out[name] = t.float().numpy() if t.is_floating_point() else t.numpy()
+        else:
+            out[name] = np.asarray(value)
+    return out
+
+
+def _unwrap(state, path: str):
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError(f"{path}: holds no state dict ({type(state).__name__})")
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _read_sharded(index_path: str) -> dict[str, np.ndarray]:
+    try:
+        with open(index_path) as f:
+            weight_map = json.load(f)["weight_map"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{index_path}: bad shard index ({exc})") from None
+    directory = os.path.dirname(index_path)
+    out: dict[str, np.ndarray] = {}
+    for shard in sorted(set(weight_map.values())):
+        out.update(read_tensors(os.path.join(directory, shard)))
+    missing = sorted(set(weight_map) - set(out))
+    if missing:
+        raise CheckpointError(f"{index_path}: shards lack tensors listed in the index: "
+                              f"{', '.join(missing[:5])}")
+    return out
+
+
+def _as_float32(arr: np.ndarray) -> np.ndarray:
+    if np.issubdtype(arr.dtype, np.floating) or arr.dtype == jnp.bfloat16:
+        return arr.astype(np.float32)
+    return np.array(arr)
+
+
+def files_digest(paths: Iterable[str]) -> str:
+    """``sha256:<16 hex>`` of the files' contents, in the given order (their names excluded)."""
+    total = hashlib.sha256()
+    for path in paths:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 23), b""):
+                h.update(chunk)
+        total.update(h.digest())
+    return "sha256:" + total.hexdigest()[:16]
