@@ -103,8 +103,8 @@ def validate(fs: FeatureSet, source: str = "features") -> FeatureSet:
         fail("train", f"must have shape [V, N, {dim}] with V >= 1, got {list(fs.train.shape)}")
     for key in ("val", "test"):
         arr = getattr(fs, key)
-        if arr.ndim != 2 or arr.shape[1] != dim:
-            fail(key, f"must have shape [M, {dim}], got {list(arr.shape)}")
+        if arr.ndim != 2 or arr.shape[1] != dim or arr.shape[0] < 1:
+            fail(key, f"must have shape [M, {dim}] with M >= 1, got {list(arr.shape)}")
     for key, rows in (("train_labels", fs.train.shape[1]), ("val_labels", fs.val.shape[0]),
                       ("test_labels", fs.test.shape[0])):
         labels = getattr(fs, key)
@@ -129,7 +129,8 @@ def validate(fs: FeatureSet, source: str = "features") -> FeatureSet:
     for seed, index in fs.fewshot.items():
         index = np.asarray(index)
         if index.ndim != 2 or index.shape[0] != num_classes or not np.issubdtype(index.dtype, np.integer):
-            fail("fewshot_index", f"seed {seed}: must be int [{num_classes}, K], got {list(index.shape)}")
+            fail("fewshot_index", f"seed {seed}: must be int [{num_classes}, K], "
+                                  f"got {index.dtype} {list(index.shape)}")
         if index.size and (index.min() < 0 or index.max() >= fs.train.shape[1]):
             fail("fewshot_index", f"seed {seed}: row outside the {fs.train.shape[1]} train rows")
         if not np.all(fs.train_labels[index] == np.arange(num_classes)[:, None]):
@@ -161,11 +162,16 @@ def load(path: str | os.PathLike) -> FeatureSet:
             meta = json.loads(str(data["meta"]))
         except json.JSONDecodeError:
             raise FeatureFileError(f"{path}: key 'meta' is not a JSON string") from None
+        if not isinstance(meta, dict):
+            raise FeatureFileError(f"{path}: key 'meta' must be a JSON object, got {type(meta).__name__}")
     logit_scale = DEFAULT_LOGIT_SCALE
     if "logit_scale" in data:
         if data["logit_scale"].size != 1:
             raise FeatureFileError(f"{path}: key 'logit_scale' must be a scalar")
-        logit_scale = float(data["logit_scale"].reshape(()))
+        try:
+            logit_scale = float(data["logit_scale"].reshape(()))
+        except (TypeError, ValueError):
+            raise FeatureFileError(f"{path}: key 'logit_scale' must be a number") from None
     classnames = data["classnames"]
     if classnames.ndim != 1 or classnames.dtype.kind not in "US":
         raise FeatureFileError(f"{path}: key 'classnames' must be a 1-D string array")
