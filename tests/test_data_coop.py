@@ -12,14 +12,11 @@ from jaxclip_fs.data import SETUP_HELP, fewshot_train, fewshot_val, get_dataset,
 from jaxclip_fs.data.coop import read_json_split
 from jaxclip_fs.errors import DataError
 
-# shared/ sits beside the repository (here and in CI)
-SPLITS_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "coop_splits")
+SPLITS_DIR = os.path.join(os.path.dirname(__file__), "data", "coop_splits")  # real CoOp split files
 PETS_JSON = os.path.join(SPLITS_DIR, "split_zhou_OxfordPets.json")
 DTD_JSON = os.path.join(SPLITS_DIR, "split_zhou_DescribableTextures.json")
 FGVC_TRAIN = os.path.join(SPLITS_DIR, "images_variant_train.txt")
 
-pytestmark = pytest.mark.skipif(not os.path.isfile(PETS_JSON),
-                                reason="shared/data/coop_splits missing")
 
 
 def _png(path, value=0):

@@ -26,7 +26,7 @@ from jaxclip_fs.features.extract import extract_features, save_extraction, taps_
 from jaxclip_fs.features.image_encoder import encode_split, make_image_encoder
 from jaxclip_fs.features.text_classifier import classifier_from_embeddings, text_classifier
 
-SPLITS_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "coop_splits")
+SPLITS_DIR = os.path.join(os.path.dirname(__file__), "data", "coop_splits")  # real CoOp split files
 DTD_JSON = os.path.join(SPLITS_DIR, "split_zhou_DescribableTextures.json")
 FAST = dict(batch_size=16, workers=2, progress=False)
 
@@ -319,7 +319,6 @@ def coop_root(tmp_path):
     return tmp_path, small
 
 
-@pytest.mark.skipif(not os.path.isfile(DTD_JSON), reason="shared/data/coop_splits missing")
 def test_cli_extract_on_coop_root(coop_root, tmp_path, clip, monkeypatch, capsys):
     root, small = coop_root
     asked = []
