@@ -1,0 +1,115 @@
+"""Training S seeds in one vmapped program vs S sequential runs, one process.
+
+For Tip-Adapter-F and APE-T (their official settings: batch 256, AdamW,
+cosine schedule, Tip-Adapter-F 20 epochs, APE-T 30 epochs at the generic
+dataset row), S = 8 seeds: the few-shot support of each seed is sampled
+from one synthetic feature pool (``features.synthetic``), and each run is
+``train.fit`` -- init, training with per-epoch validation, best epoch kept.
+
+* **sequential**: one jit-compiled single-task ``fit``, called S times
+  (compiled once; the timing excludes compilation);
+* **vmapped**: ``jax.jit(jax.vmap(fit))`` over the S tasks, one call
+  (timing excludes compilation).
+
+Both sides run the same XLA computation per task, so the ratio measures what
+batching the seeds buys on this machine; the first call (with compilation)
+is reported too. Sizes (``--sizes``): ``small`` (C = 10, D = 64: tiny
+per-step work), ``caltech`` (C = 100, D = 1024, a Caltech101-sized 16-shot
+task). Default: both sizes with every run cut to 5 epochs (a few minutes on
+2 CPU cores; the ratio barely depends on the epoch count);
+``--official-epochs`` trains the methods' own 20 / 30 epochs.
+
+  python benchmarks/bench_train_vmap.py [--sizes small,caltech] [--seeds 8] [--official-epochs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxclip_fs import methods
+from jaxclip_fs.features.synthetic import make_task
+from jaxclip_fs.methods.base import as_arrays
+from jaxclip_fs.methods.task import stack
+from jaxclip_fs.sweep.evaluate import ROOT_SEED, build_evalset, build_task, val_rows
+from jaxclip_fs.train import fit
+
+SIZES = {"small": (10, 64), "caltech": (100, 1024)}
+SHOTS, VIEWS = 16, 11
+
+
+def _timed(fn, *args):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    return time.perf_counter() - start
+
+
+def _tasks(num_classes, dim, seeds):
+    fs = make_task(0, num_classes=num_classes, dim=dim, shots=SHOTS, views=VIEWS,
+                   train_per_class=2 * SHOTS, val_per_class=4, test_per_class=1)
+    tasks = [build_task(fs, SHOTS, seed) for seed in seeds]
+    vals = [build_evalset(fs.val, fs.val_labels, val_rows(fs, SHOTS, seed, "coop"))
+            for seed in seeds]
+    keys = [jax.random.fold_in(jax.random.key(ROOT_SEED), seed) for seed in seeds]
+    return keys, tasks, vals
+
+
+def bench(name, num_classes, dim, num_seeds, epochs):
+    method = methods.get(name)
+    values, _ = method.resolve(None, dim, {"epochs": epochs} if epochs else {})
+    hp = as_arrays(values)
+    run = functools.partial(fit, method, batch_size=int(values["batch_size"]),
+                            max_epochs=int(values["epochs"]))
+    single = jax.jit(lambda key, task, val: run(key, task, val, hp)[0])
+    batched = jax.jit(jax.vmap(lambda key, task, val: run(key, task, val, hp)[0]))
+    keys, tasks, vals = _tasks(num_classes, dim, range(1, num_seeds + 1))
+
+    first_single = _timed(single, keys[0], tasks[0], vals[0])
+    sequential = sum(_timed(single, k, t, v) for k, t, v in zip(keys, tasks, vals))
+    stacked = (jnp.stack(keys), stack(tasks), stack(vals))
+    first_batched = _timed(batched, *stacked)
+    vmapped = _timed(batched, *stacked)
+    # same numbers either way
+    for i in (0, num_seeds - 1):
+        a = jax.tree.leaves(single(keys[i], tasks[i], vals[i]))
+        b = jax.tree.leaves(jax.tree.map(lambda x: x[i], batched(*stacked)))
+        for x, y in zip(a, b):
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-3, atol=1e-4)
+    return {"method": name, "epochs": int(values["epochs"]), "sequential": sequential,
+            "vmapped": vmapped, "first_single": first_single, "first_batched": first_batched}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="small,caltech",
+                        help="comma-separated: " + ", ".join(SIZES))
+    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--official-epochs", action="store_true",
+                        help="train the methods' own epochs (default: 5 epochs per run)")
+    args = parser.parse_args()
+    epochs = None if args.official_epochs else 5
+    print(f"devices: {jax.devices()}; {args.seeds} seeds; "
+          f"{SHOTS} shots x {VIEWS - 1} augmented views\n")
+    print(f"{'method':14s} {'size':18s} {'epochs':>6s} {'sequential (s)':>15s} "
+          f"{'vmapped (s)':>12s} "
+          f"{'speed-up':>9s} {'target':>7s}   first calls incl. compile (1 run / vmapped)")
+    for size in args.sizes.split(","):
+        num_classes, dim = SIZES[size]
+        for name in ("tip_adapter_f", "ape_t"):
+            r = bench(name, num_classes, dim, args.seeds, epochs)
+            label = f"{size} C={num_classes} D={dim}"
+            print(f"{name:14s} {label:18s} {r['epochs']:6d} {r['sequential']:15.2f} "
+                  f"{r['vmapped']:12.2f} "
+                  f"{r['sequential'] / r['vmapped']:8.1f}x {0.7 * args.seeds:6.1f}x   "
+                  f"{r['first_single']:.1f} s / {r['first_batched']:.1f} s", flush=True)
+    print("\nsequential = sum of the S single-seed runs of one compiled program; vmapped = one "
+          "call of the vmapped program; both exclude compilation and give the same parameters.")
+
+
+if __name__ == "__main__":
+    main()

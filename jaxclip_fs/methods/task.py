@@ -1,0 +1,132 @@
+"""A few-shot task and an evaluation set, as pytrees of arrays.
+
+Layout is **class-major**: the support set is a ``[C, K]`` grid of items
+(class ``c``, shot ``k``), so its labels are implicit (item ``(c, k)`` has
+label ``c``) and per-class sums over the cache are plain reductions over
+``K`` instead of matrix products with one-hot labels.
+
+Masks are how one vmapped program holds several shot counts and datasets:
+
+* ``support_mask[c, k] = 1`` marks real items. Nested shot counts share one
+  support: the 16-shot grid with ``support_mask[:, :4] = 1`` *is* the 4-shot
+  task (few-shot sets are nested, ``data/fewshot.py``).
+* ``class_mask[c] = 1`` marks real classes; padding classes (zero text rows,
+  no items) are never predicted and never counted.
+* ``EvalSet.mask[m] = 1`` marks real evaluation rows (sets padded to a
+  common size).
+
+Every method gives, for a padded task, the result of the unpadded one.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+
+
+class Task(NamedTuple):
+    """A few-shot task.
+
+    Attributes:
+      support: float [V, C, K, D] raw support features, one slab per view;
+        view 0 un-augmented, views 1.. augmented (as in the feature file).
+      support_mask: float [C, K], 1 for real items.
+      class_mask: float [C], 1 for real classes.
+      text: float [C, D] L2-normalised class embeddings (zero rows for padding).
+      logit_scale: float [] CLIP's exp(logit_scale) (100 for OpenAI CLIP).
+    """
+
+    support: jax.Array
+    support_mask: jax.Array
+    class_mask: jax.Array
+    text: jax.Array
+    logit_scale: jax.Array
+
+    @property
+    def dim(self) -> int:
+        return self.support.shape[-1]
+
+
+class EvalSet(NamedTuple):
+    """Labelled query features.
+
+    Attributes:
+      features: float [M, D] raw image features.
+      labels: int [M].
+      mask: float [M], 1 for real rows.
+    """
+
+    features: jax.Array
+    labels: jax.Array
+    mask: jax.Array
+
+
+def make_task(support, text, logit_scale, support_mask=None, class_mask=None) -> Task:
+    """Builds a :class:`Task` from arrays; masks default to all ones."""
+    support = jnp.asarray(support, jnp.float32)
+    _, num_classes, shots, _ = support.shape
+    return Task(
+        support=support,
+        support_mask=(jnp.ones((num_classes, shots), jnp.float32) if support_mask is None
+                      else jnp.asarray(support_mask, jnp.float32)),
+        class_mask=(jnp.ones((num_classes,), jnp.float32) if class_mask is None
+                    else jnp.asarray(class_mask, jnp.float32)),
+        text=jnp.asarray(text, jnp.float32),
+        logit_scale=jnp.asarray(logit_scale, jnp.float32),
+    )
+
+
+def make_evalset(features, labels, mask=None) -> EvalSet:
+    """Builds an :class:`EvalSet`; the mask defaults to all ones."""
+    features = jnp.asarray(features, jnp.float32)
+    return EvalSet(
+        features=features,
+        labels=jnp.asarray(labels, jnp.int32),
+        mask=(jnp.ones(features.shape[:1], jnp.float32) if mask is None
+              else jnp.asarray(mask, jnp.float32)),
+    )
+
+
+def with_shots(task: Task, shots) -> Task:
+    """The nested ``shots``-shot task: keeps the first ``shots`` items per class.
+
+    ``shots`` may be a traced integer, so one vmapped program can hold
+    several shot counts over one support grid.
+    """
+    column = jnp.arange(task.support_mask.shape[-1])
+    return task._replace(support_mask=task.support_mask * (column < shots).astype(jnp.float32))
+
+
+def pad_task(task: Task, num_classes: int, shots: int) -> Task:
+    """Pads a task with zero classes / items up to ``[num_classes, shots]``."""
+    _, c, k, _ = task.support.shape
+    if num_classes < c or shots < k:
+        raise ValueError(f"cannot pad a [{c}, {k}] task down to [{num_classes}, {shots}]")
+    dc, dk = num_classes - c, shots - k
+    return Task(
+        support=jnp.pad(task.support, ((0, 0), (0, dc), (0, dk), (0, 0))),
+        support_mask=jnp.pad(task.support_mask, ((0, dc), (0, dk))),
+        class_mask=jnp.pad(task.class_mask, (0, dc)),
+        text=jnp.pad(task.text, ((0, dc), (0, 0))),
+        logit_scale=task.logit_scale,
+    )
+
+
+def pad_evalset(evalset: EvalSet, size: int) -> EvalSet:
+    """Pads an evaluation set with masked zero rows up to ``size`` rows."""
+    extra = size - evalset.features.shape[0]
+    if extra < 0:
+        raise ValueError(f"cannot pad {evalset.features.shape[0]} rows down to {size}")
+    return EvalSet(
+        features=jnp.pad(evalset.features, ((0, extra), (0, 0))),
+        labels=jnp.pad(evalset.labels, (0, extra)),
+        mask=jnp.pad(evalset.mask, (0, extra)),
+    )
+
+
+def stack(trees: Sequence):
+    """Stacks equally shaped tasks / eval sets / hyperparameter dicts along a new axis 0."""
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+

@@ -1,0 +1,39 @@
+"""Zero-shot CLIP: ``logits = logit_scale · f Wᵀ`` (Radford et al. 2021).
+
+``f`` is the L2-normalised query feature, ``W`` the text classifier; no
+support set, no hyperparameters.
+"""
+
+from __future__ import annotations
+
+from jaxclip_fs.methods.base import Method
+from jaxclip_fs.methods.cache import zero_shot_logits
+
+
+def _init(key, task, hp):
+    del key, task, hp
+    return {}
+
+
+def _precompute(params, task, queries, query_mask):
+    del params, query_mask
+    return {"zero_shot": zero_shot_logits(task, queries)}
+
+
+def _terms(pre, params, task, hp):
+    del params, task, hp
+    return pre["zero_shot"], {}
+
+
+def zero_shot() -> Method:
+    """The zero-shot CLIP classifier as a :class:`Method`."""
+    return Method(
+        name="zero_shot",
+        summary="zero-shot CLIP: logit_scale · f Wᵀ",
+        hparams=(),
+        defaults=lambda dataset, dim: {},
+        grid=lambda dataset: {},
+        init=_init,
+        precompute=_precompute,
+        terms=_terms,
+    )

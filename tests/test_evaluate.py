@@ -1,0 +1,215 @@
+"""``jaxclip-fs evaluate`` / ``validate`` and the Python pipeline, on synthetic feature files."""
+
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxclip_fs import cli, methods
+from jaxclip_fs.data.fewshot import nested_fewshot
+from jaxclip_fs.errors import DataError
+from jaxclip_fs.features import featfile
+from jaxclip_fs.features.synthetic import make_task
+from jaxclip_fs.io import records
+from jaxclip_fs.methods.base import as_arrays
+from jaxclip_fs.methods.task import pad_evalset, with_shots
+from jaxclip_fs.sweep.evaluate import (
+    ROOT_SEED, build_evalset, build_task, evaluate_features, evaluate_file, val_rows,
+)
+from jaxclip_fs.train import fit_select_predict
+
+C, D = 6, 16
+
+
+@pytest.fixture(scope="module")
+def feature_file(tmp_path_factory):
+    fs = make_task(3, num_classes=C, dim=D, shots=8, views=4, val_per_class=6, test_per_class=10,
+                   dataset="oxford_pets")
+    path = str(tmp_path_factory.mktemp("features") / "pets.npz")
+    featfile.save(path, fs)
+    return path, fs
+
+
+def _normalize(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def test_cli_writes_logits_and_record(feature_file, tmp_path, capsys):
+    path, fs = feature_file
+    out = tmp_path / "run"
+    assert cli.main(["evaluate", path, "--method", "tip_adapter", "--shots", "4", "--seed", "2",
+                     "--out", str(out)]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    record = json.loads((out / "result.json").read_text())
+    test_logits = np.load(out / "test_logits.npy")
+    assert test_logits.shape == (fs.test.shape[0], C)
+    recomputed = 100.0 * np.mean(np.argmax(test_logits, -1) == fs.test_labels)
+    assert record["accuracy"] == pytest.approx(recomputed)
+    assert record["method"] == "tip_adapter" and record["shots"] == 4 and record["seed"] == 2
+    assert record["dataset"] == "oxford_pets" and record["backbone"] == "synthetic"
+    assert record["weights"] == "synthetic" and record["split_policy"] == "synthetic"
+    assert record["searched"] == ["beta", "alpha"]
+    assert set(record["hyperparameters"]) == {"alpha", "beta"}
+    assert record["val_policy"] == "coop" and record["val_size"] == C * 4  # min(K, 4) per class
+    assert record["selection"] == "validation"
+    assert record["code_version"].startswith(records.code_version().split("+")[0])
+    assert record["seconds"] > 0 and 0 <= record["val_accuracy"] <= 100
+
+
+def test_fixed_hyperparameters_skip_search_and_match_formula(feature_file, tmp_path):
+    """All searched values given: no search; logits = Tip-Adapter's formula on the support."""
+    path, fs = feature_file
+    out = tmp_path / "fixed"
+    assert cli.main(["evaluate", path, "--method", "tip_adapter", "--shots", "3", "--seed", "5",
+                     "--hp", "alpha=2.5", "--hp", "beta=4", "--out", str(out)]) == 0
+    record = json.loads((out / "result.json").read_text())
+    assert record["searched"] == [] and record["hyperparameters"] == {"alpha": 2.5, "beta": 4.0}
+    index = nested_fewshot(fs.train_labels, C, 3, seed=5)  # [C, 3]
+    keys = _normalize(fs.train[1:, index.reshape(-1)].astype(np.float64).mean(0))
+    onehot = np.eye(C)[np.repeat(np.arange(C), 3)]
+    q = _normalize(fs.test.astype(np.float64))
+    expected = 100 * q @ fs.text.T + 2.5 * np.exp(-4.0 * (1 - q @ keys.T)) @ onehot
+    np.testing.assert_allclose(np.load(out / "test_logits.npy"), expected, rtol=1e-4, atol=1e-3)
+
+
+def test_python_api_matches_cli_and_trains(feature_file, tmp_path):
+    path, _ = feature_file
+    record = evaluate_file(path, "tip_adapter_f", shots=4, seed=1, hp=["epochs=2"],
+                           out_dir=str(tmp_path / "py"))
+    assert cli.main(["evaluate", path, "--method", "tip_adapter_f", "--shots", "4",
+                     "--hp", "epochs=2", "--out", str(tmp_path / "cli")]) == 0
+    from_cli = json.loads((tmp_path / "cli" / "result.json").read_text())
+    for field in ("accuracy", "val_accuracy", "hyperparameters", "best_epoch", "searched"):
+        assert record[field] == from_cli[field]
+    assert record["hyperparameters"]["epochs"] == 2 and record["best_epoch"] in (0, 1)
+    np.testing.assert_array_equal(np.load(tmp_path / "py" / "test_logits.npy"),
+                                  np.load(tmp_path / "cli" / "test_logits.npy"))
+
+
+def test_select_on_test_and_full_val_are_recorded(feature_file):
+    _, fs = feature_file
+    record = evaluate_features(fs, "gda", shots=2, select_on_test=True, val_policy="full", log=None)
+    assert record["selection"] == "test" and record["val_size"] == fs.test.shape[0]
+    record = evaluate_features(fs, "gda", shots=2, val_policy="full", log=None)
+    assert record["selection"] == "validation" and record["val_size"] == fs.val.shape[0]
+    assert record["val_policy"] == "full"
+
+
+def test_feature_file_fewshot_index_is_used(feature_file, tmp_path, capsys):
+    _, fs = feature_file
+    rng = np.random.default_rng(0)
+    index = np.stack([rng.permutation(np.flatnonzero(fs.train_labels == c))[:5] for c in range(C)])
+    with_index = featfile.FeatureSet(**{**fs.__dict__, "fewshot": {7: index}})
+    task = build_task(with_index, 3, 7)
+    np.testing.assert_array_equal(np.asarray(task.support), fs.train[:, index[:, :3]])
+    with pytest.raises(DataError, match="seeds \\[7\\], not seed 1"):
+        build_task(with_index, 3, 1)
+    with pytest.raises(DataError, match="holds 5 shots per class for seed 7; 6 asked"):
+        build_task(with_index, 6, 7)
+    path = str(tmp_path / "indexed.npz")
+    featfile.save(path, with_index)
+    assert cli.main(["evaluate", path, "--method", "zero_shot", "--seed", "1", "--shots", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "not seed 1" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--method", "tip_adapter", "--hp", "gamma=1"], "unknown hyperparameter 'gamma'"),
+    (["--method", "tip_adapter", "--hp", "alpha=abc"], "'alpha' needs a number, got 'abc'"),
+    (["--method", "tip_adapter", "--hp", "alpha"], "NAME=VALUE"),
+    (["--method", "tip_adapter", "--hp", "alpha=-1"], "'alpha' must be >= 0"),
+    (["--method", "ape", "--hp", "k=17"], "'k' must be <= the feature width 16"),
+    (["--method", "ape_t", "--hp", "epochs=1.5"], "'epochs' must be a whole number"),
+    (["--method", "tip_adapter_f", "--hp", "lr=0"], "'lr' must be > 0"),
+    (["--method", "tip_adapter", "--hp", "alpha=1", "alpha=2"], "'alpha' given twice"),
+    (["--method", "nope"], "unknown method 'nope'; known methods: zero_shot"),
+    (["--method", "ldc"], "method 'ldc' needs images"),
+    (["--method", "tip_adapter", "--shots", "9"], "has 8 train images; 9 shots"),
+])
+def test_bad_arguments_give_one_line_errors(feature_file, capsys, argv, needle):
+    path, _ = feature_file
+    assert cli.main(["evaluate", path] + argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and needle in err
+
+
+def test_unknown_hyperparameter_lists_valid_names(feature_file, capsys):
+    path, _ = feature_file
+    assert cli.main(["evaluate", path, "--method", "ape", "--hp", "delta=1"]) == 2
+    assert "valid names: k, lambda1, lambda2, alpha, beta, gamma" in capsys.readouterr().err
+
+
+def test_validate_prints_summary_and_rejects_bad_files(feature_file, tmp_path, capsys):
+    path, fs = feature_file
+    assert cli.main(["validate", path]) == 0
+    out = capsys.readouterr().out
+    assert "valid feature file" in out and f"classes: {C}" in out and "dataset: oxford_pets" in out
+    bad = str(tmp_path / "bad.npz")
+    np.savez(bad, text=fs.text)
+    assert cli.main(["validate", bad]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "missing key 'train'" in err and err.count("\n") == 1
+    assert cli.main(["evaluate", bad, "--method", "tip_adapter"]) == 2
+    assert "missing key 'train'" in capsys.readouterr().err
+
+
+def _accuracies(name, feature_sets, shots):
+    """Test accuracy of every (feature set, shots) task; one compiled program for all of them.
+
+    The k-shot task is the largest support with a k-shot mask and every
+    validation set is padded to 4 images per class, so all tasks share shapes.
+    """
+    method = methods.get(name)
+    values, grid = method.resolve(None, feature_sets[0].dim, ())
+    run = jax.jit(functools.partial(fit_select_predict, method,
+                                    batch_size=int(values.get("batch_size", 0)),
+                                    max_epochs=int(values.get("epochs", 0))))
+    key = jax.random.fold_in(jax.random.key(ROOT_SEED), 1)
+    grid = {n: jnp.asarray(g, jnp.float32) for n, g in grid.items()}
+    out = np.zeros((len(feature_sets), len(shots)))
+    for i, fs in enumerate(feature_sets):
+        support = build_task(fs, max(shots), seed=1)
+        test = build_evalset(fs.test, fs.test_labels)
+        for j, k in enumerate(shots):
+            val = build_evalset(fs.val, fs.val_labels, val_rows(fs, k, 1, "coop"))
+            val = pad_evalset(val, 4 * fs.num_classes)
+            result = run(key, with_shots(support, k), val, test, as_arrays(values), grid)
+            out[i, j] = float(result["test_accuracy"])
+    return out
+
+
+@pytest.mark.slow
+def test_methods_behave_as_published_on_synthetic_tasks():
+    """ZS < Tip-Adapter < Tip-Adapter-F and APE <= APE-T at 16 shots; accuracy rises with shots.
+
+    Two synthetic tasks x shots {1, 4, 16}, each method one compiled program.
+    """
+    feature_sets = [make_task(seed, num_classes=30, dim=64, shots=16, views=5, val_per_class=4,
+                              test_per_class=40) for seed in (0, 1)]
+    shots = (1, 4, 16)
+    acc = {m: _accuracies(m, feature_sets, shots)
+           for m in ("zero_shot", "tip_adapter", "tip_adapter_f", "ape", "ape_t")}
+    at16 = {m: a[:, -1] for m, a in acc.items()}
+    assert np.all(at16["zero_shot"] < at16["tip_adapter"]), at16
+    assert np.all(at16["tip_adapter"] < at16["tip_adapter_f"]), at16
+    assert np.all(at16["ape"] <= at16["ape_t"]), at16
+    for m in ("tip_adapter", "tip_adapter_f", "ape", "ape_t"):
+        rising = np.all(np.diff(acc[m], axis=1) >= 0) and np.all(acc[m][:, -1] > acc[m][:, 0])
+        assert rising, (m, acc[m])
+    # the padded, nested task gives what `evaluate` gives (up to one row's rounding)
+    single = evaluate_features(feature_sets[1], "tip_adapter", shots=4, seed=1, log=None)
+    assert single["accuracy"] == pytest.approx(acc["tip_adapter"][1, 1], abs=100 / 1200 + 1e-6)
+
+
+def test_record_marks_missing_provenance_unknown(tmp_path):
+    record = records.build_record(method="gda", shots=4, seed=2, hyperparameters={"alpha": 0.1},
+                                  provenance={"backbone": "RN50", "weights": ""}, accuracy=50.0)
+    assert record["backbone"] == "RN50"
+    assert record["weights"] == record["dataset"] == record["split_policy"] == "unknown"
+    assert list(record)[:9] == ["method", "backbone", "weights", "dataset", "split_policy", "shots",
+                                "seed", "hyperparameters", "code_version"]
+    records.write_record(tmp_path / "r.json", record)
+    assert json.loads((tmp_path / "r.json").read_text()) == record

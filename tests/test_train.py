@@ -1,0 +1,115 @@
+"""The trainer: optimiser and schedule vs PyTorch, per-task step counts, sampling, selection."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from jaxclip_fs.train.trainer import TrainData, epoch_plan, train
+
+GRAD = np.array([0.5, -2.0, 1e-3])
+
+
+def _torch_trajectory(steps_per_epoch, epochs, lr, eps, weight_decay):
+    """PyTorch AdamW + CosineAnnealingLR (per batch), constant gradient; params after each epoch."""
+    theta = torch.nn.Parameter(torch.tensor([0.3, -0.1, 0.2], dtype=torch.float64))
+    opt = torch.optim.AdamW([theta], lr=lr, eps=eps, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps_per_epoch * epochs)
+    out = []
+    for _ in range(epochs):
+        for _ in range(steps_per_epoch):
+            opt.zero_grad()
+            theta.grad = torch.tensor(GRAD, dtype=torch.float64)
+            opt.step()
+            sched.step()
+        out.append(theta.detach().numpy().copy())
+    return np.stack(out)
+
+
+def _linear_loss(params, inputs, labels, weights):
+    """Weighted mean of θ·g over the batch: gradient g whatever the batch holds."""
+    per_item = jnp.full(labels.shape, jnp.dot(params["theta"], jnp.asarray(GRAD, jnp.float32)))
+    return jnp.sum(weights * per_item) / jnp.sum(weights)
+
+
+def test_adamw_cosine_and_per_task_step_counts_match_pytorch():
+    """Two tasks of different sizes and epochs in one vmapped program, each equal to PyTorch."""
+    batch, lr, eps, wd = 5, 0.05, 1e-4, 0.1
+    inputs = jnp.zeros((3, 3, 4, 1))  # V=3, C=3, K=4
+    full = jnp.ones((3, 4))
+    partial = full.at[:, 2:].set(0.0).at[0, 2].set(1.0)  # 7 real items
+    target = {}
+    for name, mask, epochs in (("full", full, 4), ("partial", partial, 3)):
+        n = int(mask.sum())
+        traj = _torch_trajectory(-(-n // batch), epochs, lr, eps, wd)
+        target[name] = traj[len(traj) // 2]  # validation peaks mid-training
+
+    def run(mask, epochs, goal):
+        def score(p):
+            return -jnp.sum((p["theta"] - goal) ** 2)
+        settings = {"epochs": epochs, "lr": lr, "eps": eps, "weight_decay": wd}
+        return train(_linear_loss, score, {"theta": jnp.asarray([0.3, -0.1, 0.2])}, ("theta",),
+                     TrainData(inputs, mask), jax.random.key(0), settings, batch_size=batch,
+                     max_epochs=4)
+
+    params, info = jax.jit(jax.vmap(run))(
+        jnp.stack([full, partial]), jnp.asarray([4, 3]),
+        jnp.asarray(np.stack([target["full"], target["partial"]])))
+    for i, (name, mask, epochs) in enumerate((("full", full, 4), ("partial", partial, 3))):
+        traj = _torch_trajectory(-(-int(mask.sum()) // batch), epochs, lr, eps, wd)
+        best = len(traj) // 2
+        assert int(info["best_epoch"][i]) == best
+        np.testing.assert_allclose(np.asarray(params["theta"][i]), traj[best], rtol=1e-4, atol=1e-5)
+        scores = np.asarray(info["scores"][i])
+        assert np.all(np.isnan(scores[epochs:])) and np.all(np.isfinite(scores[:epochs]))
+        assert int(np.argmax(scores[:epochs])) == best
+
+
+def test_epoch_plan_visits_each_real_item_once_with_augmented_views():
+    mask = jnp.ones((4, 5)).at[1, 3:].set(0.0).at[3].set(0.0)
+    real = set(int(i) for i in np.flatnonzero(np.asarray(mask).reshape(-1)))
+    orders = []
+    for epoch in range(3):
+        order, views = epoch_plan(jax.random.key(1), mask, 4, epoch)
+        order, views = np.asarray(order), np.asarray(views)
+        assert set(order[:len(real)].tolist()) == real  # each real item once, padding last
+        assert views.min() >= 1 and views.max() <= 3  # augmented views only (view 0 is clean)
+        orders.append(order[:len(real)].tolist())
+    assert orders[0] != orders[1]  # reshuffled every epoch
+    single_view = np.asarray(epoch_plan(jax.random.key(1), mask, 1, 0)[1])
+    assert np.all(single_view == 0)
+
+
+def test_epoch_plan_does_not_depend_on_padding():
+    mask = jnp.ones((3, 2))
+    padded = jnp.zeros((6, 5)).at[:3, :2].set(1.0)
+    order, views = epoch_plan(jax.random.key(2), mask, 5, 7)
+    order_p, views_p = epoch_plan(jax.random.key(2), padded, 5, 7)
+    as_items = [(int(i) // 2, int(i) % 2) for i in np.asarray(order)]
+    as_items_p = [(int(i) // 5, int(i) % 5) for i in np.asarray(order_p)[:6]]
+    assert as_items == as_items_p
+    np.testing.assert_array_equal(np.asarray(views).reshape(3, 2),
+                                  np.asarray(views_p).reshape(6, 5)[:3, :2])
+
+
+@pytest.mark.parametrize("batch", [4, 64])
+def test_minibatches_are_weighted_means_over_real_items(batch):
+    """With loss = mean of per-item values, an epoch's mean loss is the mean of its batches."""
+    rng = np.random.default_rng(0)
+    inputs = jnp.asarray(rng.standard_normal((2, 3, 4, 1)), jnp.float32)
+    mask = jnp.ones((3, 4)).at[2, 1:].set(0.0)  # 9 real items
+
+    def loss(params, x, labels, weights):
+        return jnp.sum(weights * (x[:, 0] + 0.0 * params["theta"])) / jnp.sum(weights)
+
+    settings = {"epochs": 1, "lr": 1e-3, "eps": 1e-8, "weight_decay": 0.0}
+    _, info = train(loss, lambda p: 0.0, {"theta": jnp.zeros(())}, ("theta",),
+                    TrainData(inputs, mask), jax.random.key(0), settings, batch_size=batch,
+                    max_epochs=1)
+    order, views = epoch_plan(jax.random.key(0), mask, 2, 0)
+    flat = np.asarray(inputs)[:, :, :, 0].reshape(2, -1)
+    picked = flat[np.asarray(views)[np.asarray(order)[:9]], np.asarray(order)[:9]]
+    steps = [picked[i:i + batch] for i in range(0, 9, batch)]
+    np.testing.assert_allclose(float(info["losses"][0]), np.mean([s.mean() for s in steps]),
+                               rtol=1e-5)
