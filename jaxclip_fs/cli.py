@@ -163,7 +163,9 @@ def _run_datasets(args: argparse.Namespace) -> int:
 def _add_extract(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, help="registry name or folder:PATH")
     p.add_argument("--data-root", metavar="DIR",
-                   help="CoOp-layout data root (default $JAXCLIP_FS_DATA)")
+                   help="CoOp-layout data root (default $JAXCLIP_FS_DATA), or the TFDS data dir")
+    p.add_argument("--source", choices=["coop", "tfds"], default="coop",
+                   help="where the benchmark sets come from (default: coop)")
     p.add_argument("--backbone", required=True, help="variant name, e.g. RN50, ViT-B/16")
     p.add_argument("--weights", required=True,
                    help="local checkpoint path, hub id, 'openai', or 'random' (as for embed)")
@@ -200,6 +202,321 @@ def _run_extract(args: argparse.Namespace) -> int:
     return extract_command(args)
 
 
+# --- evaluate ------------------------------------------------------------------------
+
+
+@_command(
+    "evaluate",
+    "run a method on a feature file, or ldc / ta_pp / tx_pp on a dataset's images",
+    "Run one feature-level method on the (--shots, --seed) few-shot task of a feature file:\n"
+    "fit it (train if it trains; best epoch on validation), search its hyperparameters on\n"
+    "validation over its per-dataset grid, then score the test set once. With --hp given\n"
+    "for every searched hyperparameter, no search runs. Validation follows CoOp by default\n"
+    "(min(K, 4) images per class of the val split, same seed).\n\n"
+    "Writes DIR/test_logits.npy [T, C] and DIR/result.json (accuracy in %, hyperparameters\n"
+    "used and which were searched, val accuracy, seconds, backbone / weights / dataset /\n"
+    "split policy from the file's meta, shots, seed, method, code version).\n\n"
+    "methods: zero_shot, tip_adapter, tip_adapter_f, tip_x, ape, ape_t, gda, clip_adapter.\n\n"
+    "ldc, ta_pp and tx_pp need images, not a feature file: give --dataset, --backbone and\n"
+    "--weights instead of FEATURES.npz (ta_pp/tx_pp also --imo-adapters, from `jaxclip-fs\n"
+    "train-imo`). LDC trains through the frozen CLIP (trunk in the compiled step, or a tap\n"
+    "cache when it fits --tap-cache-budget), searches beta on validation and also writes\n"
+    "DIR/confusion.{json,png} (which class pairs ICD de-confuses) and DIR/params.\n\n"
+    "examples:\n  jaxclip-fs evaluate pets.npz --method tip_adapter --shots 16 --seed 1 --out runs/ta\n"
+    "  jaxclip-fs evaluate pets.npz --method ape --hp alpha=2 beta=1.5 gamma=0.3 --out runs/ape\n"
+    "  jaxclip-fs evaluate --method ldc --dataset digits --backbone tiny-rn --weights random \\\n"
+    "      --shots 4 --hp epochs=10 --out runs/ldc",
+)
+def _add_evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("features", metavar="FEATURES.npz", nargs="?",
+                   help="feature file (see `jaxclip-fs validate`); not for ldc, ta_pp, tx_pp")
+    p.add_argument("--method", required=True, help="method name")
+    p.add_argument("--shots", type=int, default=16, metavar="K", help="shots per class (default 16)")
+    p.add_argument("--seed", type=int, default=1, help="few-shot seed (default 1)")
+    p.add_argument("--hp", nargs="+", action="extend", default=[], metavar="NAME=VALUE",
+                   help="fix a hyperparameter (repeatable; each takes one or more NAME=VALUE)")
+    p.add_argument("--out", metavar="DIR", help="write test_logits.npy and result.json here")
+    p.add_argument("--dataset", metavar="NAME",
+                   help="registry name choosing per-dataset defaults and grids "
+                        "(default: the file's meta; unknown datasets get the generic grid)")
+    p.add_argument("--val-policy", choices=["coop", "full"], default="coop",
+                   help="validation images: coop = min(K, 4) per class (default), full = whole split")
+    p.add_argument("--select-on-test", action="store_true",
+                   help="choose epochs and hyperparameters on the TEST set, as the official "
+                        "Tip-Adapter-F code does (optimistic; recorded in result.json)")
+    images = p.add_argument_group("image methods (ldc, ta_pp, tx_pp): --dataset is the data")
+    images.add_argument("--backbone", help="variant name, e.g. RN50, ViT-B/16, tiny-rn")
+    images.add_argument("--weights", help="local checkpoint path, hub id, 'openai', or 'random'")
+    images.add_argument("--data-root", metavar="DIR",
+                        help="CoOp-layout data root (default $JAXCLIP_FS_DATA), or the TFDS data dir")
+    images.add_argument("--source", choices=["coop", "tfds"], default="coop",
+                        help="where the benchmark sets come from (default: coop)")
+    images.add_argument("--ldc-fusion", choices=["fixed", "average", "learned", "concat"],
+                        default="fixed", help="LDC level fusion (default fixed .1/.2/.3/.4)")
+    images.add_argument("--ldc-ablation", choices=["full", "maf_only", "icd_only"], default="full",
+                        help="LDC ablation (default full)")
+    images.add_argument("--ldc-vit-taps", choices=["proportional", "official"],
+                        default="proportional",
+                        help="ViT blocks LDC taps: depth 6/8/10/12 of 12 (default) or the "
+                             "official last-block-and-every-second-before")
+    images.add_argument("--train-path", choices=["auto", "trunk", "cache"], default="auto",
+                        help="LDC: run the frozen trunk in the step, or cache the support taps "
+                             "(auto: cache when it fits --tap-cache-budget)")
+    images.add_argument("--tap-cache-budget", type=float, metavar="GiB",
+                        help="memory the LDC tap cache may take (default 4)")
+    images.add_argument("--tap-cache-views", type=int, default=10, metavar="V",
+                        help="LDC tap cache: views per support image, view 0 clean (default 10)")
+    images.add_argument("--imo-adapters", metavar="DIR",
+                        help="ta_pp/tx_pp: adapter checkpoint from `jaxclip-fs train-imo`")
+    images.add_argument("--views", type=int, default=10, metavar="V",
+                        help="ta_pp/tx_pp: cache-model views per train image (default 10)")
+    images.add_argument("--aug-seed", type=int, default=0, help="augmentation seed (default 0)")
+    images.add_argument("--batch-size", type=int, default=64, metavar="B",
+                        help="images per compiled encoding batch (default 64)")
+    images.add_argument("--cache-dir", metavar="DIR",
+                        help="feature cache (default $JAXCLIP_FS_CACHE or ~/.cache/jaxclip-fs)")
+    images.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    images.add_argument("--workers", type=int, metavar="N", help="image loading threads")
+    images.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from jaxclip_fs.sweep.evaluate import evaluate_command
+
+    return evaluate_command(args)
+
+
+# --- train-imo -----------------------------------------------------------------------
+
+
+@_command(
+    "train-imo",
+    "train IMO adapters (TA++/TX++) inside a ViT's blocks; save an orbax checkpoint",
+    "Add a bottleneck adapter to every ViT image block (down W->64, ReLU, dropout 0.1, up\n"
+    "64->W, scale 0.03; up zero-initialised) and train the adapters with a linear head and\n"
+    "cross-entropy on a labelled dataset's split, the rest of CLIP frozen (IMO, BMVC'24: one\n"
+    "epoch, AdamW lr 8e-3, batch 128, on a subset of Open Images -- here any registry\n"
+    "dataset). Writes an orbax checkpoint directory --out (adapters, head, metadata: backbone,\n"
+    "weights id, dataset, settings, losses) for `evaluate --method ta_pp|tx_pp --imo-adapters`.\n\n"
+    "Inputs are CLIP-normalised (the official training left Normalize out while TA++/TX++\n"
+    "encode normalised images); --unnormalized reproduces the official [0, 1] pixels.\n\n"
+    "example:\n  jaxclip-fs train-imo --dataset imagenet --data-root /data --backbone ViT-B/16 \\\n"
+    "      --weights openai --out imo_vitb16",
+)
+def _add_train_imo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, help="registry name or folder:PATH")
+    p.add_argument("--data-root", metavar="DIR",
+                   help="CoOp-layout data root (default $JAXCLIP_FS_DATA), or the TFDS data dir")
+    p.add_argument("--source", choices=["coop", "tfds"], default="coop",
+                   help="where the benchmark sets come from (default: coop)")
+    p.add_argument("--split", default="train", choices=["train", "val", "test"],
+                   help="split to train on (default train)")
+    p.add_argument("--backbone", required=True, help="a ViT variant, e.g. ViT-B/16")
+    p.add_argument("--weights", required=True,
+                   help="local checkpoint path, hub id, 'openai', or 'random' (as for embed)")
+    p.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory")
+    p.add_argument("--epochs", type=int, default=1, help="epochs (default 1)")
+    p.add_argument("--lr", type=float, default=8e-3, help="AdamW learning rate (default 8e-3)")
+    p.add_argument("--batch-size", type=int, default=128, metavar="B", help="default 128")
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW decay (default 0.01)")
+    p.add_argument("--seed", type=int, default=0, help="init / shuffle / dropout seed (default 0)")
+    p.add_argument("--adapter-dim", type=int, default=64, help="bottleneck width (default 64)")
+    p.add_argument("--adapter-scale", type=float, default=0.03, help="adapter scale (default 0.03)")
+    p.add_argument("--adapter-dropout", type=float, default=0.1, help="dropout (default 0.1)")
+    p.add_argument("--unnormalized", action="store_true",
+                   help="train on [0, 1] pixels as the official code does")
+    p.add_argument("--workers", type=int, metavar="N", help="image loading threads")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _run_train_imo(args: argparse.Namespace) -> int:
+    from jaxclip_fs.sweep.image_methods import train_imo_command
+
+    return train_imo_command(args)
+
+
+# --- validate ------------------------------------------------------------------------
+
+
+@_command(
+    "validate",
+    "check a feature file and print a summary",
+    "Load FILE.npz with the feature-file validator (keys, shapes, dtypes, NaN, label\n"
+    "ranges, few-shot index) and print what it holds; a bad file gets a one-line error\n"
+    "naming the key.\n\nexample:\n  jaxclip-fs validate pets.npz",
+)
+def _add_validate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("features", metavar="FILE.npz")
+
+
+def _run_validate(args: argparse.Namespace) -> int:
+    from jaxclip_fs.sweep.evaluate import validate_command
+
+    return validate_command(args)
+
+
+# --- run -----------------------------------------------------------------------------
+
+
+@_command(
+    "run",
+    "sweep methods x datasets x shots x seeds: extract, compiled programs, records, report",
+    "Extract features (cached) and run every method on every (dataset, shots, seed) cell.\n"
+    "Each method runs all its seeds and shots -- and with --fuse-datasets several datasets,\n"
+    "padded and masked -- as ONE compiled program, its cell axis spread over all devices\n"
+    "(jax.sharding Mesh + NamedSharding; same records as one device). Hyperparameters and\n"
+    "epochs are chosen on validation (CoOp: min(K, 4) images per class), test scored once.\n\n"
+    "DIR gets manifest.json, features/<dataset>.npz, records/<method>/<dataset>/\n"
+    "shots<K>_seed<S>.json (one result record per cell, written as each program finishes),\n"
+    "params/ (orbax checkpoints of trained params) and report/ (tables and plots, see\n"
+    "`jaxclip-fs report`). A rerun skips finished cells, so an interrupted sweep resumes by\n"
+    "repeating the command; more methods / datasets / shots / seeds extend DIR, other\n"
+    "settings are refused.\n\n"
+    "--distributed starts multi-host JAX (TPU pods, multi-GPU clusters): run the same command\n"
+    "on every host; coordinator and process ids come from the environment on Cloud TPU and\n"
+    "SLURM, or from --coordinator/--num-processes/--process-id. Process 0 writes.\n\n"
+    "examples:\n  jaxclip-fs run --dataset digits --method all --shots 1,2,4,8,16 --seeds 1,2,3 \\\n"
+    "      --backbone tiny-vit --weights random --out runs/digits\n"
+    "  jaxclip-fs run --dataset caltech101,dtd,eurosat --data-root /data --backbone RN50 \\\n"
+    "      --weights openai --method tip_adapter,ape,gda --fuse-datasets --out runs/rn50\n"
+    "  jaxclip-fs run --features pets.npz dtd.npz --method tip_adapter_f --out runs/byo",
+)
+def _add_run(p: argparse.ArgumentParser) -> None:
+    what = p.add_argument_group("the grid")
+    what.add_argument("--dataset", metavar="D1,D2,...", help="registry names or folder:PATH")
+    what.add_argument("--features", nargs="+", metavar="FILE.npz",
+                      help="use these feature files instead of extracting (dataset from their meta)")
+    what.add_argument("--method", default="all", metavar="M1,M2,...",
+                      help="method names, or 'all' (default): every method the inputs allow "
+                           "(ldc needs --dataset; ta_pp, tx_pp also --imo-adapters)")
+    what.add_argument("--shots", default="1,2,4,8,16", metavar="K1,K2,...", help="default 1,2,4,8,16")
+    what.add_argument("--seeds", default="1,2,3", metavar="S1,S2,...", help="default 1,2,3")
+    what.add_argument("--ood", metavar="D1,D2,...",
+                      help="out-of-distribution test sets scored with the fits on their parent "
+                           "(imagenet_v2, imagenet_sketch, imagenet_a, imagenet_r; needs --dataset "
+                           "imagenet)")
+    what.add_argument("--out", required=True, metavar="DIR", help="sweep directory (resumable)")
+    model = p.add_argument_group("features (with --dataset)")
+    model.add_argument("--backbone", help="variant name, e.g. RN50, ViT-B/16, tiny-vit")
+    model.add_argument("--weights", help="local checkpoint path, hub id, 'openai', or 'random'")
+    model.add_argument("--data-root", metavar="DIR",
+                       help="CoOp-layout data root (default $JAXCLIP_FS_DATA), or the TFDS data dir")
+    model.add_argument("--source", choices=["coop", "tfds"], default="coop",
+                       help="where the benchmark sets come from (default: coop)")
+    model.add_argument("--views", type=int, default=10, metavar="V",
+                       help="views per train image, view 0 un-augmented (default 10)")
+    model.add_argument("--aug-scale", default="0.5,1", metavar="LOW,HIGH",
+                       help="RandomResizedCrop area range (default 0.5,1)")
+    model.add_argument("--aug-seed", type=int, default=0, help="augmentation seed (default 0)")
+    model.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                       help="CLIP compute dtype (features are stored as float32)")
+    model.add_argument("--batch-size", type=int, default=64, metavar="B",
+                       help="image views per compiled encoding batch (default 64)")
+    model.add_argument("--cache-dir", metavar="DIR",
+                       help="feature cache (default $JAXCLIP_FS_CACHE or ~/.cache/jaxclip-fs)")
+    model.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    model.add_argument("--workers", type=int, metavar="N", help="image loading threads")
+    model.add_argument("--imo-adapters", metavar="DIR",
+                       help="IMO adapters from `jaxclip-fs train-imo` (needed for ta_pp, tx_pp)")
+    science = p.add_argument_group("selection")
+    science.add_argument("--val-policy", choices=["coop", "full"], default="coop",
+                         help="validation images: coop = min(K, 4) per class (default), full = whole split")
+    science.add_argument("--select-on-test", action="store_true",
+                         help="choose epochs and hyperparameters on the TEST set, as the official "
+                              "Tip-Adapter-F code does (optimistic; recorded)")
+    science.add_argument("--hp", nargs="+", action="extend", default=[], metavar="NAME=VALUE",
+                         help="fix a hyperparameter for every method that has it (repeatable)")
+    run = p.add_argument_group("execution")
+    run.add_argument("--fuse-datasets", action="store_true",
+                     help="run compatible datasets in one program per method (padded classes and "
+                          "samples, masked; same records as separate programs)")
+    run.add_argument("--devices", type=int, metavar="N", help="use the first N devices (default: all)")
+    run.add_argument("--save-params", choices=["trained", "all", "none"], default="trained",
+                     help="orbax checkpoints of fitted params: methods that train (default), all, none")
+    run.add_argument("--distributed", action="store_true",
+                     help="multi-host: call jax.distributed.initialize() first")
+    run.add_argument("--coordinator", metavar="HOST:PORT", help="with --distributed (default: auto)")
+    run.add_argument("--num-processes", type=int, metavar="N", help="with --distributed (default: auto)")
+    run.add_argument("--process-id", type=int, metavar="I", help="with --distributed (default: auto)")
+    run.add_argument("--no-report", action="store_true", help="do not write DIR/report at the end")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    from jaxclip_fs.sweep.command import run_command
+
+    return run_command(args)
+
+
+# --- demo ----------------------------------------------------------------------------
+
+
+@_command(
+    "demo",
+    "the whole pipeline offline on scikit-learn's digits (every method, shots 1-16, 3 seeds)",
+    "Run every registered method x shots 1,2,4,8,16 x seeds 1,2,3 on scikit-learn's digits,\n"
+    "offline, through the same engine as `jaxclip-fs run`: features extracted once (cached),\n"
+    "one compiled program per method, records, then the report. Prints the table and the\n"
+    "path of the accuracy-vs-shots plot. A rerun resumes / reuses everything.\n\n"
+    "Weights: --weights if given; else pretrained ViT-B/32 if already on this machine\n"
+    "(~/.cache/clip/ViT-B-32.pt or the Hugging Face cache of openai/clip-vit-base-patch32;\n"
+    "nothing is downloaded); else the tiny test ViT with RANDOM weights, under a banner:\n"
+    "those accuracies only show that the pipeline runs.\n\n"
+    "examples:\n  jaxclip-fs demo\n  jaxclip-fs demo --weights ~/clip-vit-base-patch32 --out demo_vitb32\n"
+    "  jaxclip-fs demo --shots 1,4 --seeds 1 --method tip_adapter,ape",
+)
+def _add_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", help="checkpoint path, hub id (cached), 'openai' or 'random' "
+                                     "(default: local ViT-B/32 if found, else random)")
+    p.add_argument("--backbone", help="variant (default: ViT-B/32 with real weights, tiny-vit random)")
+    p.add_argument("--out", default="jaxclip-fs-demo", metavar="DIR",
+                   help="sweep directory (default ./jaxclip-fs-demo)")
+    p.add_argument("--method", default="all", metavar="M1,M2,...", help="default: all")
+    p.add_argument("--shots", default="1,2,4,8,16", metavar="K1,K2,...", help="default 1,2,4,8,16")
+    p.add_argument("--seeds", default="1,2,3", metavar="S1,S2,...", help="default 1,2,3")
+    p.add_argument("--views", type=int, default=4, metavar="V",
+                   help="views per train image (default 4: view 0 + 3 augmented)")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="feature cache (default $JAXCLIP_FS_CACHE or ~/.cache/jaxclip-fs)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from jaxclip_fs.sweep.demo import demo_command
+
+    return demo_command(args)
+
+
+# --- report --------------------------------------------------------------------------
+
+
+@_command(
+    "report",
+    "tables (Markdown, CSV) and accuracy-vs-shots plots from result records",
+    "Read the result records under DIR (a `jaxclip-fs run` directory, or any directory of\n"
+    "`evaluate` result.json files) and write to OUT (default DIR/report):\n\n"
+    "  report.md               per shot count a methods x datasets table of mean ± std over\n"
+    "                          seeds with an average column, then accuracy-vs-shots tables\n"
+    "  results.csv             one row per method, dataset, shots (and average)\n"
+    "  table_<K>shot.csv       the per-shot tables, wide\n"
+    "  accuracy_vs_shots_*.png one plot per dataset and one for the average\n\n"
+    "Published numbers (the LDC paper's 16-shot RN50 table) appear in [brackets] where backbone,\n"
+    "dataset and shots match and the weights are real. Results from random weights are labelled\n"
+    "in every output. Reads records only: no model, no jax.\n\n"
+    "example:\n  jaxclip-fs report runs/sweep1",
+)
+def _add_report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", metavar="DIR", help="directory (searched recursively) or file of records")
+    p.add_argument("--out", metavar="OUT", help="report directory (default DIR/report)")
+    p.add_argument("--no-plots", action="store_true", help="tables only")
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from jaxclip_fs.report.write import report_command
+
+    return report_command(args)
+
+
 # --- entry point ---------------------------------------------------------------------
 
 
@@ -208,6 +525,12 @@ _SUBCOMMANDS = [
     (_add_convert, _run_convert),
     (_add_datasets, _run_datasets),
     (_add_extract, _run_extract),
+    (_add_evaluate, _run_evaluate),
+    (_add_train_imo, _run_train_imo),
+    (_add_validate, _run_validate),
+    (_add_run, _run_run),
+    (_add_report, _run_report),
+    (_add_demo, _run_demo),
 ]
 
 

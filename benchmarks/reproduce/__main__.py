@@ -1,0 +1,133 @@
+"""Reproduce a paper setting and compare with the published numbers.
+
+  python -m benchmarks.reproduce CONFIG --data-root DIR [--weights W] [--out DIR]
+  python -m benchmarks.reproduce CONFIG --compare-only --out DIR
+
+CONFIG is a name from ``benchmarks/reproduce/configs`` (``rn50_16shot``,
+``rn50_curves``, ``imagenet_ood``) or a path to such a JSON file. The runner
+checks that every dataset is set up (else it prints, in one line, what it
+needs and exits with 2), runs ``jaxclip-fs run`` with the config's grid
+(resumable: rerun the same command after an interruption), then prints one
+line per (method, dataset, shots): ours (mean ± std over seeds), the
+published number, the difference, the tolerance band and pass / FAIL. Exit
+status 0 when nothing failed or is missing. Methods this build does not
+provide are named and skipped (their published cells then show ``missing``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from benchmarks.reproduce.compare import all_passed, compare, format_checks
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def load_config(name_or_path: str) -> dict:
+    """A config by name (``configs/<name>.json``) or path."""
+    path = (name_or_path if name_or_path.endswith(".json")
+            else os.path.join(CONFIG_DIR, f"{name_or_path}.json"))
+    if not os.path.isfile(path):
+        names = sorted(f[:-5] for f in os.listdir(CONFIG_DIR) if f.endswith(".json"))
+        raise SystemExit(f"error: no config '{name_or_path}' (known: {', '.join(names)})")
+    with open(path) as f:
+        return json.load(f)
+
+
+def missing_data(config: dict, data_root: str | None, source: str) -> list[tuple[str, str]]:
+    """``[(dataset, reason), ...]`` for the datasets that cannot be loaded."""
+    from jaxclip_fs.data import get_dataset
+    from jaxclip_fs.errors import DataError
+
+    options = {"source": source} if source != "coop" else {}
+    problems = []
+    for name in list(config["datasets"]) + list(config.get("ood", [])):
+        try:
+            get_dataset(name, data_root, **options)
+        except DataError as exc:
+            problems.append((name, str(exc)))
+    return problems
+
+
+def available_methods(config: dict) -> tuple[list[str], list[str]]:
+    """(methods this build provides, those it does not)."""
+    from jaxclip_fs import methods
+    from jaxclip_fs.errors import ConfigError
+
+    have, lack = [], []
+    for name in config["methods"]:
+        try:
+            methods.get(name)
+            have.append(name)
+        except ConfigError:
+            lack.append(name)
+    return have, lack
+
+
+def run_argv(config: dict, methods: list[str], args) -> list[str]:
+    """The ``jaxclip-fs run`` command line of a config."""
+    listed = lambda values: ",".join(str(v) for v in values)  # noqa: E731
+    argv = ["run", "--dataset", listed(config["datasets"]), "--method", listed(methods),
+            "--shots", listed(config["shots"]), "--seeds", listed(config["seeds"]),
+            "--backbone", config["backbone"], "--weights", args.weights,
+            "--views", str(config["views"]), "--val-policy", config["val_policy"],
+            "--source", args.source, "--out", args.out]
+    if config.get("ood"):
+        argv += ["--ood", listed(config["ood"])]
+    if args.data_root:
+        argv += ["--data-root", args.data_root]
+    if args.devices:
+        argv += ["--devices", str(args.devices)]
+    return argv
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.reproduce",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("config",
+                        help="config name (rn50_16shot, rn50_curves, imagenet_ood) or JSON path")
+    parser.add_argument("--data-root", help="CoOp-layout data root (default $JAXCLIP_FS_DATA)")
+    parser.add_argument("--source", choices=["coop", "tfds"], default="coop")
+    parser.add_argument("--weights", default="openai",
+                        help="the backbone's weights (default 'openai': OpenAI's release, "
+                             "local caches first)")
+    parser.add_argument("--out", help="sweep directory (default runs/<config name>)")
+    parser.add_argument("--devices", type=int, help="use the first N devices (default: all)")
+    parser.add_argument("--compare-only", action="store_true",
+                        help="compare the records in --out, run nothing")
+    args = parser.parse_args(argv)
+    config = load_config(args.config)
+    args.out = args.out or os.path.join("runs", config["name"])
+
+    if not args.compare_only:
+        missing = missing_data(config, args.data_root, args.source)
+        if missing:
+            print(f"error: {config['name']} needs {', '.join(n for n, _ in missing)} under "
+                  f"--data-root or $JAXCLIP_FS_DATA (first problem: {missing[0][1]}); "
+                  "see `jaxclip-fs datasets --setup-help`", file=sys.stderr)
+            return 2
+        methods, lacking = available_methods(config)
+        if lacking:
+            print(f"note: this build has no {', '.join(lacking)}; those cells are not run",
+                  file=sys.stderr)
+        command = run_argv(config, methods, args)
+        print("jaxclip-fs " + " ".join(command), file=sys.stderr)
+        from jaxclip_fs import cli
+
+        status = cli.main(command)
+        if status:
+            return status
+
+    from jaxclip_fs.report.collect import load_records
+
+    checks = compare(load_records(os.path.join(args.out, "records")), config)
+    print(f"{config['name']}: {config['description']}")
+    print(format_checks(checks))
+    return 0 if all_passed(checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""Reading result records and aggregating them over seeds.
+
+A record is one JSON object per (method, dataset, shots, seed) as written by
+``io/records.py`` (``evaluate`` and ``run`` both write them). Records are
+grouped by their :class:`Setting` -- what must be equal for numbers to be
+comparable: backbone, weights, validation policy and selection protocol --
+then by (method, dataset, shots); each group becomes a :class:`Cell` holding
+the per-seed accuracies and their mean and standard deviation.
+
+The standard deviation is the population one (``numpy.std``, ddof = 0) over
+the seeds present, as the papers' ``mean ± std`` over 3 seeds is usually
+computed; a single seed has std 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from jaxclip_fs.errors import ConfigError
+
+REQUIRED_FIELDS = ("method", "dataset", "shots", "seed", "accuracy")
+RANDOM_WEIGHTS = "random"
+
+# Display order: the methods as DESIGN.md lists them, datasets as the papers' tables.
+METHOD_ORDER = ("zero_shot", "tip_adapter", "tip_adapter_f", "tip_x", "ape", "ape_t", "gda",
+                "clip_adapter", "ldc", "ta_pp", "tx_pp")
+DATASET_ORDER = ("imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers",
+                 "food101", "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101",
+                 "imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r")
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Setting:
+    """What makes two records comparable.
+
+    Attributes:
+      backbone: CLIP variant (``RN50`` ...), ``synthetic`` for generated features.
+      weights: weights identity, ``"random"`` for random init.
+      val_policy: ``coop`` / ``full`` (how validation rows were chosen).
+      selection: ``validation`` or ``test`` (the optimistic official protocol).
+    """
+
+    backbone: str
+    weights: str
+    val_policy: str
+    selection: str
+
+    @property
+    def random_weights(self) -> bool:
+        return is_random_weights(self.weights)
+
+    def title(self) -> str:
+        """One line naming the setting, with the random-weights warning when it applies."""
+        text = (f"{self.backbone}, weights {self.weights}, validation {self.val_policy}, "
+                f"selection on {self.selection}")
+        if self.selection == "test":
+            text += " (OPTIMISTIC: hyperparameters chosen on the test set)"
+        if self.random_weights:
+            text += " -- RANDOM WEIGHTS: accuracies only exercise the pipeline"
+        return text
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """The seeds of one (setting, method, dataset, shots).
+
+    Attributes:
+      seeds: the seeds, ascending; ``accuracies`` in the same order (in %).
+      mean, std: over the seeds (population std).
+    """
+
+    setting: Setting
+    method: str
+    dataset: str
+    shots: int
+    seeds: tuple[int, ...]
+    accuracies: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.accuracies))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.accuracies))
+
+
+def is_random_weights(weights: str) -> bool:
+    """True for ``"random"`` and loader ids such as ``"random(seed=0)"``."""
+    return str(weights).startswith(RANDOM_WEIGHTS)
+
+
+def _record_files(path: str) -> list[str]:
+    if os.path.isfile(path):
+        return [path]
+    if not os.path.isdir(path):
+        raise ConfigError(f"{path}: no such records directory or file")
+    found = []
+    for root, dirs, files in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [os.path.join(root, f) for f in sorted(files)
+                  if f.endswith(".json") and not f.startswith(".")]
+    return found
+
+
+def load_records(path: str | os.PathLike) -> list[dict]:
+    """Every result record under ``path`` (a record file or a directory searched recursively).
+
+    JSON files that are not records (a run manifest, a confusion analysis)
+    are skipped: a record is an object with ``method``, ``dataset``,
+    ``shots``, ``seed`` and ``accuracy``. Each record gains ``"_path"``.
+
+    Raises:
+      ConfigError: ``path`` does not exist, or a ``.json`` file is unreadable
+        (names the file).
+    """
+    out = []
+    for file in _record_files(os.fspath(path)):
+        try:
+            with open(file) as f:
+                obj = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{file}: not a readable JSON file ({exc})") from None
+        if isinstance(obj, dict) and all(k in obj for k in REQUIRED_FIELDS):
+            out.append({**obj, "_path": file})
+    return out
+
+
+def setting_of(record: Mapping) -> Setting:
+    """The :class:`Setting` of a record (missing fields read ``unknown``)."""
+    return Setting(backbone=str(record.get("backbone", "unknown")),
+                   weights=str(record.get("weights", "unknown")),
+                   val_policy=str(record.get("val_policy", "unknown")),
+                   selection=str(record.get("selection", "unknown")))
+
+
+def summarize(records: Iterable[Mapping]) -> list[Cell]:
+    """Groups records into :class:`Cell` s, sorted by setting, method, dataset, shots.
+
+    Raises:
+      ConfigError: two records of the same cell and seed disagree on the
+        accuracy (names both files).
+    """
+    by_cell: dict[tuple, dict[int, tuple[float, str]]] = {}
+    for record in records:
+        key = (setting_of(record), str(record["method"]), str(record["dataset"]),
+               int(record["shots"]))
+        seeds = by_cell.setdefault(key, {})
+        seed, accuracy = int(record["seed"]), float(record["accuracy"])
+        path = str(record.get("_path", "?"))
+        if seed in seeds and seeds[seed][0] != accuracy:
+            raise ConfigError(f"records {seeds[seed][1]} and {path} disagree on "
+                              f"{key[1]} / {key[2]} / {key[3]}-shot / seed {seed}")
+        seeds[seed] = (accuracy, path)
+    cells = [Cell(setting, method, dataset, shots, tuple(sorted(seeds)),
+                  tuple(seeds[s][0] for s in sorted(seeds)))
+             for (setting, method, dataset, shots), seeds in by_cell.items()]
+    return sorted(cells, key=lambda c: (c.setting, order_key(c.method, METHOD_ORDER),
+                                        order_key(c.dataset, DATASET_ORDER), c.shots))
+
+
+def order_key(name: str, order: Sequence[str]) -> tuple[int, str]:
+    """Sort key: names of ``order`` first, in that order, then the rest alphabetically."""
+    return (order.index(name), "") if name in order else (len(order), name)

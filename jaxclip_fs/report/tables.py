@@ -1,0 +1,189 @@
+"""The papers' tables from :class:`~jaxclip_fs.report.collect.Cell` s: Markdown and CSV.
+
+Layout (as the LDC / APE / Tip-Adapter papers): one table per setting and
+shot count, a row per method, a column per dataset, then the average over
+the datasets. An entry is ``mean ± std`` over seeds; where a published
+number exists for the same backbone, dataset and shots (and the weights are
+real), it follows in brackets: ``66.10 ± 0.20 [65.51]``.
+
+The average column: when every dataset of the table has the method's record
+for the same seeds, each seed's accuracies are averaged over the datasets
+and the entry is mean ± std of those per-seed averages (its mean is the
+mean of the dataset means); with seeds missing somewhere it is the mean of
+the dataset means, without std; with a dataset missing it is empty.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+from typing import Sequence
+
+import numpy as np
+
+from jaxclip_fs.report.collect import Cell, Setting
+from jaxclip_fs.report.published import AVERAGE, published
+
+DISPLAY_NAMES = {
+    "zero_shot": "ZS-CLIP", "tip_adapter": "Tip-Adapter", "tip_adapter_f": "Tip-Adapter-F",
+    "tip_x": "Tip-X", "ape": "APE", "ape_t": "APE-T", "gda": "GDA", "clip_adapter": "CLIP-Adapter",
+    "ldc": "LDC", "ta_pp": "TA++", "tx_pp": "TX++",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One table entry: mean and std (None when undefined) over ``seeds``; the published number."""
+
+    mean: float
+    std: float | None
+    seeds: tuple[int, ...]
+    published: float | None = None
+
+    def text(self) -> str:
+        out = f"{self.mean:.2f}" + (f" ± {self.std:.2f}" if self.std is not None else "")
+        return out + (f" [{self.published:.2f}]" if self.published is not None else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    """Rows x columns of optional entries.
+
+    Attributes:
+      title: e.g. ``"16-shot -- RN50, weights ..."``.
+      corner: header of the row-label column.
+      rows, columns: labels (registry names, shot counts as strings, ``average``).
+      entries: ``{(row, column): Entry}``; absent = no result.
+    """
+
+    title: str
+    corner: str
+    rows: tuple[str, ...]
+    columns: tuple[str, ...]
+    entries: dict[tuple[str, str], Entry]
+
+
+def display_name(method: str) -> str:
+    return DISPLAY_NAMES.get(method, method)
+
+
+def cell_entry(cell: Cell) -> Entry:
+    return Entry(cell.mean, cell.std, cell.seeds,
+                 published(cell.setting.backbone, cell.setting.weights, cell.shots, cell.method,
+                           cell.dataset))
+
+
+def average_entry(cells: Sequence[Cell], datasets: Sequence[str]) -> Entry | None:
+    """The average over ``datasets`` of one method's cells at one shot count (module docstring)."""
+    by_dataset = {c.dataset: c for c in cells}
+    if not datasets or any(d not in by_dataset for d in datasets):
+        return None
+    chosen = [by_dataset[d] for d in datasets]
+    first = chosen[0]
+    pub = published(first.setting.backbone, first.setting.weights, first.shots, first.method,
+                    AVERAGE)
+    seed_sets = {c.seeds for c in chosen}
+    if len(seed_sets) == 1:
+        per_seed = np.mean([c.accuracies for c in chosen], axis=0)  # [S]
+        return Entry(float(np.mean(per_seed)), float(np.std(per_seed)), first.seeds, pub)
+    common = tuple(sorted(set.intersection(*(set(c.seeds) for c in chosen))))
+    return Entry(float(np.mean([c.mean for c in chosen])), None, common, pub)
+
+
+def shot_table(cells: Sequence[Cell], setting: Setting, shots: int) -> Table:
+    """Methods x datasets (+ average) at ``shots`` for one setting."""
+    mine = [c for c in cells if c.setting == setting and c.shots == shots]
+    methods = tuple(dict.fromkeys(c.method for c in mine))
+    datasets = tuple(dict.fromkeys(c.dataset for c in mine))
+    entries = {(c.method, c.dataset): cell_entry(c) for c in mine}
+    columns = datasets
+    if len(datasets) > 1:
+        columns = datasets + (AVERAGE,)
+        for method in methods:
+            avg = average_entry([c for c in mine if c.method == method], datasets)
+            if avg is not None:
+                entries[(method, AVERAGE)] = avg
+    return Table(f"{shots}-shot -- {setting.title()}", "method", methods, columns, entries)
+
+
+def curve_table(cells: Sequence[Cell], setting: Setting, dataset: str) -> Table:
+    """Methods x shots for one dataset, or for :data:`AVERAGE` over the setting's datasets."""
+    mine = [c for c in cells if c.setting == setting]
+    shots = tuple(sorted({c.shots for c in mine}))
+    methods = tuple(dict.fromkeys(c.method for c in mine))
+    entries: dict[tuple[str, str], Entry] = {}
+    if dataset == AVERAGE:
+        datasets = tuple(dict.fromkeys(c.dataset for c in mine))
+        for method in methods:
+            for k in shots:
+                mine_k = [c for c in mine if c.method == method and c.shots == k]
+                avg = average_entry(mine_k, datasets)
+                if avg is not None:
+                    entries[(method, str(k))] = avg
+        label = f"average over {len(datasets)} datasets"
+    else:
+        entries = {(c.method, str(c.shots)): cell_entry(c) for c in mine if c.dataset == dataset}
+        label = dataset
+    return Table(f"accuracy vs shots, {label} -- {setting.title()}", "method \\ shots", methods,
+                 tuple(str(k) for k in shots), entries)
+
+
+def table_markdown(table: Table) -> str:
+    """A Markdown table under a ``###`` title; missing entries are ``–``."""
+    lines = [f"### {table.title}", "",
+             "| " + " | ".join((table.corner,) + table.columns) + " |",
+             "|" + "---|" * (len(table.columns) + 1)]
+    for row in table.rows:
+        texts = [table.entries[(row, col)].text() if (row, col) in table.entries else "–"
+                 for col in table.columns]
+        lines.append("| " + " | ".join([display_name(row)] + texts) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def table_csv(tables: Sequence[tuple[Setting, Table]]) -> str:
+    """Wide CSV of tables sharing one layout: setting fields, row, then mean/std per column."""
+    if not tables:
+        return ""
+    columns = tuple(dict.fromkeys(c for _, t in tables for c in t.columns if c != AVERAGE))
+    if any(AVERAGE in t.columns for _, t in tables):
+        columns += (AVERAGE,)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["backbone", "weights", "val_policy", "selection", "random_weights",
+"method"]
+                    + [f"{c} {part}" for c in columns for part in ("mean", "std")])
+    for setting, table in tables:
+        for row in table.rows:
+            values: list = []
+            for col in columns:
+                entry = table.entries.get((row, col))
+                values += ["", ""] if entry is None else [
+                    f"{entry.mean:.4f}", "" if entry.std is None else f"{entry.std:.4f}"]
+            writer.writerow([setting.backbone, setting.weights, setting.val_policy,
+                             setting.selection, setting.random_weights, row] + values)
+    return out.getvalue()
+
+
+LONG_CSV_HEADER = ("backbone", "weights", "val_policy", "selection", "random_weights", "method",
+                   "dataset", "shots", "num_seeds", "seeds", "mean", "std", "published",
+                   "ours_minus_published")
+
+
+def long_csv(cells: Sequence[Cell], averages: Sequence[tuple[Setting, str, int, Entry]]) -> str:
+    """One row per cell (and per average entry, dataset ``average``): machine-readable results."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(LONG_CSV_HEADER)
+    rows = [(c.setting, c.method, c.dataset, c.shots, cell_entry(c)) for c in cells]
+    rows += [(s, m, AVERAGE, k, e) for s, m, k, e in averages]
+    for setting, method, dataset, shots, entry in rows:
+        pub = entry.published
+        writer.writerow([
+            setting.backbone, setting.weights, setting.val_policy, setting.selection,
+            setting.random_weights, method, dataset, shots, len(entry.seeds),
+            " ".join(str(s) for s in entry.seeds), f"{entry.mean:.4f}",
+            "" if entry.std is None else f"{entry.std:.4f}",
+            "" if pub is None else f"{pub:.2f}", "" if pub is None else f"{entry.mean - pub:+.4f}",
+        ])
+    return out.getvalue()

@@ -1,0 +1,155 @@
+"""``jaxclip-fs report DIR``: records -> Markdown, CSV and PNG files.
+
+Written to ``OUT`` (default ``DIR/report``), atomically:
+
+* ``report.md`` -- per setting: one methods x datasets table per shot count
+  (with the average column and published numbers), then accuracy-vs-shots
+  tables per dataset and for the average;
+* ``results.csv`` -- one row per (setting, method, dataset, shots) and per
+  average: seeds, mean, std, published, difference;
+* ``table_<K>shot.csv`` -- the per-shot tables, wide (mean / std per dataset);
+* ``accuracy_vs_shots_<dataset>.png`` and ``accuracy_vs_shots_average.png``
+  (prefixed by a setting tag when ``DIR`` holds several settings).
+
+Random-weights settings are flagged in the titles of every table, in the CSV
+``random_weights`` column, on every plot, and in a banner atop ``report.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Sequence
+
+from jaxclip_fs.errors import ConfigError
+from jaxclip_fs.io import atomic
+from jaxclip_fs.report import published as published_lib
+from jaxclip_fs.report.collect import Cell, Setting, load_records, summarize
+from jaxclip_fs.report.plots import plot_curves
+from jaxclip_fs.report.tables import (
+    Table, curve_table, long_csv, shot_table, table_csv, table_markdown,
+)
+
+RANDOM_BANNER = ("**RANDOM WEIGHTS** -- results marked so were computed with randomly "
+                 "initialised CLIP weights: they only show that the pipeline runs, not what the "
+                 "methods achieve.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportFiles:
+    """What :func:`write_report` wrote, and the text to print.
+
+    Attributes:
+      out_dir: the report directory.
+      markdown, results_csv: paths.
+      shot_csvs: ``{shots: path}``.
+      plots: paths of the PNGs.
+      summary: the main tables as Markdown (what ``jaxclip-fs report`` prints).
+      cells: the aggregated cells.
+    """
+
+    out_dir: str
+    markdown: str
+    results_csv: str
+    shot_csvs: dict[int, str]
+    plots: tuple[str, ...]
+    summary: str
+    cells: tuple[Cell, ...]
+
+
+def setting_tag(setting: Setting) -> str:
+    """A file-name-safe tag for a setting."""
+    text = f"{setting.backbone}_{setting.weights}_{setting.val_policy}_{setting.selection}"
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-")[:80]
+
+
+def _settings(cells: Sequence[Cell]) -> list[Setting]:
+    return list(dict.fromkeys(c.setting for c in cells))
+
+
+def write_report(records_path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                 plots: bool = True) -> ReportFiles:
+    """Builds every table and plot from the records under ``records_path``.
+
+    Args:
+      records_path: a sweep directory (or any directory / file of records).
+      out_dir: default ``<records_path>/report`` (a directory path given).
+      plots: draw the PNGs (matplotlib).
+
+    Raises:
+      ConfigError: no records found, or unreadable / contradictory records.
+    """
+    records_path = os.fspath(records_path)
+    records = load_records(records_path)
+    if not records:
+        raise ConfigError(f"{records_path}: no result records found (JSON files with method, "
+                          "dataset, shots, seed, accuracy)")
+    cells = summarize(records)
+    if out_dir is None:
+        base = records_path if os.path.isdir(records_path) else os.path.dirname(records_path)
+        out_dir = os.path.join(base, "report")
+    out_dir = os.fspath(out_dir)
+    settings = _settings(cells)
+    random_any = any(s.random_weights for s in settings)
+
+    doc = [f"# Results: {len(records)} records from {records_path}", ""]
+    if random_any:
+        doc += [RANDOM_BANNER, ""]
+    doc += ["Entries: mean ± std over seeds (top-1 %, std with ddof=0). "
+            f"[x] = published number ({published_lib.SOURCE}).", ""]
+    summary: list[str] = []
+    shot_tables: dict[int, list[tuple[Setting, Table]]] = {}
+    averages = []
+    plot_paths: list[str] = []
+    for setting in settings:
+        mine = [c for c in cells if c.setting == setting]
+        datasets = list(dict.fromkeys(c.dataset for c in mine))
+        doc += [f"## {setting.title()}", ""]
+        for shots in sorted({c.shots for c in mine}, reverse=True):
+            table = shot_table(cells, setting, shots)
+            shot_tables.setdefault(shots, []).append((setting, table))
+            doc.append(table_markdown(table))
+            if len(datasets) > 1:
+                summary.append(table_markdown(table))
+                for method in table.rows:
+                    avg = table.entries.get((method, published_lib.AVERAGE))
+                    if avg is not None:
+                        averages.append((setting, method, shots, avg))
+        curve_names = datasets + ([published_lib.AVERAGE] if len(datasets) > 1 else [])
+        prefix = "" if len(settings) == 1 else setting_tag(setting) + "_"
+        for name in curve_names:
+            table = curve_table(cells, setting, name)
+            doc.append(table_markdown(table))
+            if plots:
+                path = os.path.join(out_dir, f"{prefix}accuracy_vs_shots_{name}.png")
+                plot_curves(table, path, subtitle=setting.title(),
+                            random_weights=setting.random_weights)
+                plot_paths.append(path)
+        # printed: per-shot tables and the average curve; for one dataset, its curve table
+        summary.append(table_markdown(curve_table(cells, setting, curve_names[-1])))
+
+    markdown = os.path.join(out_dir, "report.md")
+    atomic.write_bytes(markdown, "\n".join(doc).encode())
+    results_csv = os.path.join(out_dir, "results.csv")
+    atomic.write_bytes(results_csv, long_csv(cells, averages).encode())
+    shot_csvs = {}
+    for shots, tables in sorted(shot_tables.items()):
+        shot_csvs[shots] = os.path.join(out_dir, f"table_{shots}shot.csv")
+        atomic.write_bytes(shot_csvs[shots], table_csv(tables).encode())
+    head = [RANDOM_BANNER.replace("**", ""), ""] if random_any else []
+    return ReportFiles(out_dir, markdown, results_csv, shot_csvs, tuple(plot_paths),
+                       "\n".join(head + summary), tuple(cells))
+
+
+def report_command(args) -> int:
+    """``jaxclip-fs report DIR [--out OUT] [--no-plots]``: writes the files, prints the tables."""
+    files = write_report(args.dir, args.out, plots=not args.no_plots)
+    print(files.summary)
+    print(f"wrote {files.markdown}, {files.results_csv}, "
+          f"{len(files.shot_csvs)} per-shot CSV tables and {len(files.plots)} plots in "
+          f"{files.out_dir}")
+    return 0
+
+
+__all__ = ["ReportFiles", "report_command", "write_report"]

@@ -1,0 +1,239 @@
+"""Host-side arrays of one program: the stacked, padded, masked tasks of its cells.
+
+For a program (one method, datasets ``g = 1..G``, cells (shots, seed) per
+dataset) the arrays are:
+
+shared per dataset (leading axis G; replicated over devices)
+  ``supports`` [G, S, V, C, K, D]  per seed the nested K-shot support (K = the
+                                  program's largest shot count, class-major,
+                                  rows of the feature file's few-shot index);
+  ``text`` [G, C, D], ``class_mask`` [G, C], ``logit_scale`` [G];
+  ``val`` [G, S, Mv, D], ``val_labels`` [G, S, Mv], ``val_rank`` [G, S, Mv]:
+                                  per seed the validation rows and each row's
+                                  position in its class's nested order (CoOp:
+                                  the first ``min(K, 4)`` of the class's fixed
+                                  random order; ``full``: every row, rank 0;
+                                  padding rows rank ∞);
+  ``test`` [G, M, D], ``test_labels`` [G, M], ``test_mask`` [G, M];
+  with out-of-distribution sets (G = 1): ``ood`` [1, O, Mo, D], ``ood_labels``
+  (parent class indices), ``ood_mask`` [1, O, Mo], ``ood_class_mask`` [1, O, C].
+per cell (leading axes [G, T]; T split over devices)
+  ``seed``, ``seed_index`` (into S), ``shots``, ``val_take`` (= ``min(shots, 4)``),
+  ``hp`` {name: [G, T]},
+  ``grid`` {name: [G, T, L]}.
+
+Inside the program a cell's task is ``supports[seed_index]`` with
+``support_mask[c, k] = class_mask[c] · (k < shots)`` and its validation set
+the rows with ``val_rank < val_take`` -- exactly the sets
+``sweep/evaluate.py`` builds for one (shots, seed), so a cell's record equals
+``evaluate``'s. C, Mv and M are padded to the group's largest (masked); T
+is padded to a multiple of the device count with copies of a real cell
+(their results are dropped).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Hashable, Mapping, Sequence
+
+import numpy as np
+
+from jaxclip_fs.data.fewshot import capped_val_shots, class_order
+from jaxclip_fs.features.featfile import FeatureSet
+from jaxclip_fs.methods.base import Method
+from jaxclip_fs.sweep.cells import Cell, Program
+from jaxclip_fs.sweep.evaluate import support_index
+from jaxclip_fs.sweep.ood import OODSet
+
+VAL_POLICIES = ("coop", "full")
+PADDING_RANK = np.inf
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    """A method's hyperparameters on one dataset: values (defaults + overrides), grids to search."""
+
+    values: dict[str, float]
+    grid: dict[str, np.ndarray]
+
+    def static(self, method: Method) -> tuple[int, int]:
+        """(batch_size, epochs): the shape-setting training settings; (0, 0) without training."""
+        if not method.trainable:
+            return 0, 0
+        return int(self.values["batch_size"]), int(self.values["epochs"])
+
+
+def resolve(method: Method, dataset: str, dim: int, overrides: Mapping[str, float]) -> Resolved:
+    """The method's settings for ``dataset`` (registry name chooses defaults and grids)."""
+    values, grid = method.resolve(dataset, dim, overrides)
+    return Resolved(values, grid)
+
+
+def fusion_signature(method: Method, fs: FeatureSet, resolved: Resolved) -> Hashable:
+    """Datasets with equal signatures can be padded into one program for ``method``."""
+    batch_size, _ = resolved.static(method)
+    return (fs.num_views, fs.dim, batch_size, tuple(sorted(resolved.values)),
+            tuple((name, len(g)) for name, g in resolved.grid.items()))
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramBatch:
+    """The arrays of one program (module docstring) and what sits where.
+
+    Attributes:
+      shared, per_cell: numpy pytrees.
+      slots: ``slots[g][t]`` the cell at (g, t), None for padding.
+      resolved: per dataset its :class:`Resolved`.
+      batch_size, max_epochs: static training settings of the program.
+      val_sizes: per real cell, the number of validation rows it selects on.
+    """
+
+    shared: dict
+    per_cell: dict
+    slots: tuple[tuple[Cell | None, ...], ...]
+    resolved: dict[str, Resolved]
+    batch_size: int
+    max_epochs: int
+    val_sizes: dict[Cell, int]
+
+
+def _val_rows(fs: FeatureSet, seed: int, policy: str,
+              per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seed's validation rows (CoOp: ``per_class`` per class), their rank in the nested order."""
+    if policy == "full":
+        rows = np.arange(fs.val_labels.shape[0])
+        return rows, np.zeros(rows.shape, np.float32)
+    rows, ranks = [], []
+    for c in range(fs.num_classes):
+        order = class_order(fs.val_labels, c, seed)[:per_class]
+        rows.append(order)
+        ranks.append(np.arange(order.size, dtype=np.float32))
+    return np.concatenate(rows), np.concatenate(ranks)
+
+
+def _pad(array: np.ndarray, axis: int, size: int, value=0) -> np.ndarray:
+    widths = [(0, 0)] * array.ndim
+    widths[axis] = (0, size - array.shape[axis])
+    return np.pad(array, widths, constant_values=value)
+
+
+def _dataset_arrays(fsets: Sequence[FeatureSet], seeds: Sequence[int], shots: int, num_classes: int,
+                    val_policy: str) -> dict:
+    """The ``shared`` arrays (module docstring) of the program's datasets, padded alike."""
+    supports, vals, val_labels, val_ranks = [], [], [], []
+    for fs in fsets:
+        per_seed = [fs.train[:, support_index(fs, shots, s)] for s in seeds]  # [V, C, K, D] each
+        supports.append(_pad(np.stack(per_seed), 2, num_classes))
+        rows = [_val_rows(fs, s, val_policy, capped_val_shots(shots)) for s in seeds]
+        vals.append([fs.val[r] for r, _ in rows])
+        val_labels.append([fs.val_labels[r] for r, _ in rows])
+        val_ranks.append([rank for _, rank in rows])
+    val_size = max(v.shape[0] for per_seed in vals for v in per_seed)
+    test_size = max(fs.test.shape[0] for fs in fsets)
+
+    def stacked(per_dataset, fill=0):  # [G, S, Mv, ...]
+        return np.stack([np.stack([_pad(v, 0, val_size, fill) for v in per_seed])
+                         for per_seed in per_dataset])
+
+    def ones(rows: int, size: int) -> np.ndarray:
+        return _pad(np.ones(rows, np.float32), 0, size)
+
+    return {
+        "supports": np.stack(supports).astype(np.float32),
+        "text": np.stack([_pad(fs.text, 0, num_classes) for fs in fsets]).astype(np.float32),
+        "class_mask": np.stack([ones(fs.num_classes, num_classes) for fs in fsets]),
+        "logit_scale": np.asarray([fs.logit_scale for fs in fsets], np.float32),
+        "val": stacked(vals).astype(np.float32),
+        "val_labels": stacked(val_labels).astype(np.int32),
+        "val_rank": stacked(val_ranks, PADDING_RANK).astype(np.float32),
+        "test": np.stack([_pad(fs.test, 0, test_size) for fs in fsets]).astype(np.float32),
+        "test_labels": np.stack([_pad(fs.test_labels, 0, test_size)
+                                 for fs in fsets]).astype(np.int32),
+        "test_mask": np.stack([ones(fs.test.shape[0], test_size) for fs in fsets]),
+    }
+
+
+def _cell_arrays(filled: Sequence[Sequence[Cell]], seeds: Sequence[int],
+                 resolved: Mapping[str, Resolved]) -> dict:
+    """The ``per_cell`` arrays (module docstring) of a [G, T] grid of cells."""
+    first = resolved[filled[0][0].dataset]
+
+    def table(value, dtype):
+        return np.asarray([[value(c) for c in row] for row in filled], dtype)
+
+    return {
+        "seed": table(lambda c: c.seed, np.int32),
+        "seed_index": table(lambda c: seeds.index(c.seed), np.int32),
+        "shots": table(lambda c: c.shots, np.int32),
+        "val_take": table(lambda c: capped_val_shots(c.shots), np.int32),
+        "hp": {n: table(lambda c: resolved[c.dataset].values[n], np.float32) for n in first.values},
+        "grid": {n: table(lambda c: resolved[c.dataset].grid[n], np.float32) for n in first.grid},
+    }
+
+
+def build_batch(program: Program, method: Method, features: Mapping[str, FeatureSet],
+                resolved: Mapping[str, Resolved], *, val_policy: str,
+                pad_cells: Callable[[int], int], ood: Sequence[OODSet] = ()) -> ProgramBatch:
+    """Stacks the cells of ``program`` (module docstring).
+
+    Args:
+      features: dataset -> its feature set (every dataset of the program).
+      resolved: dataset -> the method's settings there (equal batch sizes).
+      val_policy: ``"coop"`` or ``"full"``.
+      pad_cells: T -> the padded T (a multiple of the device count).
+      ood: out-of-distribution sets of the program's (single) dataset.
+    """
+    datasets = program.datasets
+    fsets = [features[d] for d in datasets]
+    seeds = sorted({c.seed for c in program.cells})
+    num_classes = max(fs.num_classes for fs in fsets)
+    shots = max(c.shots for c in program.cells)
+    shared = _dataset_arrays(fsets, seeds, shots, num_classes, val_policy)
+    if ood:
+        if len(datasets) != 1:
+            raise ValueError(f"{program.name}: OOD sets need a single-dataset program")
+        shared.update(_ood_arrays(ood, num_classes))
+
+    width = pad_cells(max(len(program.cells_of(d)) for d in datasets))
+    slots = [program.cells_of(d) + (None,) * (width - len(program.cells_of(d))) for d in datasets]
+    filled = [[cell or row[0] for cell in row] for row in slots]  # padding repeats a real cell
+    statics = {resolved[d].static(method) for d in datasets}
+    if len({b for b, _ in statics}) != 1:
+        raise ValueError(f"{program.name}: datasets with different batch sizes in one program")
+    val_sizes = {
+        c: int(np.sum(shared["val_rank"][g, seeds.index(c.seed)] < capped_val_shots(c.shots)))
+        for g, d in enumerate(datasets) for c in program.cells_of(d)}
+    return ProgramBatch(shared, _cell_arrays(filled, seeds, resolved), tuple(slots), dict(resolved),
+                        next(iter(statics))[0], max(e for _, e in statics), val_sizes)
+
+
+def _ood_arrays(ood: Sequence[OODSet], num_classes: int) -> dict:
+    """``ood`` [1, O, Mo, D], ``ood_labels``, ``ood_mask`` [1, O, Mo], ``ood_class_mask``."""
+    size = max(o.test.shape[0] for o in ood)
+    return {
+        "ood": np.stack([_pad(o.test, 0, size) for o in ood])[None].astype(np.float32),
+        "ood_labels": np.stack([_pad(o.test_labels, 0, size) for o in ood])[None].astype(np.int32),
+        "ood_mask": np.stack([_pad(np.ones(o.test.shape[0], np.float32), 0, size)
+                              for o in ood])[None],
+        "ood_class_mask": np.stack([_pad(o.class_mask, 0, num_classes) for o in ood])[None],
+    }
+
+
+def chosen_hparams(method: Method, resolved: Resolved, index: Mapping[str, int]) -> dict:
+    """The hyperparameters a cell used: the values, with searched ones read from the float64 grid.
+
+    (As ``evaluate`` reports them: the official lists' value, not its float32 copy.)
+    """
+    used = dict(resolved.values)
+    for name, g in resolved.grid.items():
+        used[name] = float(g[int(index[name])])
+    specs = method.hparam_specs
+    return {name: int(v) if specs[name].integer else float(v) for name, v in used.items()}
+
+
+def slot_cells(batch: ProgramBatch) -> list[tuple[int, int, Cell]]:
+    """``(g, t, cell)`` for every real slot."""
+    return [(g, t, cell) for g, row in enumerate(batch.slots) for t, cell in enumerate(row)
+            if cell is not None]
+
+

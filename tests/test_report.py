@@ -1,0 +1,187 @@
+"""``jaxclip-fs report``: tables and plots match the records; published numbers; random labels."""
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jaxclip_fs import cli
+from jaxclip_fs.errors import ConfigError
+from jaxclip_fs.report import published, write_report
+from jaxclip_fs.report.collect import load_records, summarize
+
+METHODS = ("zero_shot", "tip_adapter", "ape")
+DATASETS = ("imagenet", "dtd", "eurosat")
+SHOTS = (1, 4, 16)
+SEEDS = (1, 2, 3)
+
+
+def _write(directory, records):
+    for i, record in enumerate(records):
+        path = directory / record["method"] / record["dataset"] / f"r{i}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record))
+
+
+def _records(weights="sha256:abc", backbone="RN50", seed=0, skip=()):
+    rng = np.random.default_rng(seed)
+    out = []
+    for method in METHODS:
+        for dataset in DATASETS:
+            for shots in SHOTS:
+                for s in SEEDS:
+                    if (method, dataset, shots, s) in skip:
+                        continue
+                    out.append({"method": method, "backbone": backbone, "weights": weights,
+                                "dataset": dataset, "split_policy": "x", "shots": shots, "seed": s,
+                                "hyperparameters": {}, "val_policy": "coop",
+                                "selection": "validation",
+                                "accuracy": float(np.round(rng.uniform(20, 90), 4))})
+    return out
+
+
+def _accs(records, method, dataset, shots):
+    return np.array([r["accuracy"] for r in sorted(records, key=lambda r: r["seed"])
+                     if (r["method"], r["dataset"], r["shots"]) == (method, dataset, shots)])
+
+
+def _md_row(markdown, title_start, method_label):
+    """``method_label``'s row of the first table whose title starts with ``title_start``."""
+    block = markdown.split(f"### {title_start}", 1)[1].split("###", 1)[0]
+    header = next(line for line in block.splitlines() if line.startswith("| method"))
+    row = next(line for line in block.splitlines() if line.startswith(f"| {method_label} |"))
+    names = [c.strip() for c in header.strip("|").split("|")]
+    return dict(zip(names, [c.strip() for c in row.strip("|").split("|")]))
+
+
+def test_report_does_not_import_jax():
+    code = "import sys, jaxclip_fs.report, jaxclip_fs.report.write; print('jax' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_tables_match_records_and_published_numbers(tmp_path):
+    records = _records()
+    _write(tmp_path / "records", records)
+    files = write_report(tmp_path, plots=False)
+    with open(files.results_csv) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(METHODS) * len(DATASETS) * len(SHOTS) + len(METHODS) * len(SHOTS)
+    for row in rows:
+        method, dataset, shots = row["method"], row["dataset"], int(row["shots"])
+        if dataset == "average":  # mean ± std over seeds of the per-seed dataset averages
+            per_seed = np.mean([_accs(records, method, d, shots) for d in DATASETS], axis=0)
+        else:
+            per_seed = _accs(records, method, dataset, shots)
+        assert float(row["mean"]) == pytest.approx(per_seed.mean(), abs=1e-4)
+        assert float(row["std"]) == pytest.approx(per_seed.std(), abs=1e-4)
+        assert row["seeds"] == "1 2 3" and row["random_weights"] == "False"
+        pub = published.PUBLISHED.get(("RN50", shots, method, dataset))
+        if pub is None:
+            assert row["published"] == "" and row["ours_minus_published"] == ""
+        else:
+            assert float(row["published"]) == pub
+            difference = per_seed.mean() - pub
+            assert float(row["ours_minus_published"]) == pytest.approx(difference, abs=1e-4)
+
+    markdown = open(files.markdown).read()
+    row = _md_row(markdown, "16-shot", "Tip-Adapter")
+    acc = _accs(records, "tip_adapter", "dtd", 16)
+    assert row["dtd"] == f"{acc.mean():.2f} ± {acc.std():.2f} [60.93]"  # Tip-Adapter, DTD
+    assert row["average"].endswith("[70.32]")
+    row = _md_row(markdown, "4-shot", "APE")  # no published 4-shot numbers
+    acc = _accs(records, "ape", "eurosat", 4)
+    assert row["eurosat"] == f"{acc.mean():.2f} ± {acc.std():.2f}"
+    curve = _md_row(markdown, "accuracy vs shots, imagenet", "ZS-CLIP")
+    for k in SHOTS:
+        acc = _accs(records, "zero_shot", "imagenet", k)
+        assert curve[str(k)].startswith(f"{acc.mean():.2f} ± {acc.std():.2f}")
+    with open(files.shot_csvs[16]) as f:
+        wide = {r["method"]: r for r in csv.DictReader(f)}
+    acc = _accs(records, "ape", "imagenet", 16)
+    assert float(wide["ape"]["imagenet mean"]) == pytest.approx(acc.mean(), abs=1e-4)
+    assert "RANDOM" not in markdown
+
+
+def test_random_weights_are_labelled_everywhere_and_never_compared(tmp_path):
+    records = _records(weights="random")
+    _write(tmp_path, records)
+    files = write_report(tmp_path, tmp_path / "out")
+    markdown = open(files.markdown).read()
+    assert markdown.count("RANDOM WEIGHTS") >= 1 + 3 + len(DATASETS) + 1  # banner + titles
+    assert "[" not in markdown.split("Entries:")[1].split("\n", 1)[1]  # no published numbers
+    assert "RANDOM WEIGHTS" in files.summary
+    with open(files.results_csv) as f:
+        rows = list(csv.DictReader(f))
+    assert all(r["random_weights"] == "True" and r["published"] == "" for r in rows)
+    assert sorted(os.path.basename(p) for p in files.plots) == sorted(
+        f"accuracy_vs_shots_{d}.png" for d in DATASETS + ("average",))
+    from matplotlib.image import imread
+
+    image = imread(files.plots[0])
+    assert image.ndim == 3 and image.shape[0] > 300 and image.shape[1] > 500
+
+
+def test_missing_seeds_and_datasets_in_the_average(tmp_path):
+    skip = {("ape", "dtd", 16, 3)} | {("tip_adapter", "eurosat", 16, s) for s in SEEDS}
+    records = _records(skip=skip)
+    _write(tmp_path, records)
+    files = write_report(tmp_path, plots=False)
+    markdown = open(files.markdown).read()
+    row = _md_row(markdown, "16-shot", "APE")
+    means = [_accs(records, "ape", d, 16).mean() for d in DATASETS]
+    assert row["average"] == f"{np.mean(means):.2f} [73.36]"  # seeds incomplete: no std
+    acc = _accs(records, "ape", "dtd", 16)
+    assert len(acc) == 2 and row["dtd"].startswith(f"{acc.mean():.2f} ± {acc.std():.2f}")
+    row = _md_row(markdown, "16-shot", "Tip-Adapter")
+    assert row["eurosat"] == "–" and row["average"] == "–"
+
+
+def test_settings_are_kept_apart(tmp_path):
+    a, b = _records(backbone="RN50"), _records(backbone="ViT-B/16", seed=1)
+    _write(tmp_path / "a", a)
+    _write(tmp_path / "b", b)
+    files = write_report(tmp_path, plots=True)
+    assert {c.setting.backbone for c in files.cells} == {"RN50", "ViT-B/16"}
+    assert len(files.plots) == 2 * (len(DATASETS) + 1)
+    assert len({os.path.basename(p) for p in files.plots}) == len(files.plots)
+    vit = [c for c in files.cells if c.setting.backbone == "ViT-B/16" and c.method == "ape"
+           and c.dataset == "dtd" and c.shots == 16][0]
+    assert vit.accuracies == tuple(_accs(b, "ape", "dtd", 16))
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="no result records"):
+        write_report(tmp_path)
+    assert cli.main(["report", str(tmp_path / "missing")]) == 2
+    assert "no such records directory" in capsys.readouterr().err
+    records = _records()[:2]
+    clash = dict(records[0], accuracy=records[0]["accuracy"] + 1)
+    _write(tmp_path, records + [clash])
+    with pytest.raises(ConfigError, match="disagree"):
+        summarize(load_records(tmp_path))
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="broken.json"):
+        load_records(tmp_path)
+
+
+def test_cli_prints_tables(tmp_path, capsys):
+    _write(tmp_path, _records())
+    assert cli.main(["report", str(tmp_path), "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"### 16-shot -- RN50", out) and "report.md" in out
+
+
+def test_published_table_is_consistent():
+    """Each encoded row's average column equals the mean of its 11 datasets (catches typos)."""
+    for method in ("zero_shot", "tip_adapter", "tip_adapter_f", "ape", "ape_t", "gda", "ldc"):
+        row = [published.PUBLISHED[("RN50", 16, method, d)] for d in published.DATASETS]
+        assert np.mean(row) == pytest.approx(published.PUBLISHED[("RN50", 16, method, "average")],
+                                             abs=0.01)
+    assert published.published("RN50", "random", 16, "ldc", "dtd") is None
+    assert published.published("RN50", "hf:x", 16, "ldc", "dtd") == 71.39

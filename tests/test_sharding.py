@@ -1,0 +1,75 @@
+"""The cell axis sharded over 8 fake CPU devices gives the records of one device; --distributed."""
+
+import jax
+import pytest
+
+from jaxclip_fs import cli
+from jaxclip_fs.features.synthetic import make_task
+from jaxclip_fs.sweep import sharding
+from jaxclip_fs.sweep.engine import SweepConfig, run_sweep
+
+from test_sweep import assert_same_records, read_records
+
+FEATURES = {"oxford_pets": make_task(2, num_classes=5, dim=8, shots=4, views=3, val_per_class=5,
+                                     test_per_class=6, dataset="oxford_pets")}
+
+
+def test_eight_devices_give_the_records_of_one(tmp_path, monkeypatch):
+    assert len(jax.devices()) == 8  # tests/conftest.py
+    placed = []
+    real_place = sharding.place
+    monkeypatch.setattr(sharding, "place",
+                        lambda tree, s: placed.append(real_place(tree, s)) or placed[-1])
+    # (the trainer under sharding: test_sweep's fused 8-device records equal `evaluate`)
+    cfg = dict(methods=("tip_adapter",), datasets=("oxford_pets",), shots=(1, 2, 4), seeds=(1, 2))
+    runs = {}
+    for devices in (8, 1):
+        out = str(tmp_path / f"d{devices}")
+        result = run_sweep(out, SweepConfig(**cfg, devices=devices), lambda d, k, s: FEATURES[d],
+                           progress=False, log=None)
+        assert result.devices == devices
+        runs[devices] = read_records(out)
+    assert_same_records(runs[8], runs[1])
+    assert {r["devices"] for r in runs[8].values()} == {8}
+
+    per_cell = placed[0]  # the 8-device run's cell arrays: 6 cells padded to 8, one per device
+    shots = per_cell["shots"]
+    assert shots.shape == (1, 8) and len(shots.sharding.device_set) == 8
+    assert {shard.data.shape for shard in shots.addressable_shards} == {(1, 1)}
+    shared = placed[1]
+    assert shared["test"].sharding.is_fully_replicated
+
+
+def test_padding_and_mesh():
+    mesh = sharding.cell_mesh(8)
+    assert [sharding.padded_length(n, mesh) for n in (1, 8, 9, 15)] == [8, 8, 16, 16]
+    assert sharding.padded_length(5, sharding.cell_mesh(1)) == 5
+    with pytest.raises(ValueError, match="9 devices"):
+        sharding.cell_mesh(9)
+
+
+def test_initialize_distributed_passes_only_given_arguments():
+    calls = []
+    sharding.initialize_distributed(initialize=lambda **kw: calls.append(kw))
+    sharding.initialize_distributed("10.0.0.1:1234", 4, 2, initialize=lambda **kw: calls.append(kw))
+    assert calls == [{}, dict(coordinator_address="10.0.0.1:1234", num_processes=4, process_id=2)]
+
+
+class _Started(Exception):
+    pass
+
+
+def test_cli_distributed_flag_initializes_jax_first(tmp_path, monkeypatch):
+    seen = []
+
+    def fake_initialize(**kwargs):
+        seen.append(kwargs)
+        raise _Started  # stop here: this host has no coordinator to talk to
+
+    monkeypatch.setattr(jax.distributed, "initialize", fake_initialize)
+    with pytest.raises(_Started):
+        cli.main(["run", "--dataset", "digits", "--backbone", "tiny-vit", "--weights", "random",
+                  "--out", str(tmp_path), "--distributed", "--coordinator", "host:8476",
+                  "--num-processes", "2", "--process-id", "1"])
+    assert seen == [{"coordinator_address": "host:8476", "num_processes": 2, "process_id": 1}]
+    assert not any(tmp_path.iterdir())  # nothing happened before the initialisation

@@ -1,0 +1,222 @@
+"""The sweep engine: records equal `evaluate`, fusion = separate programs, resume, params, CLI."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+from jaxclip_fs import cli, methods
+from jaxclip_fs.errors import ConfigError
+from jaxclip_fs.features import featfile
+from jaxclip_fs.features.synthetic import make_task
+from jaxclip_fs.io.checkpoints import restore_tree
+from jaxclip_fs.methods.base import as_arrays, logits
+from jaxclip_fs.methods.search import accuracy
+from jaxclip_fs.sweep import outdir
+from jaxclip_fs.sweep import program as program_lib
+from jaxclip_fs.sweep.cells import Cell
+from jaxclip_fs.sweep.engine import SweepConfig, run_sweep
+from jaxclip_fs.sweep.evaluate import build_evalset, build_task, evaluate_features
+
+# Two small datasets with different class counts and split sizes (fusion pads them).
+FEATURES = {
+    "oxford_pets": make_task(0, num_classes=4, dim=8, shots=4, views=3, val_per_class=5,
+                             test_per_class=6, dataset="oxford_pets"),
+    "dtd": make_task(1, num_classes=6, dim=8, shots=4, views=3, val_per_class=4, test_per_class=5,
+                     dataset="dtd"),
+}
+# Two more of one shape: their programs share one compilation (keeps the resume tests fast).
+FEATURES.update({name: make_task(seed, num_classes=3, dim=8, shots=2, views=2, val_per_class=4,
+                                 test_per_class=4, dataset=name)
+                 for seed, name in ((5, "twin_a"), (6, "twin_b"))})
+COMPARED = ("method", "dataset", "shots", "seed", "backbone", "weights", "split_policy",
+            "hyperparameters", "searched", "val_policy", "selection", "accuracy", "val_accuracy",
+            "best_epoch", "num_classes", "val_size", "test_size")
+
+
+def source(dataset, shots, seeds):
+    del shots, seeds
+    return FEATURES[dataset]
+
+
+def read_records(out):
+    found = {}
+    for root, _, files in os.walk(os.path.join(out, "records")):
+        for name in files:
+            record = json.load(open(os.path.join(root, name)))
+            cell = Cell(record["method"], record["dataset"], record["shots"], record["seed"])
+            found[cell] = record
+    return found
+
+
+def assert_same_records(a, b):
+    assert a.keys() == b.keys() and a
+    for cell in a:
+        for field in COMPARED:
+            x, y = a[cell][field], b[cell][field]
+            if isinstance(x, float):
+                assert x == pytest.approx(y, abs=1e-4), (cell, field)
+            else:
+                assert x == y, (cell, field, x, y)
+
+
+def config(**kwargs):
+    base = dict(methods=("tip_adapter_f",), datasets=("oxford_pets", "dtd"), shots=(1, 2, 4),
+                seeds=(1, 2))
+    return SweepConfig(**{**base, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def fused_run(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("fused"))
+    result = run_sweep(out, config(fuse_datasets=True), source, progress=False, log=None)
+    return out, result
+
+
+def test_fused_datasets_give_the_records_of_separate_programs(fused_run, tmp_path):
+    out, result = fused_run
+    assert [p.name for p in result.programs] == ["tip_adapter_f/oxford_pets+dtd"]
+    separate = run_sweep(str(tmp_path), config(), source, progress=False, log=None)
+    assert [p.name for p in separate.programs] == ["tip_adapter_f/oxford_pets", "tip_adapter_f/dtd"]
+    assert_same_records(read_records(out), read_records(str(tmp_path)))
+
+
+def test_sweep_records_equal_evaluate(fused_run):
+    """Each cell of the one vmapped program equals `evaluate` run on that cell alone."""
+    out, _ = fused_run
+    found = read_records(out)
+    assert len(found) == 2 * 3 * 2
+    for cell in (Cell("tip_adapter_f", "dtd", 2, 2),):
+        alone = evaluate_features(FEATURES[cell.dataset], cell.method, shots=cell.shots,
+                                  seed=cell.seed, log=None)
+        assert_same_records({cell: found[cell]}, {cell: alone})
+
+
+def test_trained_params_are_saved_and_reproduce_the_accuracy(fused_run):
+    out, _ = fused_run
+    record = read_records(out)[Cell("tip_adapter_f", "dtd", 4, 2)]
+    tree, meta = restore_tree(os.path.join(out, record["params_checkpoint"]))
+    g, t = record["params_row"]
+    assert meta["slots"][g][t] == dict(method="tip_adapter_f", dataset="dtd", shots=4, seed=2)
+    params = {k: v[g, t] for k, v in tree.items()}
+    fs = FEATURES["dtd"]
+    task = build_task(fs, 4, 2)
+    assert params["keys"].shape == (fs.num_classes, 4, fs.dim)  # learned keys [C, K, D]
+    assert not np.allclose(params["keys"], tree["keys"][g, t - 1])  # each cell has its own
+    test = build_evalset(fs.test, fs.test_labels)
+    method = methods.get("tip_adapter_f")
+    hp = as_arrays(record["hyperparameters"])
+    acc = accuracy(logits(method, params, task, test.features, hp), test)
+    assert float(acc) == pytest.approx(record["accuracy"], abs=1e-4)
+
+
+def test_interrupted_run_resumes_without_recomputing(tmp_path, monkeypatch):
+    out = str(tmp_path)
+    cfg = config(methods=("zero_shot", "tip_adapter", "gda"), datasets=("twin_a", "twin_b"),
+                 shots=(1, 2), devices=1)
+    real = program_lib.run_program
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(args[1].slots)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(program_lib, "run_program", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(out, cfg, source, progress=False, log=None)
+    first = read_records(out)
+    assert len(first) == 2 * 4  # the two programs that finished, 4 cells each
+    stamps = {c: os.stat(outdir.record_path(out, c)).st_mtime_ns for c in first}
+
+    calls.clear()
+    monkeypatch.setattr(program_lib, "run_program",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    result = run_sweep(out, cfg, source, progress=False, log=None)
+    assert len(calls) == 4 and len(result.computed) == 4 * 4 and set(result.skipped) == set(first)
+    after = read_records(out)
+    assert len(after) == 24 and all(after[c] == first[c] for c in first)
+    assert all(os.stat(outdir.record_path(out, c)).st_mtime_ns == stamps[c] for c in first)
+
+    def never(*args, **kwargs):
+        raise AssertionError("a finished sweep must not compile anything")
+
+    monkeypatch.setattr(program_lib, "compiled_program", never)
+    monkeypatch.setattr(program_lib, "run_program", never)
+    done = run_sweep(out, cfg, lambda *a: never(), progress=False, log=None)
+    assert not done.computed and len(done.skipped) == 24
+
+
+def test_rerun_extends_the_grid_or_refuses_other_settings(tmp_path, monkeypatch):
+    out = str(tmp_path)
+    small = config(methods=("zero_shot",), datasets=("twin_a",), shots=(1,), seeds=(1,), devices=1)
+    run_sweep(out, small, source, progress=False, log=None)
+    with pytest.raises(ConfigError, match="--val-policy") as info:
+        run_sweep(out, config(methods=("zero_shot",), datasets=("twin_a",), shots=(1,), seeds=(1,),
+                              val_policy="full", devices=1), source, progress=False, log=None)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="--backbone"):
+        run_sweep(out, small, source, settings={"--backbone": "RN50"}, progress=False, log=None)
+    bigger = config(methods=("zero_shot",), datasets=("twin_a",), shots=(1, 2), seeds=(1, 3),
+                    devices=1)
+    result = run_sweep(out, bigger, source, progress=False, log=None)
+    assert set(result.skipped) == {Cell("zero_shot", "twin_a", 1, 1)} and len(result.computed) == 3
+    manifest = outdir.read_manifest(out)
+    assert manifest["grid"]["--seeds"] == [1, 3] and manifest["grid"]["--shots"] == [1, 2]
+    assert len(manifest["invocations"]) == 2
+
+
+def test_hp_override_applies_to_the_methods_that_have_it(tmp_path):
+    cfg = config(methods=("zero_shot", "tip_adapter"), datasets=("dtd",), shots=(2,), seeds=(1,),
+                 hp=("alpha=1.5",), devices=1)
+    run_sweep(str(tmp_path), cfg, source, progress=False, log=None)
+    record = read_records(str(tmp_path))[Cell("tip_adapter", "dtd", 2, 1)]
+    assert record["hyperparameters"]["alpha"] == 1.5 and record["searched"] == ["beta"]
+    alone = evaluate_features(FEATURES["dtd"], "tip_adapter", shots=2, seed=1, hp=["alpha=1.5"],
+                              log=None)
+    assert record["accuracy"] == pytest.approx(alone["accuracy"], abs=1e-4)
+    with pytest.raises(ConfigError, match="unknown hyperparameter 'gamma'"):
+        run_sweep(str(tmp_path / "b"), config(methods=("zero_shot",), hp=("gamma=1",)), source,
+                  progress=False, log=None)
+
+
+def test_cli_run_on_feature_files_writes_records_and_report(tmp_path, capsys):
+    paths = []
+    for name in ("oxford_pets", "dtd"):
+        paths.append(str(tmp_path / f"{name}.npz"))
+        featfile.save(paths[-1], FEATURES[name])
+    out = str(tmp_path / "sweep")
+    argv = ["run", "--features", *paths, "--method", "tip_adapter", "--shots", "1,2",
+            "--seeds", "1,2", "--out", out, "--fuse-datasets", "--devices", "1", "--quiet"]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "### 2-shot" in printed and "report.md" in printed
+    found = read_records(out)
+    assert len(found) == 8
+    with open(os.path.join(out, "report", "results.csv")) as f:
+        rows = [r for r in csv.DictReader(f) if r["dataset"] != "average"]
+    for row in rows:
+        accs = [found[Cell("tip_adapter", row["dataset"], int(row["shots"]), s)]["accuracy"]
+                for s in (1, 2)]
+        assert float(row["mean"]) == pytest.approx(np.mean(accs), abs=1e-4)
+    assert cli.main(argv) == 0  # resumes: nothing left
+    assert "nothing to compute" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--dataset", "digits"], "either --dataset"),
+    (["--method", "nope"], "unknown method 'nope'"),
+    (["--shots", "0"], "--shots values must be >= 1"),
+    (["--devices", "99"], "--devices"),
+    (["--coordinator", "h:1"], "need --distributed"),
+])
+def test_cli_errors_are_one_line(tmp_path, capsys, extra, needle):
+    path = str(tmp_path / "dtd.npz")
+    featfile.save(path, FEATURES["dtd"])
+    argv = ["run", "--features", path, "--out", str(tmp_path / "o"), "--quiet"]
+    assert cli.main(argv + extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and needle in err and "\n" not in err
