@@ -65,3 +65,8 @@ def write_record(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
     """Atomically writes ``record`` as JSON to ``path``."""
     atomic.write_json(path, dict(record))
 
+
+def searched_summary(record: Mapping[str, Any]) -> str:
+    """``"alpha=2, beta=1.5"``: the hyperparameters a record chose by search ("" if none)."""
+    return ", ".join(f"{k}={v:g}" for k, v in record["hyperparameters"].items()
+                     if k in record["searched"])

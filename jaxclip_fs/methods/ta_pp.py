@@ -28,10 +28,9 @@ import jax
 
 from jaxclip_fs.methods import hparams as hp_lib, tip_x
 from jaxclip_fs.methods.base import Method
-from jaxclip_fs.methods.cache import (
-    affinity, cache_keys, cache_logits, l2_normalize, zero_shot_logits,
-)
+from jaxclip_fs.methods.cache import affinity, cache_keys, l2_normalize, zero_shot_logits
 from jaxclip_fs.methods.task import Task
+from jaxclip_fs.methods.tip_adapter import terms  # base s; α → exp(-β (1 - f' F'ᵀ)) L
 
 
 def grid(dataset):
@@ -73,12 +72,6 @@ def precompute(params, task, queries, query_mask):
     adapted, _ = split_paired(queries, task.text)
     return {"zero_shot": zero_shot_original(task, queries),
             "affinity": affinity(l2_normalize(adapted), params["keys"])}
-
-
-def terms(pre, params, task, hp):
-    """``base = s``; residual of α: ``exp(-β (1 - f' F'ᵀ)) L``."""
-    del params
-    return pre["zero_shot"], {"alpha": cache_logits(pre["affinity"], hp["beta"], task.support_mask)}
 
 
 def ta_pp() -> Method:

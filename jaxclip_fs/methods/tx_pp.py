@@ -23,9 +23,10 @@ import jax.numpy as jnp
 
 from jaxclip_fs.methods import hparams as hp_lib
 from jaxclip_fs.methods.base import Method
-from jaxclip_fs.methods.cache import affinity, cache_keys, cache_logits, l2_normalize
+from jaxclip_fs.methods.cache import affinity, cache_keys, l2_normalize
 from jaxclip_fs.methods.ta_pp import half_task, split_paired, zero_shot_original
 from jaxclip_fs.methods.tip_x import GAMMA, grid, kl_divergence, rescale_to
+from jaxclip_fs.methods.tip_x import terms  # base s; α → exp(-β(1 - A')) L, γ → -M̃ L
 
 
 def init(key, task, hp):
@@ -43,13 +44,6 @@ def precompute(params, task, queries, query_mask):
     rescaled = rescale_to(kl, aff, valid)
     return {"zero_shot": zero_shot_original(task, queries), "affinity": aff,
             "kl_logits": -jnp.sum(jnp.where(valid, rescaled, 0.0), axis=0)}
-
-
-def terms(pre, params, task, hp):
-    """``base = s``; residuals: α → ``exp(-β(1 - A')) L``, γ → ``-M̃ L``."""
-    del params
-    return pre["zero_shot"], {"alpha": cache_logits(pre["affinity"], hp["beta"], task.support_mask),
-                              "gamma": pre["kl_logits"]}
 
 
 def tx_pp() -> Method:

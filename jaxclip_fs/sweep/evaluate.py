@@ -252,8 +252,7 @@ def evaluate_command(args) -> int:
         dataset=args.dataset, val_policy=args.val_policy, select_on_test=args.select_on_test,
         out_dir=args.out,
     )
-    chosen = ", ".join(f"{k}={v:g}" for k, v in record["hyperparameters"].items()
-                       if k in record["searched"])
+    chosen = records.searched_summary(record)
     print(f"{record['method']} on {record['dataset']} "
           f"({record['shots']}-shot, seed {record['seed']}): "
           f"test accuracy {record['accuracy']:.2f}% (val {record['val_accuracy']:.2f}%"

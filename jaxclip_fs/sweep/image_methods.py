@@ -523,8 +523,7 @@ def evaluate_images_command(args) -> int:
     (cell,) = run_image_method(args.method, dataset, clip, shots=(args.shots,), seeds=(args.seed,),
                                hp=args.hp, options=options_from_args(args), log=log)
     record = cell.record
-    chosen = ", ".join(f"{k}={v:g}" for k, v in record["hyperparameters"].items()
-                       if k in record["searched"])
+    chosen = records.searched_summary(record)
     print(f"{record['method']} on {record['dataset']} ({record['shots']}-shot, seed "
           f"{record['seed']}): test accuracy {record['accuracy']:.2f}% (val "
           f"{record['val_accuracy']:.2f}%{'; searched ' + chosen if chosen else ''}; zero-shot "

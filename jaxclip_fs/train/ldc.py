@@ -26,7 +26,6 @@ not) and S seeds train in one compiled program.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
@@ -35,7 +34,7 @@ import optax
 
 from jaxclip_fs.methods.ldc import LDCInputs, LDCModel, LDCOutputs
 from jaxclip_fs.train.fit import INIT_STREAM, TRAIN_STREAM
-from jaxclip_fs.train.trainer import cosine_adamw, epoch_plan
+from jaxclip_fs.train.trainer import epoch_plan, schedule
 
 #: ``fetch(frozen, key, rows) -> LDCInputs``; ``rows`` are the pool leaves gathered to [B, ...].
 Fetch = Callable[[Any, jax.Array, Any], LDCInputs]
@@ -102,12 +101,8 @@ def fit_ldc(model: LDCModel, fetch: Fetch, frozen: Any, data: LDCData, key: jax.
     num_views = jax.tree.leaves(data.pool)[0].shape[0]
     num_classes, shots = data.mask.shape
     items = num_classes * shots
-    steps_scanned = math.ceil(items / batch_size)
-    num_real = jnp.sum(data.mask > 0)
-    steps_per_epoch = (num_real + batch_size - 1) // batch_size
-    epochs = jnp.asarray(settings["epochs"]).astype(jnp.int32)
-    optimizer = cosine_adamw(settings["lr"], (epochs * steps_per_epoch).astype(jnp.float32),
-                             settings["eps"], settings["weight_decay"])
+    steps_scanned, num_real, steps_per_epoch, epochs, optimizer = schedule(
+        data.mask, batch_size, settings)
     grad_fn = jax.value_and_grad(model.loss, has_aux=True)
 
     def run_epoch(state, epoch):

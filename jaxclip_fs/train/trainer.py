@@ -100,6 +100,28 @@ def cosine_adamw(lr, total_steps, eps, weight_decay) -> optax.GradientTransforma
     return optax.adamw(schedule, b1=0.9, b2=0.999, eps=eps, weight_decay=weight_decay)
 
 
+
+class Schedule(NamedTuple):
+    """A masked pool's step counts and optimiser (see :func:`schedule`)."""
+
+    steps_scanned: int  # static: ceil(C·K / batch_size), the scan length of an epoch
+    num_real: jax.Array  # real (masked-in) items n
+    steps_per_epoch: jax.Array  # ceil(n / batch_size); scanned steps past it are idle
+    epochs: jax.Array  # int32 epochs this task trains
+    optimizer: optax.GradientTransformation  # cosine AdamW over epochs · steps_per_epoch
+
+
+def schedule(mask: jax.Array, batch_size: int, settings: Mapping[str, Any]) -> Schedule:
+    """Step counts of a [C, K] masked pool and its cosine AdamW (``settings``: epochs, lr, eps,
+    weight_decay)."""
+    steps_scanned = math.ceil(mask.size / batch_size)
+    num_real = jnp.sum(mask > 0)
+    steps_per_epoch = (num_real + batch_size - 1) // batch_size
+    epochs = jnp.asarray(settings["epochs"]).astype(jnp.int32)
+    optimizer = cosine_adamw(settings["lr"], (epochs * steps_per_epoch).astype(jnp.float32),
+                             settings["eps"], settings["weight_decay"])
+    return Schedule(steps_scanned, num_real, steps_per_epoch, epochs, optimizer)
+
 def _select(flag, new, old):
     return jax.tree.map(lambda n, o: jnp.where(flag, n, o), new, old)
 
@@ -143,12 +165,8 @@ def train(
     learn = {k: params[k] for k in trainable}
     num_views, num_classes, shots = data.inputs.shape[:3]
     items = num_classes * shots
-    steps_scanned = math.ceil(items / batch_size)
-    num_real = jnp.sum(data.mask > 0)
-    steps_per_epoch = (num_real + batch_size - 1) // batch_size
-    epochs = jnp.asarray(settings["epochs"]).astype(jnp.int32)
-    optimizer = cosine_adamw(settings["lr"], (epochs * steps_per_epoch).astype(jnp.float32),
-                             settings["eps"], settings["weight_decay"])
+    steps_scanned, num_real, steps_per_epoch, epochs, optimizer = schedule(
+        data.mask, batch_size, settings)
 
     def batch_loss(learned, inputs, labels, weights):
         return loss_fn({**frozen, **learned}, inputs, labels, weights)
