@@ -42,22 +42,18 @@ def register(factory: Callable[[], Method]) -> None:
 
 
 def names() -> tuple[str, ...]:
-    """All registered method names, plus the image methods not yet registered."""
-    return tuple(_FACTORIES) + tuple(n for n in IMAGE_METHODS if n not in _FACTORIES)
+    """All registered method names."""
+    return tuple(_FACTORIES)
 
 
 def get(name: str) -> Method:
     """The method called ``name``.
 
     Raises:
-      ConfigError: unknown name (lists the known ones), or an image method
-        whose module is not available.
+      ConfigError: unknown name (lists the known ones).
     """
     if name in _FACTORIES:
         return _FACTORIES[name]()
-    if name in IMAGE_METHODS:
-        raise ConfigError(f"method '{name}' needs images (CLIP backbone features), "
-                          "not a feature file: use `jaxclip-fs run`")
     raise ConfigError(f"unknown method '{name}'; known methods: {', '.join(names())}")
 
 
