@@ -208,3 +208,29 @@ def test_ldc_from_random_clip_learns_digits_well_above_zero_shot(clip, digits, s
         "params", "confusion.json", "confusion.png", "test_logits.npy", "result.json"}
     np.testing.assert_array_equal(np.load(tmp_path / "cell" / "test_logits.npy"),
                                   cells[-1].test_logits)
+
+
+def test_ldc_tasks_sharded_over_devices_give_the_records_of_one_device(clip, digits, tmp_path):
+    """4 tasks on 3 of the 8 fake devices (padded to 6) == the same 4 tasks on one device."""
+    assert jax.device_count() >= 3
+    runs = {}
+    for devices in (1, 3):
+        options = ImageOptions(tap_cache_views=4, cache_dir=str(tmp_path / "cache"),
+                               progress=False, devices=devices)
+        runs[devices] = run_ldc(digits, clip, shots=SHOTS, seeds=SEEDS, options=options, log=None,
+                                hp={"epochs": 3, "lr": LR, "batch_size": BATCH})
+
+    def gap(a, b):
+        return np.sqrt(sum(np.sum(np.square(x - y)) for x, y in
+                           zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params))))
+
+    for t, (one, sharded) in enumerate(zip(runs[1], runs[3])):
+        assert (one.shots, one.seed) == (sharded.shots, sharded.seed)
+        assert one.record["devices"] == 1 and sharded.record["devices"] == 3
+        np.testing.assert_allclose(sharded.test_logits, one.test_logits, rtol=1e-4, atol=1e-4)
+        for field in ("accuracy", "val_accuracy", "hyperparameters", "head_accuracies"):
+            assert sharded.record[field] == one.record[field], field
+        # trained weights: float noise only (BatchNorm amplifies it in a few elements, so whole
+        # trees are compared), far below the distance to any other task's weights
+        others = min(gap(sharded, runs[1][u]) for u in range(len(CELLS)) if u != t)
+        assert gap(sharded, one) <= 1e-2 * others, (gap(sharded, one), others)

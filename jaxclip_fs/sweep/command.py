@@ -112,7 +112,8 @@ class ExtractedFeatures:
                             views=o["views"], aug_seed=o["aug_seed"], val_policy=config.val_policy,
                             select_on_test=config.select_on_test, batch_size=o["batch_size"],
                             cache_dir=o["cache_dir"], use_cache=o["use_cache"],
-                            workers=o["workers"], progress=o["progress"])
+                            workers=o["workers"], progress=o["progress"],
+                            devices=config.devices)
 
     def paired(self, dataset: str, shots: int, seeds: Sequence[int]) -> featfile.FeatureSet:
         """TA++ / TX++'s ``[adapted | original]`` features (through the feature cache)."""

@@ -19,7 +19,7 @@ Image methods (:mod:`~jaxclip_fs.sweep.image_methods`): TA++ / TX++ are
 feature-level programs like the others, on the *paired* features
 ``[adapted | original]`` (``paired_features``); LDC trains on images, so its
 program per dataset is the image pipeline's own compiled program
-(``image_runner``, one device), whose cells the engine resumes, checkpoints
+(``image_runner``; its training sharded over the same devices), whose cells the engine resumes, checkpoints
 and records like any other.
 
 Multi-host: every process runs every program (each on its own devices);

@@ -8,7 +8,8 @@ The public API (``jaxclip-fs evaluate`` and the sweep engine call these):
   run as *one* compiled program (``vmap`` over the seeds x shots tasks).
 * :func:`run_ldc` -- LDC: the union of the seeds' few-shot sets is the support
   pool; every task (seed, shots) indexes it with its nested set and mask;
-  :func:`~jaxclip_fs.train.ldc.fit_ldc` trains all tasks in one program on
+  :func:`~jaxclip_fs.train.ldc.fit_ldc` trains all tasks in one program (the
+  task axis sharded over the devices, shared inputs replicated) on
   the tap cache or with the trunk in the step
   (:func:`~jaxclip_fs.train.ldc_inputs.choose_train_path`); val and test
   images go through the trunk once and every task's heads
@@ -53,6 +54,7 @@ from jaxclip_fs.methods import ldc as ldc_lib
 from jaxclip_fs.methods.base import as_arrays
 from jaxclip_fs.methods.task import pad_evalset, stack, with_shots
 from jaxclip_fs.report.confusion import confusion_analysis, summary_lines, write_confusion
+from jaxclip_fs.sweep import sharding
 from jaxclip_fs.sweep.evaluate import ROOT_SEED, build_evalset, build_task, val_rows
 from jaxclip_fs.train import ldc_inputs
 from jaxclip_fs.train.fit import fit_select_predict
@@ -81,6 +83,8 @@ class ImageOptions:
       cache_dir, use_cache: the feature cache.
       workers: image loader threads.
       progress: progress bars on stderr.
+      devices: LDC training spreads its tasks over the first N devices (default: all,
+        at most one per task); the results do not depend on it.
     """
 
     fusion: str = "fixed"
@@ -99,6 +103,7 @@ class ImageOptions:
     use_cache: bool = True
     workers: int | None = None
     progress: bool = True
+    devices: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,10 +186,43 @@ def _selection_rows(dataset, shots: int, seed: int, options: ImageOptions) -> np
 
 
 @functools.lru_cache(maxsize=8)
-def _compiled_ldc_training(model, fetch, batch_size: int, max_epochs: int):
-    """``jit(vmap(fit_ldc))`` over tasks (pool and frozen arguments shared)."""
+def _compiled_ldc_training(model, fetch, batch_size: int, max_epochs: int, mesh=None):
+    """``jit(vmap(fit_ldc))`` over tasks (pool and frozen arguments shared).
+
+    With a ``mesh`` the outputs are gathered replicated; the inputs bring their
+    own shardings (tasks split over the mesh, shared arguments replicated).
+    """
     fit = functools.partial(fit_ldc, model, fetch, batch_size=batch_size, max_epochs=max_epochs)
-    return jax.jit(jax.vmap(fit, in_axes=(None, LDCData(None, 0, 0), 0, 0)))
+    vmapped = jax.vmap(fit, in_axes=(None, LDCData(None, 0, 0), 0, 0))
+    if mesh is None:
+        return jax.jit(vmapped)
+    return jax.jit(vmapped, out_shardings=sharding.replicated(mesh))
+
+
+def _train_ldc_sharded(model, fetch, batch_size: int, max_epochs: int, frozen, pool,
+                       index: np.ndarray, mask: np.ndarray, seeds: Sequence[int],
+                       settings: Mapping[str, np.ndarray], devices: int | None):
+    """All T tasks in one program, the task axis spread over up to T devices.
+
+    T is padded to a multiple of the mesh size by repeating the last task (its
+    copies are computed and dropped); each task's numbers do not depend on the
+    layout. Returns host ``(params, batch_stats, info)`` stacked over the T
+    tasks, and the mesh size.
+    """
+    num_tasks = len(index)
+    mesh = sharding.cell_mesh(min(devices or jax.device_count(), num_tasks))
+    padded = sharding.padded_length(num_tasks, mesh)
+    take = np.minimum(np.arange(padded), num_tasks - 1)
+    key_data = np.asarray(jax.random.key_data(task_keys([seeds[t] for t in take])))
+    per_task = sharding.place((index[take].astype(np.int32), mask[take].astype(np.float32),
+                               key_data, {k: v[take] for k, v in settings.items()}),
+                              sharding.task_sharding(mesh))
+    shared = sharding.place(jax.device_get((frozen, pool)), sharding.replicated(mesh))
+    train = _compiled_ldc_training(model, fetch, batch_size, max_epochs, mesh)
+    outputs = train(shared[0], LDCData(shared[1], per_task[0], per_task[1]),
+                    jax.random.wrap_key_data(per_task[2]), per_task[3])
+    host = jax.tree.map(lambda leaf: np.asarray(leaf)[:num_tasks], jax.device_get(outputs))
+    return host, mesh.devices.size
 
 
 def run_ldc(dataset, clip, *, shots: Sequence[int], seeds: Sequence[int],
@@ -226,14 +264,14 @@ def run_ldc(dataset, clip, *, shots: Sequence[int], seeds: Sequence[int],
     kmax = max(shots)
     index = np.stack([pool.fewshot[s] for _, s in cells])
     mask = np.stack([np.broadcast_to(np.arange(kmax) < k, index.shape[1:]) for k, _ in cells])
-    settings = {name: jnp.full((len(cells),), values[name], jnp.float32)
+    settings = {name: np.full((len(cells),), values[name], np.float32)
                 for name in ("epochs", "lr", "eps", "weight_decay")}
     batch_size, max_epochs = int(values["batch_size"]), int(values["epochs"])
-    say(f"ldc: training {len(cells)} task(s) x {max_epochs} epochs in one program")
-    train = _compiled_ldc_training(model, fetch, batch_size, max_epochs)
-    params, stats, info = train(frozen, LDCData(pool_arrays, jnp.asarray(index, jnp.int32),
-                                                jnp.asarray(mask, jnp.float32)),
-                                task_keys([s for _, s in cells]), settings)
+    (params, stats, info), devices = _train_ldc_sharded(
+        model, fetch, batch_size, max_epochs, frozen, pool_arrays, index, mask,
+        [s for _, s in cells], settings, options.devices)
+    say(f"ldc: trained {len(cells)} task(s) x {max_epochs} epochs in one program on "
+        f"{devices} device(s)")
 
     predict = functools.partial(ldc_inputs.predict_split, clip, dataset, model=model,
                                 tap_names=tap_names, params=params, batch_stats=stats,
@@ -251,7 +289,7 @@ def run_ldc(dataset, clip, *, shots: Sequence[int], seeds: Sequence[int],
     test_labels = test_split.labels
     seconds = time.perf_counter() - started
     provenance = _provenance(clip, dataset, pool.policy, options.val_policy, options.select_on_test)
-    host = jax.device_get((params, stats, info))
+    host = (params, stats, info)
     out = []
     for t, (k, s) in enumerate(cells):
         test_logits = np.asarray(test["fused"][:, t], np.float32)
@@ -273,7 +311,7 @@ def run_ldc(dataset, clip, *, shots: Sequence[int], seeds: Sequence[int],
                  "epoch_losses": [float(x) for x in host[2]["losses"][t]],
                  "epoch_selection": "final epoch (official; no selection)"},
             seconds=round(seconds / len(cells), 3), program_cells=len(cells),
-            program_seconds=round(seconds, 3),
+            program_seconds=round(seconds, 3), devices=devices,
         )
         task_params, task_stats = jax.tree.map(lambda leaf: np.asarray(leaf[t]), host[:2])
         out.append(ImageCell("ldc", k, s, record, test_logits,

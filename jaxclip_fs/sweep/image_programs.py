@@ -6,7 +6,7 @@
 * LDC (:data:`IMAGE_PROGRAM_METHODS`) trains on images: its program per
   dataset is the image pipeline's own compiled program
   (:func:`~jaxclip_fs.sweep.image_methods.run_image_method`, all seeds x shots
-  vmapped, on the default device), called through an :data:`ImageRunner`;
+  vmapped, its tasks spread over the sweep's devices), called through an :data:`ImageRunner`;
   :func:`run_image_program` checkpoints, records and resumes its cells like
   the engine's own programs, and writes LDC's confusion analyses.
 """
@@ -84,6 +84,6 @@ def run_image_program(program: Program, image_runner: ImageRunner, hp: Mapping, 
         record = {**result.record, "seconds": round(seconds / len(program.cells), 4),
                   "program": program.name, "program_cells": len(program.cells),
                   "program_seconds": round(seconds, 3), "fused_datasets": [dataset],
-                  "devices": 1, "params_checkpoint": params_dir,
+                  "devices": result.record.get("devices", 1), "params_checkpoint": params_dir,
                   "params_row": [0, t] if params_dir else None}
         records.write_record(outdir.record_path(out_dir, cell), record)

@@ -49,6 +49,11 @@ def cell_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(None, CELL_AXIS))
 
 
+def task_sharding(mesh: Mesh) -> NamedSharding:
+    """Axis 0 (tasks) split over the mesh: the layout of one dataset's ``[T, ...]`` arrays."""
+    return NamedSharding(mesh, PartitionSpec(CELL_AXIS))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
