@@ -430,6 +430,9 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     run.add_argument("--fuse-datasets", action="store_true",
                      help="run compatible datasets in one program per method (padded classes and "
                           "samples, masked; same records as separate programs)")
+    run.add_argument("--program-per-shots", action="store_true",
+                     help="one program per shot count too: no work padding small-shot cells to "
+                          "the largest (faster on CPUs; same records)")
     run.add_argument("--devices", type=int, metavar="N", help="use the first N devices (default: all)")
     run.add_argument("--save-params", choices=["trained", "all", "none"], default="trained",
                      help="orbax checkpoints of fitted params: methods that train (default), all, none")

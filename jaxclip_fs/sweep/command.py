@@ -241,7 +241,8 @@ def run_command(args) -> int:
         shots=parse_int_list(args.shots, "--shots", 1),
         seeds=parse_int_list(args.seeds, "--seeds", 0),
         val_policy=args.val_policy, select_on_test=args.select_on_test, hp=tuple(args.hp),
-        fuse_datasets=args.fuse_datasets, save_params=args.save_params, devices=args.devices,
+        fuse_datasets=args.fuse_datasets, program_per_shots=args.program_per_shots,
+        save_params=args.save_params, devices=args.devices,
         ood=parse_names(args.ood, "--ood") if args.ood else ())
     if config.ood and args.features:
         raise ConfigError("--ood needs --dataset (the OOD test sets are extracted here)")

@@ -74,6 +74,7 @@ class SweepConfig:
         Tip-Adapter-F protocol; optimistic, recorded).
       hp: ``NAME=VALUE`` overrides, applied to every method declaring NAME.
       fuse_datasets: several datasets per program (padded, masked).
+      program_per_shots: one program per shot count too (no padding work; for CPUs).
       save_params: ``trained`` (methods that train), ``all`` or ``none``.
       devices: use the first N devices (default: all).
       ood: out-of-distribution test sets scored with their parent's fit
@@ -88,6 +89,7 @@ class SweepConfig:
     select_on_test: bool = False
     hp: tuple[str, ...] = ()
     fuse_datasets: bool = False
+    program_per_shots: bool = False
     save_params: str = "trained"
     devices: int | None = None
     ood: tuple[str, ...] = ()
@@ -284,7 +286,7 @@ def run_sweep(out_dir: str | os.PathLike, config: SweepConfig, features: Feature
             specs[method], fsets[(feature_kind(method), d)], resolved[(method, d)])),
             config.fuse_datasets)
 
-    programs = plan_programs(pending, config.methods, groups_of)
+    programs = plan_programs(pending, config.methods, groups_of, config.program_per_shots)
     say(f"{len(pending)} cells in {len(programs)} programs on {mesh.devices.size} "
         f"{mesh.devices.flat[0].platform} device(s)")
     hide_bars = not progress or not writer
