@@ -94,11 +94,10 @@ def epoch_plan(key, mask, num_views: int, epoch):
 
 def cosine_adamw(lr, total_steps, eps, weight_decay) -> optax.GradientTransformation:
     """AdamW whose step size decays as ``lr · ½ (1 + cos(π t / T))``; arguments may be traced."""
-    def schedule(count):
+    def learning_rate(count):
         return lr * 0.5 * (1.0 + jnp.cos(jnp.pi * count / total_steps))
 
-    return optax.adamw(schedule, b1=0.9, b2=0.999, eps=eps, weight_decay=weight_decay)
-
+    return optax.adamw(learning_rate, b1=0.9, b2=0.999, eps=eps, weight_decay=weight_decay)
 
 
 class Schedule(NamedTuple):
