@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 
 import jax
@@ -31,25 +32,14 @@ from jaxclip_fs.convert.assemble import assemble
 from jaxclip_fs.convert.layouts import OPENAI
 from jaxclip_fs.convert.tensors import state_dict_to_numpy
 
-
-def reference_model(config, seed: int = 0):
-    """open_clip ``CLIP`` with ``config``'s architecture (random init, eval mode)."""
-    from open_clip.model import CLIP as OpenClipCLIP
-
-    torch.manual_seed(seed)
-    vision = dict(layers=config.vision_layers, width=config.vision_width,
-                  image_size=config.image_size, head_width=64)
-    if config.is_vit:
-        vision["patch_size"] = config.vision_patch_size
-    text = dict(context_length=config.context_length, vocab_size=config.vocab_size,
-                width=config.text_width, heads=config.text_heads, layers=config.text_layers)
-    return OpenClipCLIP(config.embed_dim, vision, text,
-                        quick_gelu=config.act == "quick_gelu").eval()
+# the tests' open_clip builder (random BatchNorm statistics, so ResNet branches are not all zero)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+from clip_checkpoints import openai_layout_model  # noqa: E402
 
 
 def bench(variant: str, batch: int, repeats: int) -> dict:
     config = get_config(variant)
-    torch_model = reference_model(config)
+    torch_model = openai_layout_model(config)
     variables = assemble(abstract_variables(config), state_dict_to_numpy(torch_model.state_dict()),
                          OPENAI, variant, "open_clip model")
     variables = jax.device_put(variables)

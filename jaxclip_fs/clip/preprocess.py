@@ -14,12 +14,12 @@ differs: HWC instead of CHW.
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from jaxclip_fs.errors import ConfigError, DataError
+from jaxclip_fs.data.images import open_image_file
+from jaxclip_fs.errors import ConfigError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -27,26 +27,9 @@ _MEAN32 = np.asarray(CLIP_MEAN, dtype=np.float32)
 _STD32 = np.asarray(CLIP_STD, dtype=np.float32)
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Decodes an image file fully and converts it to RGB (alpha dropped, as ``convert`` does).
-
-    Converting at load time is what CoOp/Tip-Adapter's data loaders do
-    (``Image.open(path).convert("RGB")``); for RGB files it makes no
-    difference to :func:`preprocess`.
-
-    Raises:
-      DataError: missing, unreadable or corrupt file (one line naming it).
-    """
-    path = os.fspath(path)
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such image file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
-            Image.DecompressionBombError) as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise DataError(f"{path}: unreadable image ({reason})") from None
+# Decoding a file (RGB, one-line DataError naming it) is the data layer's: one function for
+# `embed` and the datasets.
+load_image = open_image_file
 
 
 def short_side_size(width: int, height: int, size: int) -> tuple[int, int]:

@@ -40,8 +40,10 @@ def _conv_bn(x: jax.Array, features: int, kernel: int, conv_name: str, bn_name: 
              zero_scale: bool = False) -> jax.Array:
     """Conv (no bias, padding kernel//2) + frozen BatchNorm [+ ReLU], inside a compact method.
 
-    ``zero_scale`` only affects random init (open_clip zero-inits each
-    bottleneck's last BN scale so a random ResNet starts near identity).
+    ``zero_scale`` mirrors open_clip's zero-initialised last BN scale of each
+    bottleneck in the module's own initializer, which only ``jax.eval_shape``
+    ever traces: random weights come from :func:`~jaxclip_fs.clip.model.init_variables`,
+    which restates that rule by parameter name.
     """
     pad = kernel // 2
     x = nn.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),

@@ -160,19 +160,21 @@ def _resolve(backbone: str | None, weights: str) -> _Checkpoint:
 
 def _from_hub(repo_id: str) -> _Checkpoint:
     directory, commit = hub.snapshot(repo_id)
-    ckpt = _from_directory(directory, label=repo_id)
-    ckpt.weights_id = f"hf:{repo_id}@{commit}"
-    return ckpt
+    return _from_directory(directory, label=repo_id, weights_id=f"hf:{repo_id}@{commit}")
 
 
-def _from_directory(path: str, label: str | None = None) -> _Checkpoint:
+def _from_directory(path: str, label: str | None = None,
+                    weights_id: str | None = None) -> _Checkpoint:
+    """A HF / open_clip directory or a ``convert`` output; ``weights_id`` overrides the
+    content digest (hub snapshots are identified by repo and commit, no hashing)."""
     label = label or path
     if saved.is_converted_dir(path):
         manifest = saved.read_manifest(path)
         found = CLIPConfig.from_dict(manifest["config"])
         declared = {k: getattr(found, k) for k in
                     ("act", "adapter_dim", "adapter_scale", "adapter_dropout")}
-        return _Checkpoint(label, saved.read_variables(path), NATIVE, manifest["weights_id"],
+        return _Checkpoint(label, saved.read_variables(path), NATIVE,
+                           weights_id or manifest["weights_id"],
                            found, declared, saved.tokenizer_dir(path), bool(manifest["is_random"]))
     weight_file = hub.find_weight_file(path)
     if weight_file is None:
@@ -180,7 +182,7 @@ def _from_directory(path: str, label: str | None = None) -> _Checkpoint:
             f"{label}: no CLIP weights in this directory (looked for model.safetensors, "
             f"pytorch_model.bin, open_clip_model.safetensors, open_clip_pytorch_model.bin, "
             f"or a jaxclip-fs convert manifest)")
-    ckpt = _from_state_dict_file(weight_file, label=label)
+    ckpt = _from_state_dict_file(weight_file, label=label, weights_id=weights_id)
     ckpt.source_dir = path
     hf_config = os.path.join(path, "config.json")
     open_clip_config = os.path.join(path, "open_clip_config.json")
@@ -194,7 +196,8 @@ def _from_directory(path: str, label: str | None = None) -> _Checkpoint:
     return ckpt
 
 
-def _from_state_dict_file(path: str, label: str | None = None) -> _Checkpoint:
+def _from_state_dict_file(path: str, label: str | None = None,
+                          weights_id: str | None = None) -> _Checkpoint:
     label = label or path
     tensors = read_tensors(path)
     layout = detect_layout(tensors)
@@ -207,7 +210,8 @@ def _from_state_dict_file(path: str, label: str | None = None) -> _Checkpoint:
             found = config_from_openai_shapes({k: v.shape for k, v in tensors.items()})
         except (KeyError, IndexError, ValueError):
             found = None  # incomplete: assemble() will list what is missing
-    return _Checkpoint(label, tensors, layout, files_digest(_weight_files(path)), found)
+    return _Checkpoint(label, tensors, layout,
+                       weights_id or files_digest(_weight_files(path)), found)
 
 
 def _weight_files(path: str) -> list[str]:

@@ -61,12 +61,16 @@ def _reason(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def open_image_file(path: str) -> Image.Image:
-    """Decodes the image file at ``path`` fully and returns it as RGB.
+def open_image_file(path: str | os.PathLike) -> Image.Image:
+    """Decodes the image file at ``path`` fully and returns it as RGB (alpha dropped).
+
+    Converting at load time is what CoOp/Tip-Adapter's data loaders do
+    (``Image.open(path).convert("RGB")``).
 
     Raises:
       DataError: the file is missing or cannot be decoded (names the path).
     """
+    path = os.fspath(path)
     try:
         with Image.open(path) as img:
             return img.convert("RGB")  # decodes fully: a truncated file fails here

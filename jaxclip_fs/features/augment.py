@@ -145,7 +145,7 @@ def augmented_view(img: Image.Image, size: int, seed: int, image_id: str, view: 
     """View ``view`` of one training image: 0 is un-augmented, >= 1 random.
 
     Args:
-      img: the decoded image (:func:`~jaxclip_fs.clip.preprocess.load_image`).
+      img: the decoded image (:func:`~jaxclip_fs.data.images.open_image_file`).
       size: output side S.
       seed: augmentation seed (>= 0).
       image_id: a stable identifier of the image (e.g. its relative path).
