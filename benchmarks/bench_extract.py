@@ -73,14 +73,13 @@ def bench_ours(clip, dataset, views: int, batch_size: int, cache_dir: str, worke
 
 
 def torch_vision_tower(config):
-    """open_clip's VisionTransformer with ``config``'s architecture (random init, eval mode)."""
-    from open_clip.model import CLIPVisionCfg, _build_vision_tower
+    """open_clip's image tower of ``config``: the tests' builder (random init, random
+    BatchNorm statistics, eval mode). Importing it sets torch to 1 thread: reset after."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                    "tests"))
+    from clip_checkpoints import openai_layout_model
 
-    cfg = CLIPVisionCfg(layers=config.vision_layers, width=config.vision_width,
-                        head_width=64, patch_size=config.vision_patch_size,
-                        image_size=config.image_size,
-                        mlp_ratio=config.vision_mlp_dim / config.vision_width)
-    return _build_vision_tower(config.embed_dim, cfg, quick_gelu=True).eval()
+    return openai_layout_model(config).visual
 
 
 class _ViewDataset:
@@ -112,8 +111,8 @@ def bench_torch(config, paths, views: int, batch_size: int, workers: int, scale)
 
     from jaxclip_fs.clip.preprocess import CLIP_MEAN, CLIP_STD
 
-    torch.set_num_threads(os.cpu_count() or 1)
     model = torch_vision_tower(config)
+    torch.set_num_threads(os.cpu_count() or 1)
     size = config.image_size
     tail = [T.ToTensor(), T.Normalize(CLIP_MEAN, CLIP_STD)]
     plain = T.Compose([T.Resize(size, T.InterpolationMode.BICUBIC), T.CenterCrop(size), *tail])

@@ -119,8 +119,14 @@ def fewshot_val(dataset, shots: int, seed: int, policy: str = "coop") -> np.ndar
     val = dataset.split("val")
     if policy == "full":
         return np.arange(len(val), dtype=np.int64)
+    return coop_val_rows(val.labels, dataset.num_classes, shots, seed)
+
+
+def coop_val_rows(labels: np.ndarray, num_classes: int, shots: int, seed: int) -> np.ndarray:
+    """CoOp validation rows: per class the first ``min(K, 4)`` of its :func:`class_order`
+    (all it has when fewer), class by class → int [M]."""
     if shots < 1:
         raise DataError(f"shots must be >= 1, got {shots}")
     per_class = capped_val_shots(shots)
-    return np.concatenate([class_order(val.labels, c, seed)[:per_class]
-                           for c in range(dataset.num_classes)]).astype(np.int64)
+    return np.concatenate([class_order(labels, c, seed)[:per_class]
+                           for c in range(num_classes)]).astype(np.int64)

@@ -192,7 +192,8 @@ def load(path: str | os.PathLike) -> FeatureSet:
     )
     validate(fs, source=path)
     return dataclasses.replace(
-        fs, **{k: getattr(fs, k).astype(np.float32) for k in ("text", "train", "val", "test")},
+        fs, **{k: getattr(fs, k).astype(np.float32, copy=False)
+               for k in ("text", "train", "val", "test")},
         **{k: getattr(fs, k).astype(np.int32) for k in ("train_labels", "val_labels", "test_labels")},
     )
 
@@ -207,9 +208,9 @@ def save(path: str | os.PathLike, fs: FeatureSet) -> None:
         extra["fewshot_index"] = np.stack([np.asarray(fs.fewshot[s], np.int64) for s in seeds])
     atomic.save_npz(
         path, **extra,
-        text=fs.text.astype(np.float32), train=fs.train.astype(np.float32),
-        train_labels=fs.train_labels.astype(np.int64), val=fs.val.astype(np.float32),
-        val_labels=fs.val_labels.astype(np.int64), test=fs.test.astype(np.float32),
+        text=fs.text.astype(np.float32, copy=False), train=fs.train.astype(np.float32, copy=False),
+        train_labels=fs.train_labels.astype(np.int64), val=fs.val.astype(np.float32, copy=False),
+        val_labels=fs.val_labels.astype(np.int64), test=fs.test.astype(np.float32, copy=False),
         test_labels=fs.test_labels.astype(np.int64), classnames=np.asarray(fs.classnames, dtype=str),
         logit_scale=np.float32(fs.logit_scale), meta=np.asarray(json.dumps(dict(fs.meta))),
     )

@@ -54,10 +54,10 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
 
 
-def save_npz(path: str | os.PathLike, compressed: bool = False, **arrays: Any) -> None:
+def save_npz(path: str | os.PathLike, **arrays: Any) -> None:
     """Atomically writes ``arrays`` to an ``.npz`` file at ``path``."""
     with atomic_path(path, suffix=".npz") as tmp:
-        (np.savez_compressed if compressed else np.savez)(tmp, **arrays)
+        np.savez(tmp, **arrays)
 
 
 def _json_default(obj: Any) -> Any:

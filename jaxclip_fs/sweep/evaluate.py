@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxclip_fs import methods
-from jaxclip_fs.data.fewshot import capped_val_shots, nested_fewshot
+from jaxclip_fs.data.fewshot import coop_val_rows, nested_fewshot
 from jaxclip_fs.errors import ConfigError, DataError
 from jaxclip_fs.features import featfile
 from jaxclip_fs.io import atomic, records
@@ -68,9 +68,8 @@ def val_rows(fs: featfile.FeatureSet, shots: int, seed: int, policy: str) -> np.
     """Rows of ``fs.val`` used for selection under ``policy`` (``"coop"`` or ``"full"``)."""
     if policy == "full":
         return np.arange(fs.val_labels.shape[0])
-    if policy == "coop":
-        return nested_fewshot(fs.val_labels, fs.num_classes, capped_val_shots(shots), seed,
-                              fs.classnames, what="val").reshape(-1)
+    if policy == "coop":  # the datasets' rule (fewshot_val) and the sweep's (batch._val_rows)
+        return coop_val_rows(fs.val_labels, fs.num_classes, shots, seed)
     raise ConfigError(
         f"unknown validation policy '{policy}'; choose one of {', '.join(VAL_POLICIES)}")
 
