@@ -402,11 +402,6 @@ def beta_grid() -> np.ndarray:
     return np.arange(BETA_STEPS + 1, dtype=np.float64) / BETA_STEPS
 
 
-def stack_heads(mlp: jax.Array, ada: jax.Array) -> jax.Array:
-    """LDC's "queries" in the Method protocol: ``[mlp | ada]`` → [M, 2C]."""
-    return jnp.concatenate([mlp, ada], axis=-1)
-
-
 def precompute(params, task, queries, query_mask):
     """Splits the stacked head logits ``[mlp | ada]`` [M, 2C] (C = ``task.class_mask`` size)."""
     del params, query_mask
@@ -447,8 +442,8 @@ def ldc() -> Method:
 
     LDC trains through images (:mod:`jaxclip_fs.train.ldc`, driven by
     :mod:`jaxclip_fs.sweep.image_methods`); in the Method protocol its
-    "queries" are the per-image stacked head logits ``[mlp | ada]``
-    (:func:`stack_heads`), ``init`` has nothing to compute from features,
+    "queries" are the per-image head logits concatenated, ``[mlp | ada]``
+    [M, 2C], ``init`` has nothing to compute from features,
     and ``β`` is searched as a linear hyperparameter.
     """
     return Method(

@@ -23,10 +23,10 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from jaxclip_fs.methods import hparams as hp_lib
+from jaxclip_fs.methods import hparams as hp_lib, tip_adapter
 from jaxclip_fs.methods.base import Method
 from jaxclip_fs.methods.cache import (
-    affinity, cache_keys, cache_logits, l2_normalize, masked_log_softmax, zero_shot_logits,
+    affinity, cache_logits, l2_normalize, masked_log_softmax, zero_shot_logits,
 )
 
 TEMPERATURE = 0.5
@@ -39,11 +39,6 @@ def grid(dataset):
     return {"alpha": np.linspace(0.0, 20.0, 200), "beta": np.linspace(0.0, 20.0, 20),
             "gamma": np.linspace(0.0, 30.0, 50)}
 
-
-def init(key, task, hp):
-    """Cache keys ``F`` [C, K, D] (as Tip-Adapter)."""
-    del key, hp
-    return {"keys": cache_keys(task)}
 
 
 def kl_divergence(normalized_queries, keys, task):
@@ -92,7 +87,7 @@ def tip_x() -> Method:
         hparams=(hp_lib.ALPHA, hp_lib.BETA, GAMMA),
         defaults=lambda dataset, dim: {},
         grid=grid,
-        init=init,
+        init=tip_adapter.init,  # cache keys F [C, K, D]
         precompute=precompute,
         terms=terms,
         linear=("alpha", "gamma"),

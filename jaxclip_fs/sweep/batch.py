@@ -45,7 +45,6 @@ from jaxclip_fs.sweep.cells import Cell, Program
 from jaxclip_fs.sweep.evaluate import support_index
 from jaxclip_fs.sweep.ood import OODSet
 
-VAL_POLICIES = ("coop", "full")
 PADDING_RANK = np.inf
 
 

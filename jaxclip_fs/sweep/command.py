@@ -186,11 +186,8 @@ def selected_methods(text: str, images: bool = False, imo: bool = False) -> tupl
 
 
 def _runnable(name: str, images: bool, imo: bool) -> bool:
-    try:
-        method = methods_lib.get(name)
-    except ConfigError:  # an image method whose module is missing
-        return False
-    if not method.needs_images:
+    """Whether ``--method all`` includes the registered method ``name`` for these inputs."""
+    if not methods_lib.get(name).needs_images:
         return True
     return images and (imo or name not in PAIRED_METHODS)
 

@@ -41,6 +41,7 @@ import tqdm
 from jax.experimental import multihost_utils
 
 from jaxclip_fs import methods as methods_lib
+from jaxclip_fs.data.fewshot import VAL_POLICIES
 from jaxclip_fs.errors import ConfigError
 from jaxclip_fs.features.featfile import FeatureSet
 from jaxclip_fs.io import records
@@ -51,6 +52,7 @@ from jaxclip_fs.sweep import ood as ood_lib
 from jaxclip_fs.sweep import outdir, sharding
 from jaxclip_fs.sweep import program as program_lib
 from jaxclip_fs.sweep.cells import Cell, Program, all_cells, fusion_groups, plan_programs
+from jaxclip_fs.sweep.evaluate import stderr_log
 from jaxclip_fs.sweep.image_programs import IMAGE_PROGRAM_METHODS, ImageRunner, feature_kind
 from jaxclip_fs.sweep.ood import OODSet
 
@@ -141,10 +143,6 @@ class SweepResult:
     devices: int
 
 
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def method_overrides(method_names: Sequence[str], assignments: Sequence[str]) -> dict[str, dict]:
     """``--hp NAME=VALUE`` split per method: each method gets the names it declares.
 
@@ -210,7 +208,7 @@ def run_sweep(out_dir: str | os.PathLike, config: SweepConfig, features: Feature
               paired_features: FeatureSource | None = None,
               image_runner: ImageRunner | None = None, settings: Mapping | None = None,
               argv: Sequence[str] | None = None, progress: bool = True,
-              log: Callable[[str], None] | None = _stderr) -> SweepResult:
+              log: Callable[[str], None] | None = stderr_log) -> SweepResult:
     """Runs (or resumes) a sweep into ``out_dir`` (module docstring).
 
     Args:
@@ -233,8 +231,8 @@ def run_sweep(out_dir: str | os.PathLike, config: SweepConfig, features: Feature
     started = time.perf_counter()
     say = log or (lambda message: None)
     out_dir = os.fspath(out_dir)
-    if config.val_policy not in batch_lib.VAL_POLICIES:
-        raise ConfigError(f"--val-policy must be one of {', '.join(batch_lib.VAL_POLICIES)}, "
+    if config.val_policy not in VAL_POLICIES:
+        raise ConfigError(f"--val-policy must be one of {', '.join(VAL_POLICIES)}, "
                           f"got '{config.val_policy}'")
     if config.save_params not in SAVE_PARAMS:
         raise ConfigError(f"--save-params must be one of {', '.join(SAVE_PARAMS)}, "

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxclip_fs import methods
-from jaxclip_fs.data.fewshot import coop_val_rows, nested_fewshot
+from jaxclip_fs.data.fewshot import VAL_POLICIES, coop_val_rows, nested_fewshot
 from jaxclip_fs.errors import ConfigError, DataError
 from jaxclip_fs.features import featfile
 from jaxclip_fs.io import atomic, records
@@ -39,7 +39,6 @@ from jaxclip_fs.methods.base import as_arrays
 from jaxclip_fs.methods.task import EvalSet, Task, make_evalset, make_task
 from jaxclip_fs.train.fit import fit_select_predict
 
-VAL_POLICIES = ("coop", "full")
 ROOT_SEED = 0  # root PRNG key; a run's key is fold_in(key(ROOT_SEED), seed)
 
 
@@ -110,7 +109,8 @@ def _silent(message: str) -> None:
     del message
 
 
-def _stderr(message: str) -> None:
+def stderr_log(message: str) -> None:
+    """The default ``log``: one line on stderr."""
     print(message, file=sys.stderr, flush=True)
 
 
@@ -126,7 +126,7 @@ def evaluate_features(
     select_on_test: bool = False,
     out_dir: str | os.PathLike | None = None,
     source: str | None = None,
-    log: Callable[[str], None] | None = _stderr,
+    log: Callable[[str], None] | None = stderr_log,
 ) -> dict:
     """Runs one method on one (shots, seed) task of a feature set; returns the result record.
 

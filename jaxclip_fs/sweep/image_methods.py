@@ -34,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import sys
 import time
 from typing import Callable, Mapping, Sequence
 
@@ -44,7 +43,7 @@ import numpy as np
 
 from jaxclip_fs import methods
 from jaxclip_fs.clip.tokenizer import load_tokenizer
-from jaxclip_fs.data.fewshot import fewshot_val
+from jaxclip_fs.data.fewshot import VAL_POLICIES, fewshot_val
 from jaxclip_fs.errors import ConfigError
 from jaxclip_fs.features import augment, featfile
 from jaxclip_fs.features.extract import extract_features, select_train_pool
@@ -55,14 +54,15 @@ from jaxclip_fs.methods.base import as_arrays
 from jaxclip_fs.methods.task import pad_evalset, stack, with_shots
 from jaxclip_fs.report.confusion import confusion_analysis, summary_lines, write_confusion
 from jaxclip_fs.sweep import sharding
-from jaxclip_fs.sweep.evaluate import ROOT_SEED, build_evalset, build_task, val_rows
+from jaxclip_fs.sweep.evaluate import (
+    ROOT_SEED, build_evalset, build_task, stderr_log, val_rows,
+)
 from jaxclip_fs.train import ldc_inputs
 from jaxclip_fs.train.fit import fit_select_predict
 from jaxclip_fs.train.imo import load_imo_adapters
 from jaxclip_fs.train.ldc import LDCData, fit_ldc
 
 IMAGE_METHODS = methods.IMAGE_METHODS
-VAL_POLICIES = ("coop", "full")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,10 +126,6 @@ class ImageCell:
     test_logits: np.ndarray
     params: dict
     confusion: dict | None = None
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def _check_grid(shots: Sequence[int], seeds: Sequence[int]
@@ -227,7 +223,7 @@ def _train_ldc_sharded(model, fetch, batch_size: int, max_epochs: int, frozen, p
 
 def run_ldc(dataset, clip, *, shots: Sequence[int], seeds: Sequence[int],
             hp: Sequence[str] | Mapping[str, float] = (), options: ImageOptions = ImageOptions(),
-            tokenizer=None, log: Callable[[str], None] | None = _stderr) -> list[ImageCell]:
+            tokenizer=None, log: Callable[[str], None] | None = stderr_log) -> list[ImageCell]:
     """Trains and evaluates LDC for every (shots, seed) in one compiled program (module docstring).
 
     Args:
@@ -404,7 +400,7 @@ def _compiled_search(name: str):
 def run_imo_method(method_name: str, dataset, clip, *, shots: Sequence[int], seeds: Sequence[int],
                    hp: Sequence[str] | Mapping[str, float] = (),
                    options: ImageOptions = ImageOptions(), tokenizer=None,
-                   log: Callable[[str], None] | None = _stderr) -> list[ImageCell]:
+                   log: Callable[[str], None] | None = stderr_log) -> list[ImageCell]:
     """TA++ or TX++ for every (shots, seed), one vmapped search program (module docstring).
 
     Raises:
@@ -483,7 +479,7 @@ def _normalize(x: np.ndarray) -> np.ndarray:
 def run_image_method(method: str, dataset, clip, *, shots: Sequence[int], seeds: Sequence[int],
                      hp: Sequence[str] | Mapping[str, float] = (),
                      options: ImageOptions = ImageOptions(), tokenizer=None,
-                     log: Callable[[str], None] | None = _stderr) -> list[ImageCell]:
+                     log: Callable[[str], None] | None = stderr_log) -> list[ImageCell]:
     """:func:`run_ldc` or :func:`run_imo_method` by name.
 
     Raises:
@@ -555,7 +551,7 @@ def evaluate_images_command(args) -> int:
     dataset = get_dataset(args.dataset, args.data_root,
                           **({"source": args.source} if args.source != "coop" else {}))
     clip = load_clip(args.backbone, args.weights)
-    log = None if args.quiet else _stderr
+    log = None if args.quiet else stderr_log
     if args.select_on_test and log:
         log("warning: selecting hyperparameters on the TEST set (optimistic)")
     (cell,) = run_image_method(args.method, dataset, clip, shots=(args.shots,), seeds=(args.seed,),
@@ -589,7 +585,7 @@ def train_imo_command(args) -> int:
                           **({"source": args.source} if args.source != "coop" else {}))
     clip = load_clip(args.backbone, args.weights)
     trained = train_imo(clip, dataset, settings, split=args.split, workers=args.workers,
-                        progress=not args.quiet, log=None if args.quiet else _stderr)
+                        progress=not args.quiet, log=None if args.quiet else stderr_log)
     save_imo_adapters(args.out, trained)
     print(describe(trained))
     print(f"wrote {args.out} (use it with: jaxclip-fs evaluate --method ta_pp --imo-adapters "

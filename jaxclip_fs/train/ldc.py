@@ -34,7 +34,7 @@ import optax
 
 from jaxclip_fs.methods.ldc import LDCInputs, LDCModel, LDCOutputs
 from jaxclip_fs.train.fit import INIT_STREAM, TRAIN_STREAM
-from jaxclip_fs.train.trainer import epoch_plan, schedule
+from jaxclip_fs.train.trainer import epoch_plan, schedule, select_tree
 
 #: ``fetch(frozen, key, rows) -> LDCInputs``; ``rows`` are the pool leaves gathered to [B, ...].
 Fetch = Callable[[Any, jax.Array, Any], LDCInputs]
@@ -58,10 +58,6 @@ class LDCData(NamedTuple):
 def gather_rows(pool: Any, views: jax.Array, rows: jax.Array) -> Any:
     """``pool[views[b], rows[b]]`` for every leaf → leaves [B, ...]."""
     return jax.tree.map(lambda leaf: leaf[views, rows], pool)
-
-
-def _select(flag, new, old):
-    return jax.tree.map(lambda n, o: jnp.where(flag, n, o), new, old)
 
 
 def fit_ldc(model: LDCModel, fetch: Fetch, frozen: Any, data: LDCData, key: jax.Array,
@@ -123,7 +119,7 @@ def fit_ldc(model: LDCModel, fetch: Fetch, frozen: Any, data: LDCData, key: jax.
             updates, new_opt_state = optimizer.update(grads, opt_state, params)
             active = epoch_active & (j < steps_per_epoch)
             new_state = (optax.apply_updates(params, updates), new_stats, new_opt_state)
-            return _select(active, new_state, state), (loss, active)
+            return select_tree(active, new_state, state), (loss, active)
 
         state, (losses, active) = jax.lax.scan(step, state, jnp.arange(steps_scanned))
         mean_loss = jnp.sum(jnp.where(active, losses, 0.0)) / jnp.maximum(jnp.sum(active), 1)

@@ -121,7 +121,9 @@ def schedule(mask: jax.Array, batch_size: int, settings: Mapping[str, Any]) -> S
                              settings["eps"], settings["weight_decay"])
     return Schedule(steps_scanned, num_real, steps_per_epoch, epochs, optimizer)
 
-def _select(flag, new, old):
+
+def select_tree(flag, new, old):
+    """``new`` where ``flag`` else ``old``, leaf by leaf (idle steps keep their state)."""
     return jax.tree.map(lambda n, o: jnp.where(flag, n, o), new, old)
 
 
@@ -188,13 +190,13 @@ def train(
             updates, new_opt_state = optimizer.update(grads, opt_state, learned)
             active = epoch_active & (j < steps_per_epoch)
             new_state = (optax.apply_updates(learned, updates), new_opt_state)
-            return _select(active, new_state, (learned, opt_state)), (loss, active)
+            return select_tree(active, new_state, (learned, opt_state)), (loss, active)
 
         (learned, opt_state), (losses, active) = jax.lax.scan(
             step, (learned, opt_state), jnp.arange(steps_scanned))
         score = jnp.asarray(eval_fn({**frozen, **learned}), jnp.float32)
         improved = epoch_active & (score > best_score)
-        best = _select(improved, learned, best)
+        best = select_tree(improved, learned, best)
         best_score = jnp.where(improved, score, best_score)
         best_epoch = jnp.where(improved, epoch, best_epoch)
         if progress is not None:
