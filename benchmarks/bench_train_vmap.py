@@ -36,7 +36,7 @@ from jaxclip_fs import methods
 from jaxclip_fs.features.synthetic import make_task
 from jaxclip_fs.methods.base import as_arrays
 from jaxclip_fs.methods.task import stack
-from jaxclip_fs.sweep.evaluate import ROOT_SEED, build_evalset, build_task, val_rows
+from jaxclip_fs.sweep.evaluate import build_evalset, build_task, task_key, val_rows
 from jaxclip_fs.train import fit
 
 SIZES = {"small": (10, 64), "caltech": (100, 1024)}
@@ -55,7 +55,7 @@ def _tasks(num_classes, dim, seeds):
     tasks = [build_task(fs, SHOTS, seed) for seed in seeds]
     vals = [build_evalset(fs.val, fs.val_labels, val_rows(fs, SHOTS, seed, "coop"))
             for seed in seeds]
-    keys = [jax.random.fold_in(jax.random.key(ROOT_SEED), seed) for seed in seeds]
+    keys = [task_key(seed) for seed in seeds]
     return keys, tasks, vals
 
 

@@ -109,6 +109,11 @@ def _silent(message: str) -> None:
     del message
 
 
+def task_key(seed) -> jax.Array:
+    """A run's PRNG key: ``fold_in(key(ROOT_SEED), seed)`` (``seed`` may be traced)."""
+    return jax.random.fold_in(jax.random.key(ROOT_SEED), seed)
+
+
 def stderr_log(message: str) -> None:
     """The default ``log``: one line on stderr."""
     print(message, file=sys.stderr, flush=True)
@@ -179,7 +184,7 @@ def evaluate_features(
         say(f"{method}: searching {sizes} on {int(selection.mask.sum())} "
             f"{'test' if select_on_test else 'validation'} images")
     run = _compiled_run(method, batch_size, max_epochs, log if spec.trainable else None)
-    key = jax.random.fold_in(jax.random.key(ROOT_SEED), seed)
+    key = task_key(seed)
     out = run(key, task, selection, test, as_arrays(values),
               {name: jnp.asarray(g, jnp.float32) for name, g in grid.items()})
     out = jax.device_get(out)

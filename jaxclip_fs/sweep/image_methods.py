@@ -55,7 +55,7 @@ from jaxclip_fs.methods.task import pad_evalset, stack, with_shots
 from jaxclip_fs.report.confusion import confusion_analysis, summary_lines, write_confusion
 from jaxclip_fs.sweep import sharding
 from jaxclip_fs.sweep.evaluate import (
-    ROOT_SEED, build_evalset, build_task, stderr_log, val_rows,
+    build_evalset, build_task, stderr_log, task_key, val_rows,
 )
 from jaxclip_fs.train import ldc_inputs
 from jaxclip_fs.train.fit import fit_select_predict
@@ -149,8 +149,7 @@ def _check_options(options: ImageOptions) -> None:
 
 def task_keys(seeds: Sequence[int]) -> jax.Array:
     """``fold_in(key(ROOT_SEED), seed)`` per seed (as ``evaluate``)."""
-    root = jax.random.key(ROOT_SEED)
-    return jnp.stack([jax.random.fold_in(root, s) for s in seeds])
+    return jnp.stack([task_key(s) for s in seeds])
 
 
 def _provenance(clip, dataset, pool_policy: str, val_policy: str, select_on_test: bool) -> dict:

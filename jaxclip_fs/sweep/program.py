@@ -28,7 +28,7 @@ from jaxclip_fs.methods.cache import mask_logits
 from jaxclip_fs.methods.search import accuracy
 from jaxclip_fs.methods.task import EvalSet, Task, with_shots
 from jaxclip_fs.sweep import sharding
-from jaxclip_fs.sweep.evaluate import ROOT_SEED
+from jaxclip_fs.sweep.evaluate import task_key
 from jaxclip_fs.train.fit import fit, fit_select_predict
 
 
@@ -53,7 +53,7 @@ def cell(method: Method, per_cell: dict, shared: dict, *, batch_size: int, max_e
       the same fit and hyperparameters scored on each OOD test set, predicting
       among that set's classes only.
     """
-    key = jax.random.fold_in(jax.random.key(ROOT_SEED), per_cell["seed"])
+    key = task_key(per_cell["seed"])
     seed_index = per_cell["seed_index"]
     num_classes, shots = shared["supports"].shape[-3:-1]
     class_mask = shared["class_mask"]
