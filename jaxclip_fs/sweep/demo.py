@@ -32,7 +32,6 @@ from jaxclip_fs.sweep.engine import SweepConfig, run_sweep
 from jaxclip_fs.sweep.image_programs import PAIRED_METHODS
 
 DATASET = "digits"
-DEFAULT_OUT = "jaxclip-fs-demo"
 PRETRAINED_BACKBONE = "ViT-B/32"
 RANDOM_BACKBONE = "tiny-vit"
 IMO_DIR = "imo_adapters"

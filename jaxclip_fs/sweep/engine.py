@@ -325,12 +325,14 @@ def _run_one(program: Program, method, fsets: Mapping[str, FeatureSet],
         program, method, fsets, {d: resolved[(program.method, d)] for d in program.datasets},
         val_policy=config.val_policy, pad_cells=lambda n: sharding.padded_length(n, mesh),
         ood=oods[program.datasets[0]])
+    # the same program on every process (multi-host SPMD), so not conditioned on `writer`
+    keep = config.save_params == "all" or (config.save_params == "trained"
+                                           and bool(method.trainable))
     outputs = program_lib.run_program(method, batch, select_on_test=config.select_on_test,
-                                      mesh=mesh)
+                                      mesh=mesh, keep_params=keep)
     seconds = time.perf_counter() - started
     if not writer:
         return
-    keep = config.save_params == "all" or (config.save_params == "trained" and method.trainable)
     params_dir = None
     if keep and outputs["params"]:
         params_dir = outdir.save_params(out_dir, program, outputs["params"], batch.slots)

@@ -8,7 +8,7 @@ among those 200 only, as CoOp evaluates them).
 
 An :class:`OODSet` holds the test features with labels **in the parent's
 class indices** and a ``class_mask`` over the parent's classes. Its file
-(``DIR/features/<name>.npz``, keys ``test``, ``test_labels``, ``class_mask``,
+(``DIR/features/<name>.ood.npz``, keys ``test``, ``test_labels``, ``class_mask``,
 ``meta``) is not a feature file: it has no train / val / text.
 """
 

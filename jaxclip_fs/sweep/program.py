@@ -43,13 +43,14 @@ def _frozen(method: Method, params) -> Method:
 
 
 def cell(method: Method, per_cell: dict, shared: dict, *, batch_size: int, max_epochs: int,
-         select_on_test: bool) -> dict:
+         select_on_test: bool, keep_params: bool = True) -> dict:
     """One cell (unbatched; see :mod:`~jaxclip_fs.sweep.batch` for the fields).
 
     Returns:
       ``test_accuracy``, ``val_accuracy`` (on the selection set, in %),
       ``best_epoch`` (-1 if not trained), ``index`` (name -> chosen grid index),
-      ``params`` (the fitted params) and, with OOD sets, ``ood_accuracy`` [O]:
+      ``params`` (the fitted params; only with ``keep_params``, so unsaved params
+      are never gathered to the host) and, with OOD sets, ``ood_accuracy`` [O]:
       the same fit and hyperparameters scored on each OOD test set, predicting
       among that set's classes only.
     """
@@ -74,8 +75,10 @@ def cell(method: Method, per_cell: dict, shared: dict, *, batch_size: int, max_e
     result = {
         "test_accuracy": out["test_accuracy"], "val_accuracy": out["val_accuracy"],
         "best_epoch": info.get("best_epoch", jnp.asarray(-1, jnp.int32)),
-        "index": out.get("index", {}), "params": params,
+        "index": out.get("index", {}),
     }
+    if keep_params:
+        result["params"] = params
     if "ood" in shared:
         def ood_accuracy(features, labels, mask, ood_classes):
             scores = logits(method, params, task, features, out["hp"], mask)
@@ -87,33 +90,35 @@ def cell(method: Method, per_cell: dict, shared: dict, *, batch_size: int, max_e
     return result
 
 
-def program_fn(method: Method, *, batch_size: int, max_epochs: int, select_on_test: bool):
+def program_fn(method: Method, *, batch_size: int, max_epochs: int, select_on_test: bool,
+               keep_params: bool = True):
     """``(per_cell [G, T, ...], shared [G, ...]) -> outputs [G, T, ...]``: vmap cells, datasets."""
     one = functools.partial(cell, method, batch_size=batch_size, max_epochs=max_epochs,
-                            select_on_test=select_on_test)
+                            select_on_test=select_on_test, keep_params=keep_params)
     over_cells = jax.vmap(one, in_axes=(0, None))
     return jax.vmap(over_cells, in_axes=(0, 0))
 
 
 @functools.lru_cache(maxsize=64)
 def compiled_program(method_name: str, batch_size: int, max_epochs: int, select_on_test: bool,
-                     mesh: jax.sharding.Mesh):
+                     mesh: jax.sharding.Mesh, keep_params: bool = True):
     """The jitted, sharded program of a registered method (cached: equal shapes reuse it).
 
     Inputs: ``per_cell`` sharded along the cell axis, ``shared`` replicated;
     outputs gathered replicated.
     """
     program = program_fn(methods.get(method_name), batch_size=batch_size, max_epochs=max_epochs,
-                         select_on_test=select_on_test)
+                         select_on_test=select_on_test, keep_params=keep_params)
     return jax.jit(program,
                    in_shardings=(sharding.cell_sharding(mesh), sharding.replicated(mesh)),
                    out_shardings=sharding.replicated(mesh))
 
 
-def run_program(method: Method, batch, *, select_on_test: bool, mesh: jax.sharding.Mesh) -> dict:
+def run_program(method: Method, batch, *, select_on_test: bool, mesh: jax.sharding.Mesh,
+                keep_params: bool = True) -> dict:
     """Places a :class:`~jaxclip_fs.sweep.batch.ProgramBatch` on the mesh, runs it: host arrays."""
     program = compiled_program(method.name, batch.batch_size, batch.max_epochs, select_on_test,
-                               mesh)
+                               mesh, keep_params)
     per_cell = sharding.place(batch.per_cell, sharding.cell_sharding(mesh))
     shared = sharding.place(batch.shared, sharding.replicated(mesh))
     return jax.device_get(program(per_cell, shared))
