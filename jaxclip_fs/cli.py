@@ -133,9 +133,8 @@ def _run_datasets(args: argparse.Namespace) -> int:
         print("benchmarks: " + ", ".join(registry.BENCHMARK_DATASETS))
         print("out-of-distribution: " + ", ".join(registry.OOD_DATASETS))
         print("offline: " + ", ".join(registry.OFFLINE_DATASETS) + ", folder:PATH")
-    options = {"source": args.source} if args.source != "coop" else {}
     for name in args.names:
-        print(registry.describe(registry.get_dataset(name, args.data_root, **options)))
+        print(registry.describe(registry.get_dataset(name, args.data_root, source=args.source)))
     return 0
 
 

@@ -42,11 +42,10 @@ def missing_data(config: dict, data_root: str | None, source: str) -> list[tuple
     from jaxclip_fs.data import get_dataset
     from jaxclip_fs.errors import DataError
 
-    options = {"source": source} if source != "coop" else {}
     problems = []
     for name in list(config["datasets"]) + list(config.get("ood", [])):
         try:
-            get_dataset(name, data_root, **options)
+            get_dataset(name, data_root, source=source)
         except DataError as exc:
             problems.append((name, str(exc)))
     return problems

@@ -53,13 +53,16 @@ def get_dataset(name: str, data_root: str | None = None, **options: Any) -> Data
       name: a name from :func:`list_datasets` (``folder:PATH`` with a real path).
       data_root: CoOp-layout root (or, with ``source="tfds"``, the TFDS data
         dir); default ``$JAXCLIP_FS_DATA`` (``$TFDS_DATA_DIR`` for TFDS).
-      **options: ``source`` ("coop" default, or "tfds") and
+      **options: ``source`` ("coop", the default, accepted by every dataset; or
+        "tfds") and
         ``imagenet_classnames`` for the benchmark and OOD sets; ``path`` for
         fashion_mnist.
 
     Raises:
       DataError: unknown name or option, or any problem with the data (one line).
     """
+    if options.get("source") == "coop":  # the default source: valid for every dataset
+        options = {k: v for k, v in options.items() if k != "source"}
     if name.startswith(folder.PREFIX):
         _check_options(name, options, ())
         return folder.load_folder(name[len(folder.PREFIX):])

@@ -50,8 +50,7 @@ def extract_command(args: argparse.Namespace) -> int:
         raise ConfigError("--seeds needs --shots (without --shots the whole train split is used)")
     seeds = parse_seeds(args.seeds or DEFAULT_SEEDS) if args.shots is not None else ()
     aug_scale = parse_scale(args.aug_scale)
-    options = {"source": args.source} if args.source != "coop" else {}
-    dataset = get_dataset(args.dataset, args.data_root, **options)
+    dataset = get_dataset(args.dataset, args.data_root, source=args.source)
     loaded = load_clip(args.backbone, args.weights)
     if loaded.is_random:
         print(RANDOM_BANNER.format(weights_id=loaded.weights_id), file=sys.stderr)

@@ -72,8 +72,7 @@ class ExtractedFeatures:
         if name not in self._datasets:
             from jaxclip_fs.data import get_dataset
 
-            options = {"source": self.source} if self.source != "coop" else {}
-            self._datasets[name] = get_dataset(name, self.data_root, **options)
+            self._datasets[name] = get_dataset(name, self.data_root, source=self.source)
         return self._datasets[name]
 
     def __call__(self, dataset: str, shots: int, seeds: Sequence[int]) -> featfile.FeatureSet:

@@ -547,8 +547,7 @@ def evaluate_images_command(args) -> int:
     from jaxclip_fs.convert import load_clip
     from jaxclip_fs.data import get_dataset
 
-    dataset = get_dataset(args.dataset, args.data_root,
-                          **({"source": args.source} if args.source != "coop" else {}))
+    dataset = get_dataset(args.dataset, args.data_root, source=args.source)
     clip = load_clip(args.backbone, args.weights)
     log = None if args.quiet else stderr_log
     if args.select_on_test and log:
@@ -580,8 +579,7 @@ def train_imo_command(args) -> int:
                            adapter_dim=args.adapter_dim, scale=args.adapter_scale,
                            dropout=args.adapter_dropout, normalize=not args.unnormalized)
     settings.check()
-    dataset = get_dataset(args.dataset, args.data_root,
-                          **({"source": args.source} if args.source != "coop" else {}))
+    dataset = get_dataset(args.dataset, args.data_root, source=args.source)
     clip = load_clip(args.backbone, args.weights)
     trained = train_imo(clip, dataset, settings, split=args.split, workers=args.workers,
                         progress=not args.quiet, log=None if args.quiet else stderr_log)
