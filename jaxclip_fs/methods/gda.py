@@ -23,6 +23,7 @@ import numpy as np
 from jaxclip_fs.methods import hparams as hp_lib
 from jaxclip_fs.methods.base import Method
 from jaxclip_fs.methods.cache import augmented_views, l2_normalize, zero_shot_logits
+from jaxclip_fs.methods.linalg import pinv_hermitian
 
 ALPHA = hp_lib.HParam("alpha", "search", "weight of the Gaussian discriminant logits", minimum=0.0)
 
@@ -47,7 +48,9 @@ def init(key, task, hp):
     trace_cov = jnp.trace(scatter) / (num_vectors - 1.0)
     dim = views.shape[-1]
     shrunk = scatter + trace_cov * jnp.eye(dim, dtype=scatter.dtype)
-    precision = dim * jnp.linalg.pinv(shrunk, hermitian=True)
+    # one eigh per cell even when vmapped: batched LAPACK calls can deadlock sharded
+    # CPU programs (methods/linalg.py)
+    precision = dim * pinv_hermitian(shrunk)
     weights_c = means @ precision  # [C, D] (precision is symmetric)
     log_prior = -jnp.log(jnp.sum(task.class_mask))
     bias = log_prior - 0.5 * jnp.sum(weights_c * means, axis=-1)
@@ -57,13 +60,13 @@ def init(key, task, hp):
 def precompute(params, task, queries, query_mask):
     """``s`` and the discriminant logits ``f Σ⁻¹ μᵀ + b`` [M, C]."""
     del query_mask
-    return {"zero_shot": zero_shot_logits(task, queries),
+    return {"s": zero_shot_logits(task, queries),
             "gda": l2_normalize(queries) @ params["weights"].T + params["bias"]}
 
 
 def terms(pre, params, task, hp):
     del params, task, hp
-    return pre["zero_shot"], {"alpha": pre["gda"]}
+    return pre["s"], {"alpha": pre["gda"]}
 
 
 def gda() -> Method:
