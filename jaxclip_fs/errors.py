@@ -25,3 +25,11 @@ class DataError(JaxclipError):
 
 class ConfigError(JaxclipError):
     """A bad method name, hyperparameter name/value or CLI argument."""
+
+
+class ProgramHang(JaxclipError):
+    """A compiled program did not finish within the limits of :mod:`jaxclip_fs.engine.watchdog`.
+
+    Its thread cannot be stopped: the CLI prints the message and exits at once
+    with status 3 (``os._exit``), as a normal exit could wait on it forever.
+    """

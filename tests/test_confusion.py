@@ -20,17 +20,17 @@ def test_pairs_rates_and_reductions_by_hand():
     ada_pred = np.array([1, 0, 0, 0, 1, 1, 0, 2, 2, 2])
     out = confusion.confusion_analysis(_onehot_logits(s_pred, 3), _onehot_logits(ada_pred, 3),
                                        labels, names, top=4)
-    assert out["confusion_s"] == [[1, 2, 1], [1, 1, 0], [2, 1, 1]]
-    assert out["confusion_ada"] == [[3, 1, 0], [0, 2, 0], [1, 0, 3]]
-    assert out["accuracy_s"] == 30.0 and out["accuracy_ada"] == 80.0
-    assert (out["off_diagonal_s"], out["off_diagonal_ada"]) == (7, 2)
+    assert out["confusion_before"] == [[1, 2, 1], [1, 1, 0], [2, 1, 1]]
+    assert out["confusion_after"] == [[3, 1, 0], [0, 2, 0], [1, 0, 3]]
+    assert out["accuracy_before"] == 30.0 and out["accuracy_after"] == 80.0
+    assert (out["off_diagonal_before"], out["off_diagonal_after"]) == (7, 2)
     # rates under s: cat->dog 2/4, cat->fox 1/4, dog->cat 1/2, fox->cat 2/4, fox->dog 1/4
-    pairs = [(p["true_name"], p["predicted_name"], p["rate_s"], p["rate_ada"])
+    pairs = [(p["true_name"], p["predicted_name"], p["rate_before"], p["rate_after"])
              for p in out["pairs"]]
     assert pairs == [("cat", "dog", 0.5, 0.25), ("dog", "cat", 0.5, 0.0), ("fox", "cat", 0.5, 0.25),
                      ("cat", "fox", 0.25, 0.0)]
     assert [p["reduction"] for p in out["pairs"]] == [0.25, 0.5, 0.25, 0.25]
-    assert out["pairs"][0]["count_s"] == 2 and out["pairs"][0]["count_ada"] == 1
+    assert out["pairs"][0]["count_before"] == 2 and out["pairs"][0]["count_after"] == 1
 
 
 def test_ties_go_to_the_lower_class_like_argmax():
@@ -49,9 +49,9 @@ def test_write_confusion_json_and_png(tmp_path):
     json_path, png_path = confusion.write_confusion(tmp_path / "confusion", analysis, title="t")
     assert json.loads(open(json_path).read()) == json.loads(json.dumps(analysis))
     assert open(png_path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
-    assert analysis["accuracy_ada"] >= analysis["accuracy_s"]
+    assert analysis["accuracy_after"] >= analysis["accuracy_before"]
     lines = confusion.summary_lines(analysis, limit=2)
-    assert len(lines) == 3 and f"s {analysis['accuracy_s']:.1f}%" in lines[0]
+    assert len(lines) == 3 and f"s {analysis['accuracy_before']:.1f}%" in lines[0]
 
 
 def test_report_confusion_does_not_import_jax():

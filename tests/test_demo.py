@@ -6,7 +6,7 @@ import os
 import pytest
 
 from jaxclip_fs import cli
-from jaxclip_fs.sweep import demo
+from jaxclip_fs.commands import demo
 
 
 def test_reduced_demo_end_to_end_then_resumes_without_work(tmp_path, capsys, monkeypatch):
@@ -26,7 +26,8 @@ def test_reduced_demo_end_to_end_then_resumes_without_work(tmp_path, capsys, mon
     assert record["dataset"] == "digits" and record["backbone"] == "tiny-vit"
     assert record["weights"] == "random" and record["num_classes"] == 10
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["settings"]["--weights"] == "random" and manifest["settings"]["--views"] == 2
+    assert manifest["settings"]["model"]["weights"] == "random"
+    assert manifest["settings"]["extraction"]["views"] == 2
 
     def no_extraction(*args, **kwargs):
         raise AssertionError("the second demo must reuse everything")

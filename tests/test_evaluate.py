@@ -16,10 +16,13 @@ from jaxclip_fs.features.synthetic import make_task
 from jaxclip_fs.io import records
 from jaxclip_fs.methods.base import as_arrays
 from jaxclip_fs.methods.task import pad_evalset, with_shots
-from jaxclip_fs.sweep.evaluate import (
-    ROOT_SEED, build_evalset, build_task, evaluate_features, evaluate_file, val_rows,
-)
+from jaxclip_fs.data.fewshot import coop_val_rows
+from jaxclip_fs.engine.evaluate import evaluate_features, evaluate_file
+from jaxclip_fs.features.featfile import support_index
+from jaxclip_fs.methods.task import make_evalset
+from jaxclip_fs.methods.task import make_task as task_of
 from jaxclip_fs.train import fit_select_predict
+from jaxclip_fs.train.fit import task_key
 
 C, D = 6, 16
 
@@ -31,6 +34,11 @@ def feature_file(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("features") / "pets.npz")
     featfile.save(path, fs)
     return path, fs
+
+
+def build_task(fs, shots, seed):
+    """The (seed, shots) task of a feature set, as the engine builds it."""
+    return task_of(fs.train[:, support_index(fs, shots, seed)], fs.text, fs.logit_scale)
 
 
 def _normalize(x):
@@ -126,7 +134,7 @@ def test_feature_file_fewshot_index_is_used(feature_file, tmp_path, capsys):
     (["--method", "tip_adapter_f", "--hp", "lr=0"], "'lr' must be > 0"),
     (["--method", "tip_adapter", "--hp", "alpha=1", "alpha=2"], "'alpha' given twice"),
     (["--method", "nope"], "unknown method 'nope'; known methods: zero_shot"),
-    (["--method", "ldc"], "method 'ldc' needs images"),
+    (["--method", "ldc"], "method 'ldc' reads images, not a feature file"),
     (["--method", "tip_adapter", "--shots", "9"], "has 8 train images; 9 shots"),
 ])
 def test_bad_arguments_give_one_line_errors(feature_file, capsys, argv, needle):
@@ -167,14 +175,15 @@ def _accuracies(name, feature_sets, shots):
     run = jax.jit(functools.partial(fit_select_predict, method,
                                     batch_size=int(values.get("batch_size", 0)),
                                     max_epochs=int(values.get("epochs", 0))))
-    key = jax.random.fold_in(jax.random.key(ROOT_SEED), 1)
+    key = task_key(1)
     grid = {n: jnp.asarray(g, jnp.float32) for n, g in grid.items()}
     out = np.zeros((len(feature_sets), len(shots)))
     for i, fs in enumerate(feature_sets):
         support = build_task(fs, max(shots), seed=1)
-        test = build_evalset(fs.test, fs.test_labels)
+        test = make_evalset(fs.test, fs.test_labels)
         for j, k in enumerate(shots):
-            val = build_evalset(fs.val, fs.val_labels, val_rows(fs, k, 1, "coop"))
+            rows = coop_val_rows(fs.val_labels, fs.num_classes, k, 1)
+            val = make_evalset(fs.val[rows], fs.val_labels[rows])
             val = pad_evalset(val, 4 * fs.num_classes)
             result = run(key, with_shots(support, k), val, test, as_arrays(values), grid)
             out[i, j] = float(result["test_accuracy"])

@@ -16,7 +16,6 @@ from jaxclip_fs.errors import CheckpointError, ConfigError
 from jaxclip_fs.io import checkpoints
 from jaxclip_fs.methods.base import as_arrays, logits
 from jaxclip_fs.methods.task import make_task
-from jaxclip_fs.sweep.image_methods import ImageOptions, run_imo_method
 from jaxclip_fs.train import imo
 
 
@@ -137,7 +136,7 @@ def test_ta_pp_and_tx_pp_match_independent_formulas():
     hp = as_arrays({"alpha": alpha, "beta": beta, "gamma": gamma})
     for name in ("ta_pp", "tx_pp"):
         method = methods.get(name)
-        assert method.needs_images
+        assert method.inputs == "paired"
         params = method.init(jax.random.key(0), task, hp)
         out = logits(method, params, task, jnp.asarray(queries), hp)
         np.testing.assert_allclose(np.asarray(out), expected[name], rtol=1e-4, atol=1e-4)
@@ -158,8 +157,6 @@ def test_identical_encoders_reduce_ta_pp_to_tip_adapter_and_tx_pp_to_tip_x():
 
 def test_run_ta_pp_and_tx_pp_on_digits_end_to_end(clip, digits, trained, tmp_path):
     """Records match their test logits; the logits match the formula on re-extracted features."""
-    options = ImageOptions(imo_adapters=str(trained), views=3, cache_dir=str(tmp_path / "cache"),
-                           progress=False, batch_size=64)
     from jaxclip_fs.features.extract import extract_features
 
     adapted_clip = imo.load_imo_adapters(trained, clip)
@@ -174,22 +171,17 @@ def test_run_ta_pp_and_tx_pp_on_digits_end_to_end(clip, digits, trained, tmp_pat
     aff = _unit(adapted.test) @ keys.T
     labels = digits.split("test").labels
     for name in ("ta_pp", "tx_pp"):
-        if name == "ta_pp":  # through the CLI
-            out = tmp_path / name
-            assert cli.main(["evaluate", "--method", name, "--dataset", "digits", "--backbone",
-                             "tiny-vit", "--weights", "random", "--shots", "2", "--seed", "1",
-                             "--imo-adapters", str(trained), "--views", "3", "--hp", "beta=4",
-                             "--cache-dir", str(tmp_path / "cache"), "--quiet",
-                             "--out", str(out)]) == 0
-            record = json.loads((out / "result.json").read_text())
-            test_logits = np.load(out / "test_logits.npy")
-        else:
-            (cell,) = run_imo_method(name, digits, clip, shots=(2,), seeds=(1,), options=options,
-                                     hp=["beta=4"], log=None)
-            record, test_logits = cell.record, cell.test_logits
+        out = tmp_path / name
+        assert cli.main(["evaluate", "--method", name, "--dataset", "digits", "--backbone",
+                         "tiny-vit", "--weights", "random", "--shots", "2", "--seed", "1",
+                         "--imo-adapters", str(trained), "--views", "3", "--hp", "beta=4",
+                         "--cache-dir", str(tmp_path / "cache"), "--quiet",
+                         "--out", str(out)]) == 0
+        record = json.loads((out / "result.json").read_text())
+        test_logits = np.load(out / "test_logits.npy")
         assert record["hyperparameters"]["beta"] == 4.0 and "beta" not in record["searched"]
         assert record["accuracy"] == pytest.approx(100 * np.mean(test_logits.argmax(1) == labels))
-        assert record["zero_shot_accuracy"] == pytest.approx(100 * np.mean(s.argmax(1) == labels))
+        assert record["inputs"] == "paired"
         hp = record["hyperparameters"]
         expected = s + hp["alpha"] * np.exp(-4.0 * (1 - aff)) @ onehot
         if name == "tx_pp":
@@ -198,4 +190,5 @@ def test_run_ta_pp_and_tx_pp_on_digits_end_to_end(clip, digits, trained, tmp_pat
             kl = (kl - kl.min()) / (kl.max() - kl.min()) * (aff.max() - aff.min()) + aff.min()
             expected = expected - hp["gamma"] * kl @ onehot
         np.testing.assert_allclose(test_logits, expected, rtol=2e-4, atol=2e-3)
-        assert json.loads(json.dumps(record))["imo"]["adapters"] == str(trained)
+        assert record["imo_adapters"] == str(trained)
+        assert record["imo_weights_id"] == adapted_clip.weights_id

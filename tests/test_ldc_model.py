@@ -20,8 +20,12 @@ from jaxclip_fs.convert import load_clip
 from jaxclip_fs.errors import ConfigError
 from jaxclip_fs.features.taps import tap_shape
 from jaxclip_fs.methods import ldc as ldc_lib
-from jaxclip_fs.methods.ldc import LDCInputs, LDCModel
-from jaxclip_fs.train import ldc_inputs
+from jaxclip_fs import methods
+from jaxclip_fs.methods.images import ImageInputs
+from jaxclip_fs.methods.ldc import LDCModel
+from jaxclip_fs.methods.search import grid_search
+from jaxclip_fs.methods.task import EvalSet, Task
+from jaxclip_fs.pipelines import images
 
 C, B, PAD = 5, 6, 2
 
@@ -48,8 +52,16 @@ class _Loaded:
         self.model = CLIP(self.config)
 
 
+def ldc_for_clip(clip, num_classes, **switches):
+    """LDC's model for a CLIP, and the taps it reads (as the image pipeline binds it)."""
+    spec = images.image_spec(clip)
+    rule = switches.pop("vit_rule", "proportional")
+    return (ldc_lib.model_for(spec, num_classes, vit_rule=rule, **switches),
+            ldc_lib.tap_names(spec, rule))
+
+
 def test_published_variants_get_the_paper_shapes():
-    rn, rn_taps = ldc_inputs.ldc_for_clip(_Loaded("RN50"), 37)
+    rn, rn_taps = ldc_for_clip(_Loaded("RN50"), 37)
     assert rn_taps == ("layer1", "layer2", "layer3", "layer4")
     assert rn.config.pools == (8, 4, 2, 1) and rn.config.fused_dim == 2048
     shapes = jax.eval_shape(rn.init, jax.random.key(0))[0]
@@ -60,12 +72,12 @@ def test_published_variants_get_the_paper_shapes():
             for g in ("g1", "g2", "g3")] == [(37, 1024, 1024, 1024), (1024, 1024, 1024, 1024),
                                              (1024, 1024, 1024, 37)]
     assert shapes["alf"]["fc2"].shape == (1024, 1)
-    vit, vit_taps = ldc_inputs.ldc_for_clip(_Loaded("ViT-B/16"), 37)
+    vit, vit_taps = ldc_for_clip(_Loaded("ViT-B/16"), 37)
     assert vit_taps == ("block6", "block8", "block10", "block12")
     shapes = jax.eval_shape(vit.init, jax.random.key(0))[0]
     assert shapes["maf"]["adapter1"]["kernel"].shape == (768, 768)
     assert (shapes["head"]["fc1"].shape, shapes["head"]["fc2"].shape) == ((512, 2048), (2048, 37))
-    assert ldc_inputs.ldc_for_clip(_Loaded("ViT-L/14"), 2)[1] == (
+    assert ldc_for_clip(_Loaded("ViT-L/14"), 2)[1] == (
         "block12", "block16", "block20", "block24")
 
 
@@ -73,13 +85,13 @@ def test_published_variants_get_the_paper_shapes():
 def tiny(request):
     """A tiny CLIP, its LDC model, and the LDC inputs of B random images."""
     clip = load_clip(request.param, "random")
-    model, taps = ldc_inputs.ldc_for_clip(clip, C)
+    model, taps = ldc_for_clip(clip, C)
     rng = np.random.default_rng(0)
     size = clip.config.image_size
     text = rng.standard_normal((C, clip.config.embed_dim)).astype(np.float32)
     text /= np.linalg.norm(text, axis=1, keepdims=True)
-    frozen = ldc_inputs.frozen_arguments(clip, text)
-    fetch = ldc_inputs.trunk_fetch(clip.model, taps, augment_views=False)
+    frozen = images.frozen_arrays(clip, text)
+    fetch = images.trunk_fetch(clip.model, taps, augment_views=False)
     pixels = rng.integers(0, 256, (B, size, size, 3), dtype=np.uint8)
     inputs = jax.jit(fetch)(frozen, None, pixels)
     return clip, model, taps, inputs
@@ -252,7 +264,7 @@ def test_loss_logits_grads_and_batchnorm_match_pytorch(tower, fusion, ablation):
     features = rng.standard_normal((B + PAD, e)).astype(np.float32)
     labels = rng.integers(0, C, B + PAD)
     weights = np.r_[np.ones(B), np.zeros(PAD)].astype(np.float32)
-    inputs = LDCInputs(tuple(jnp.asarray(t) for t in taps), jnp.asarray(s), jnp.asarray(features))
+    inputs = ImageInputs(tuple(jnp.asarray(t) for t in taps), jnp.asarray(s), jnp.asarray(features))
 
     (value, (out, new_stats)), grads = jax.jit(jax.value_and_grad(model.loss, has_aux=True))(
         params, stats, jnp.asarray(proj), inputs, jnp.asarray(labels), jnp.asarray(weights))
@@ -300,13 +312,17 @@ def test_loss_logits_grads_and_batchnorm_match_pytorch(tower, fusion, ablation):
                                atol=1e-4)
 
 
-def test_search_beta_is_the_official_first_best_loop():
+def test_beta_search_is_the_official_first_best_loop():
+    """LDC's β goes through the library's grid search (linear in β): the official loop's pick."""
     rng = np.random.default_rng(0)
     mlp, ada = rng.standard_normal((2, 40, 4)).astype(np.float32)
     labels = rng.integers(0, 4, 40)
     grid = ldc_lib.beta_grid()
-    index, counts = ldc_lib.search_beta(jnp.asarray(mlp), jnp.asarray(ada), jnp.asarray(labels),
-                                        jnp.ones(40), jnp.asarray(grid, jnp.float32))
+    method = methods.get("ldc")
+    task = Task(None, jnp.ones((4, 1)), jnp.ones(4), jnp.zeros((4, 8)), jnp.asarray(100.0))
+    found = grid_search(method, {}, task, EvalSet(None, jnp.asarray(labels), jnp.ones(40)), {},
+                        {"beta": jnp.asarray(grid, jnp.float32)},
+                        pre={"mlp": jnp.asarray(mlp), "ada": jnp.asarray(ada)})
     best_acc, best_beta, loop_counts = 0, 0.0, []
     for beta in grid:  # official search_hp: beta_list, `if acc > best_acc`
         logits = beta * mlp.astype(np.float64) + (1 - beta) * ada
@@ -314,7 +330,88 @@ def test_search_beta_is_the_official_first_best_loop():
         loop_counts.append(hits)
         if hits > best_acc:
             best_acc, best_beta = hits, beta
-    np.testing.assert_array_equal(np.asarray(counts), loop_counts)
-    assert grid[int(index)] == best_beta and len(grid) == 51 and grid[1] == 0.02
-    fused = ldc_lib.fuse(jnp.asarray(mlp), jnp.asarray(ada), 0.3)
-    np.testing.assert_allclose(np.asarray(fused), 0.3 * mlp + 0.7 * ada, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(found["counts"]), loop_counts)
+    assert grid[int(found["index"]["beta"])] == best_beta and len(grid) == 51 and grid[1] == 0.02
+    base, residuals = ldc_lib.terms({"mlp": jnp.asarray(mlp), "ada": jnp.asarray(ada)}, None,
+                                    None, None)
+    np.testing.assert_allclose(np.asarray(base + 0.3 * residuals["beta"]), 0.3 * mlp + 0.7 * ada,
+                               rtol=1e-5, atol=1e-6)
+
+
+class _DictInput(nn.Module):
+    """``torch.optim.swa_utils.update_bn`` calls ``model(batch)``: unpack our batch dict."""
+
+    def __init__(self, oracle):
+        super().__init__()
+        self.oracle = oracle
+
+    def forward(self, batch):
+        return self.oracle(batch["taps"], batch["s"], batch["features"])
+
+
+def test_update_bn_is_pytorchs_swa_update_bn():
+    """``ldc(bn_stats="update_bn")`` through the trainer == ``torch.optim.swa_utils.update_bn``.
+
+    15 real items of a [C, 4] pool (nested: 3 shots), batches of 6 -> 6, 6, 3
+    rows (the last one padded to 6 on our side), no training step (0 epochs):
+    every BatchNorm layer's reset-then-cumulative-average statistics must agree.
+    """
+    from jaxclip_fs.methods.images import ImageSpec
+    from jaxclip_fs.train.trainer import TrainData, epoch_plan, train
+
+    rng = np.random.default_rng(11)
+    e, shots, real_shots, batch = 6, 4, 3, 6
+    sides = ((8, 3), (4, 5), (2, 7), (1, 4))
+    spec = ImageSpec("resnet", tuple((f"layer{i}", (h, h, c)) for i, (h, c) in enumerate(sides, 1)),
+                     e, _linear_projector)
+    method = methods.get("ldc", bn_stats="update_bn").bind(spec)
+    config = ldc_lib.model_for(spec, C).config
+    params, stats = ldc_lib.model_for(spec, C).init(jax.random.key(4))
+    n = C * shots
+    pool = {"taps": tuple(rng.standard_normal((1, n, h, h, c)).astype(np.float32)
+                          for h, c in sides),
+            "s": (10 * rng.standard_normal((1, n, C))).astype(np.float32),
+            "features": rng.standard_normal((1, n, e)).astype(np.float32)}
+    proj = rng.standard_normal((config.fused_dim, e)).astype(np.float32)
+    index = rng.permutation(n).reshape(C, shots).astype(np.int32)
+    mask = np.broadcast_to(np.arange(shots) < real_shots, (C, shots)).astype(np.float32)
+    task = Task(None, jnp.asarray(mask), jnp.ones(C), jnp.zeros((C, e)), jnp.asarray(100.0),
+                {"projector": jnp.asarray(proj)})
+    hp = {"epochs": 0.0, "lr": 1e-3, "eps": 1e-4, "weight_decay": 0.0}
+    key = jax.random.key(9)
+    trained, _ = train(
+        lambda p, x, y, w: method.loss(p, task, x, y, w, hp), None,
+        {"heads": params, "batch_stats": stats}, ("heads",),
+        TrainData(jax.tree.map(jnp.asarray, pool), jnp.asarray(index), jnp.asarray(mask)), key,
+        hp, batch_size=batch, max_epochs=1, aux=("batch_stats",),
+        fetch=lambda k, rows: ImageInputs(tuple(rows["taps"]), rows["s"], rows["features"]),
+        selection="final",
+        aux_estimate=lambda p, x, y, w: method.state_estimate(p, task, x, y, w, hp))
+    ours = trained["batch_stats"]
+
+    order, _ = epoch_plan(key, jnp.asarray(mask), 1, 0)  # epoch `epochs` = 0: the pass's loader
+    flat = np.asarray(order)[:C * real_shots]  # real items first
+    loader = []
+    for start in range(0, len(flat), batch):
+        items = flat[start:start + batch]
+        rows = index[items // shots, items % shots]
+        loader.append({"taps": [torch.tensor(t[0, rows]).permute(0, 3, 1, 2) for t in pool["taps"]],
+                       "s": torch.tensor(pool["s"][0, rows]),
+                       "features": torch.tensor(pool["features"][0, rows])})
+    assert [len(b["s"]) for b in loader] == [6, 6, 3]
+    oracle = _Oracle(config, params, stats, proj)
+    torch.optim.swa_utils.update_bn(loader, _DictInput(oracle))
+    theirs = {"maf": {f"adapter{i}": {"bn": oracle.adapters[i - 1][1]} for i in range(1, 5)},
+              "head": {"bn": oracle.head[1]},
+              "icd": {g: {"bn": oracle.g[j][1]} for j, g in enumerate(("g1", "g2", "g3"))},
+              "alf": {"bn": oracle.gw[0][1]}}
+    for path, bn in jax.tree_util.tree_flatten_with_path(
+            theirs, is_leaf=lambda x: isinstance(x, nn.Module))[0]:
+        mine = ours
+        for p in path:
+            mine = mine[p.key]
+        assert int(bn.num_batches_tracked) == 3
+        np.testing.assert_allclose(np.asarray(mine["mean"]), bn.running_mean.numpy(), rtol=1e-4,
+                                   atol=1e-6, err_msg=str(path))
+        np.testing.assert_allclose(np.asarray(mine["var"]), bn.running_var.numpy(), rtol=1e-4,
+                                   atol=1e-7, err_msg=str(path))

@@ -1,4 +1,4 @@
-"""The README's "Adding a method" example runs as written and its method lands in the records."""
+"""The README's "Adding a method" examples run as written and their methods land in the records."""
 
 import json
 import os
@@ -7,30 +7,33 @@ import re
 import numpy as np
 
 from jaxclip_fs import methods
-from jaxclip_fs.methods import _FACTORIES
 
 README = os.path.join(os.path.dirname(__file__), "..", "README.md")
 
 
-def _python_block(section: str) -> str:
+def _python_blocks(section: str) -> list[str]:
     text = open(README, encoding="utf-8").read()
     body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
-    (block,) = re.findall(r"```python\n(.*?)```", body, flags=re.S)
-    return block
+    return re.findall(r"```python\n(.*?)```", body, flags=re.S)
 
 
-def test_adding_a_method_example_runs_and_writes_records(tmp_path, monkeypatch):
+def _records(root):
+    found = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            record = json.loads(open(os.path.join(folder, name)).read())
+            found[(record["method"], record["shots"], record["seed"])] = record
+    return found
+
+
+def test_adding_a_feature_method_example_runs_and_writes_records(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     try:
-        exec(compile(_python_block("Adding a method"), "README.md", "exec"), {})
+        exec(compile(_python_blocks("Adding a method")[0], "README.md", "exec"), {})
         assert "prototype" in methods.names()
     finally:
-        _FACTORIES.pop("prototype", None)
-    records = {}
-    for root, _, files in os.walk(tmp_path / "runs" / "prototype" / "records"):
-        for name in files:
-            record = json.loads(open(os.path.join(root, name)).read())
-            records[(record["method"], record["shots"], record["seed"])] = record
+        methods.unregister("prototype")
+    records = _records(tmp_path / "runs" / "prototype" / "records")
     # 2 methods x 3 shots x 3 seeds, each a real accuracy on the synthetic task's test set
     assert set(records) == {(m, k, s) for m in ("prototype", "tip_adapter")
                             for k in (1, 4, 16) for s in (1, 2, 3)}
@@ -42,3 +45,19 @@ def test_adding_a_method_example_runs_and_writes_records(tmp_path, monkeypatch):
         if method == "prototype":
             assert np.min(np.abs(grid - record["hyperparameters"]["alpha"])) < 1e-6
     assert all(r["searched"] == ["alpha"] for (m, _, _), r in records.items() if m == "prototype")
+
+
+def test_adding_an_image_method_example_trains_on_clip_taps(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("JAXCLIP_FS_CACHE", str(tmp_path / "cache"))
+    try:
+        exec(compile(_python_blocks("Adding a method")[1], "README.md", "exec"), {})
+    finally:
+        methods.unregister("tap_head")
+    records = _records(tmp_path / "runs" / "tap_head" / "records")
+    assert set(records) == {("tap_head", k, 1) for k in (1, 4)}
+    for record in records.values():
+        assert record["inputs"] == "images" and record["input_details"]["taps"] == ["layer4"]
+        assert record["searched"] == ["alpha"] and record["epoch_selection"] == "final"
+        losses = record["epoch_losses"]
+        assert len(losses) == 10 and losses[-1] < losses[0]  # the head trained on the support

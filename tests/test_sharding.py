@@ -5,10 +5,11 @@ import pytest
 
 from jaxclip_fs import cli
 from jaxclip_fs.features.synthetic import make_task
-from jaxclip_fs.sweep import sharding
-from jaxclip_fs.sweep.engine import SweepConfig, run_sweep
+from jaxclip_fs.engine import sharding
+from jaxclip_fs.engine.run import Sources
+from jaxclip_fs.pipelines.features import GivenFeatures
 
-from test_sweep import assert_same_records, read_records
+from test_sweep import assert_same_records, config, read_records, run_sweep
 
 FEATURES = {"oxford_pets": make_task(2, num_classes=5, dim=8, shots=4, views=3, val_per_class=5,
                                      test_per_class=6, dataset="oxford_pets")}
@@ -25,8 +26,8 @@ def test_eight_devices_give_the_records_of_one(tmp_path, monkeypatch):
     runs = {}
     for devices in (8, 1):
         out = str(tmp_path / f"d{devices}")
-        result = run_sweep(out, SweepConfig(**cfg, devices=devices), lambda d, k, s: FEATURES[d],
-                           progress=False, log=None)
+        result = run_sweep(out, config(**cfg, devices=devices),
+                           Sources(features=GivenFeatures(FEATURES)))
         assert result.devices == devices
         runs[devices] = read_records(out)
     assert_same_records(runs[8], runs[1])

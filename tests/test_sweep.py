@@ -1,4 +1,4 @@
-"""The sweep engine: records equal `evaluate`, fusion = separate programs, resume, params, CLI."""
+"""The engine: records equal `evaluate`, fusion = separate programs, resume, params, CLI."""
 
 import csv
 import json
@@ -12,13 +12,17 @@ from jaxclip_fs.errors import ConfigError
 from jaxclip_fs.features import featfile
 from jaxclip_fs.features.synthetic import make_task
 from jaxclip_fs.io.checkpoints import restore_tree
+from jaxclip_fs.engine import feature_program as program_lib
+from jaxclip_fs.engine import outdir
+from jaxclip_fs.engine.evaluate import evaluate_features
+from jaxclip_fs.engine.run import RunDir, Sources, run_experiment
+from jaxclip_fs.experiment import config as config_lib
+from jaxclip_fs.experiment.plan import Cell
+from jaxclip_fs.features.featfile import support_index
 from jaxclip_fs.methods.base import as_arrays, logits
 from jaxclip_fs.methods.search import accuracy
-from jaxclip_fs.sweep import outdir
-from jaxclip_fs.sweep import program as program_lib
-from jaxclip_fs.sweep.cells import Cell
-from jaxclip_fs.sweep.engine import SweepConfig, run_sweep
-from jaxclip_fs.sweep.evaluate import build_evalset, build_task, evaluate_features
+from jaxclip_fs.methods.task import make_evalset, make_task as task_of
+from jaxclip_fs.pipelines.features import GivenFeatures
 
 # Two small datasets with different class counts and split sizes (fusion pads them).
 FEATURES = {
@@ -36,9 +40,25 @@ COMPARED = ("method", "dataset", "shots", "seed", "backbone", "weights", "split_
             "best_epoch", "num_classes", "val_size", "test_size")
 
 
-def source(dataset, shots, seeds):
-    del shots, seeds
-    return FEATURES[dataset]
+SOURCES = Sources(features=GivenFeatures(FEATURES))
+
+
+def config(methods=("tip_adapter_f",), datasets=("oxford_pets", "dtd"), shots=(1, 2, 4),
+           seeds=(1, 2), hp=(), val_policy="coop", **execution):
+    """An experiment config over the synthetic feature sets."""
+    return config_lib.ExperimentConfig(
+        methods=tuple(config_lib.MethodConfig(m) for m in methods),
+        data=config_lib.DataConfig(datasets=tuple(datasets)),
+        protocol=config_lib.ProtocolConfig(val_policy=val_policy),
+        hp={k: float(v) for k, v in (item.split("=") for item in hp)},
+        grid=config_lib.GridConfig(shots=tuple(shots), seeds=tuple(seeds)),
+        execution=config_lib.ExecutionConfig(**execution))
+
+
+def run_sweep(out, cfg, sources=SOURCES, provenance=None):
+    if provenance:
+        sources = Sources(features=sources.features, provenance=provenance)
+    return run_experiment(cfg, RunDir(out), sources=sources, progress=False, log=None)
 
 
 def read_records(out):
@@ -62,31 +82,24 @@ def assert_same_records(a, b):
                 assert x == y, (cell, field, x, y)
 
 
-def config(**kwargs):
-    base = dict(methods=("tip_adapter_f",), datasets=("oxford_pets", "dtd"), shots=(1, 2, 4),
-                seeds=(1, 2))
-    return SweepConfig(**{**base, **kwargs})
-
-
 @pytest.fixture(scope="module")
 def fused_run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("fused"))
-    result = run_sweep(out, config(fuse_datasets=True), source, progress=False, log=None)
+    result = run_sweep(out, config(fuse_datasets=True))
     return out, result
 
 
 def test_fused_datasets_give_the_records_of_separate_programs(fused_run, tmp_path):
     out, result = fused_run
     assert [p.name for p in result.programs] == ["tip_adapter_f/oxford_pets+dtd"]
-    separate = run_sweep(str(tmp_path), config(), source, progress=False, log=None)
+    separate = run_sweep(str(tmp_path), config())
     assert [p.name for p in separate.programs] == ["tip_adapter_f/oxford_pets", "tip_adapter_f/dtd"]
     assert_same_records(read_records(out), read_records(str(tmp_path)))
 
 
 def test_program_per_shots_gives_the_records_of_one_program(fused_run, tmp_path):
     out, _ = fused_run
-    per_shots = run_sweep(str(tmp_path), config(program_per_shots=True), source, progress=False,
-                          log=None)
+    per_shots = run_sweep(str(tmp_path), config(program_per_shots=True))
     assert [(p.name, {c.shots for c in p.cells}) for p in per_shots.programs] == [
         (f"tip_adapter_f/{d}", {k}) for d in ("oxford_pets", "dtd") for k in (1, 2, 4)]
     assert_same_records(read_records(out), read_records(str(tmp_path)))
@@ -111,10 +124,10 @@ def test_trained_params_are_saved_and_reproduce_the_accuracy(fused_run):
     assert meta["slots"][g][t] == dict(method="tip_adapter_f", dataset="dtd", shots=4, seed=2)
     params = {k: v[g, t] for k, v in tree.items()}
     fs = FEATURES["dtd"]
-    task = build_task(fs, 4, 2)
+    task = task_of(fs.train[:, support_index(fs, 4, 2)], fs.text, fs.logit_scale)
     assert params["keys"].shape == (fs.num_classes, 4, fs.dim)  # learned keys [C, K, D]
     assert not np.allclose(params["keys"], tree["keys"][g, t - 1])  # each cell has its own
-    test = build_evalset(fs.test, fs.test_labels)
+    test = make_evalset(fs.test, fs.test_labels)
     method = methods.get("tip_adapter_f")
     hp = as_arrays(record["hyperparameters"])
     acc = accuracy(logits(method, params, task, test.features, hp), test)
@@ -136,7 +149,7 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(program_lib, "run_program", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(out, cfg, source, progress=False, log=None)
+        run_sweep(out, cfg)
     first = read_records(out)
     assert len(first) == 2 * 4  # the two programs that finished, 4 cells each
     stamps = {c: os.stat(outdir.record_path(out, c)).st_mtime_ns for c in first}
@@ -144,7 +157,7 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path, monkeypatch):
     calls.clear()
     monkeypatch.setattr(program_lib, "run_program",
                         lambda *a, **k: calls.append(1) or real(*a, **k))
-    result = run_sweep(out, cfg, source, progress=False, log=None)
+    result = run_sweep(out, cfg)
     assert len(calls) == 4 and len(result.computed) == 4 * 4 and set(result.skipped) == set(first)
     after = read_records(out)
     assert len(after) == 24 and all(after[c] == first[c] for c in first)
@@ -155,41 +168,40 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(program_lib, "compiled_program", never)
     monkeypatch.setattr(program_lib, "run_program", never)
-    done = run_sweep(out, cfg, lambda *a: never(), progress=False, log=None)
+    done = run_sweep(out, cfg, Sources(features=lambda *a: never()))
     assert not done.computed and len(done.skipped) == 24
 
 
 def test_rerun_extends_the_grid_or_refuses_other_settings(tmp_path, monkeypatch):
     out = str(tmp_path)
     small = config(methods=("zero_shot",), datasets=("twin_a",), shots=(1,), seeds=(1,), devices=1)
-    run_sweep(out, small, source, progress=False, log=None)
-    with pytest.raises(ConfigError, match="--val-policy") as info:
+    run_sweep(out, small)
+    with pytest.raises(ConfigError, match="protocol.val_policy") as info:
         run_sweep(out, config(methods=("zero_shot",), datasets=("twin_a",), shots=(1,), seeds=(1,),
-                              val_policy="full", devices=1), source, progress=False, log=None)
+                              val_policy="full", devices=1))
     assert "\n" not in str(info.value)
-    with pytest.raises(ConfigError, match="--backbone"):
-        run_sweep(out, small, source, settings={"--backbone": "RN50"}, progress=False, log=None)
+    with pytest.raises(ConfigError, match="inputs.backbone"):
+        run_sweep(out, small, provenance={"backbone": "RN50"})
     bigger = config(methods=("zero_shot",), datasets=("twin_a",), shots=(1, 2), seeds=(1, 3),
                     devices=1)
-    result = run_sweep(out, bigger, source, progress=False, log=None)
+    result = run_sweep(out, bigger)
     assert set(result.skipped) == {Cell("zero_shot", "twin_a", 1, 1)} and len(result.computed) == 3
     manifest = outdir.read_manifest(out)
-    assert manifest["grid"]["--seeds"] == [1, 3] and manifest["grid"]["--shots"] == [1, 2]
+    assert manifest["grid"]["seeds"] == [1, 3] and manifest["grid"]["shots"] == [1, 2]
     assert len(manifest["invocations"]) == 2
 
 
 def test_hp_override_applies_to_the_methods_that_have_it(tmp_path):
     cfg = config(methods=("zero_shot", "tip_adapter"), datasets=("dtd",), shots=(2,), seeds=(1,),
                  hp=("alpha=1.5",), devices=1)
-    run_sweep(str(tmp_path), cfg, source, progress=False, log=None)
+    run_sweep(str(tmp_path), cfg)
     record = read_records(str(tmp_path))[Cell("tip_adapter", "dtd", 2, 1)]
     assert record["hyperparameters"]["alpha"] == 1.5 and record["searched"] == ["beta"]
     alone = evaluate_features(FEATURES["dtd"], "tip_adapter", shots=2, seed=1, hp=["alpha=1.5"],
                               log=None)
     assert record["accuracy"] == pytest.approx(alone["accuracy"], abs=1e-4)
     with pytest.raises(ConfigError, match="unknown hyperparameter 'gamma'"):
-        run_sweep(str(tmp_path / "b"), config(methods=("zero_shot",), hp=("gamma=1",)), source,
-                  progress=False, log=None)
+        run_sweep(str(tmp_path / "b"), config(methods=("zero_shot",), hp=("gamma=1",)))
 
 
 def test_cli_run_on_feature_files_writes_records_and_report(tmp_path, capsys):

@@ -8,14 +8,17 @@ import pytest
 from jaxclip_fs import methods
 from jaxclip_fs.errors import ConfigError
 from jaxclip_fs.features.synthetic import make_task
+from jaxclip_fs.engine import outdir
+from jaxclip_fs.engine.run import Sources
+from jaxclip_fs.experiment import config as config_lib
+from jaxclip_fs.experiment.plan import Cell, ood_parents
+from jaxclip_fs.features.featfile import support_index
 from jaxclip_fs.methods.base import as_arrays, logits
-from jaxclip_fs.sweep import outdir
-from jaxclip_fs.sweep.cells import Cell
-from jaxclip_fs.sweep.engine import SweepConfig, run_sweep
-from jaxclip_fs.sweep.evaluate import build_task
-from jaxclip_fs.sweep.ood import OODSet, load_ood, save_ood
+from jaxclip_fs.methods.task import make_task as task_of
+from jaxclip_fs.pipelines.features import GivenFeatures
+from jaxclip_fs.pipelines.ood import OODSet, load_ood, parent_of, save_ood
 
-from test_sweep import read_records
+from test_sweep import read_records, run_sweep
 
 PARENT = make_task(3, num_classes=6, dim=8, shots=4, views=2, val_per_class=4, test_per_class=5,
                    dataset="imagenet")
@@ -38,13 +41,29 @@ OOD = {"imagenet_v2": _shifted("imagenet_v2", [0, 1, 2, 3, 4, 5], 1),
        "imagenet_a": _shifted("imagenet_a", [1, 3, 4], 2)}
 
 
+class WithShifts(GivenFeatures):
+    """The parent's features, and the shifted sets as its OOD sets."""
+
+    def ood(self, name, parent):
+        assert parent is PARENT
+        return OOD[name]
+
+
+SOURCES = Sources(features=WithShifts({"imagenet": PARENT}))
+
+
+def ood_config(datasets=("imagenet",), ood=("imagenet_v2", "imagenet_a"), method="tip_adapter"):
+    return config_lib.ExperimentConfig(
+        methods=(config_lib.MethodConfig(method),),
+        data=config_lib.DataConfig(datasets=datasets, ood=ood),
+        grid=config_lib.GridConfig(shots=(1, 4), seeds=(1, 2)))
+
+
 def test_ood_records_score_the_parent_fit_on_each_set(tmp_path):
     out = str(tmp_path)
     # 8 devices: 4 cells padded to 8, and the rerun's single cell too (one compilation)
-    config = SweepConfig(methods=("tip_adapter",), datasets=("imagenet",), shots=(1, 4),
-                         seeds=(1, 2), ood=("imagenet_v2", "imagenet_a"))
-    result = run_sweep(out, config, lambda d, k, s: PARENT, ood_features=lambda name, fs: OOD[name],
-                       progress=False, log=None)
+    config = ood_config()
+    result = run_sweep(out, config, SOURCES)
     found = read_records(out)
     assert len(result.computed) == 4 and len(found) == 4 * 3
     for method in ("tip_adapter",):
@@ -52,7 +71,8 @@ def test_ood_records_score_the_parent_fit_on_each_set(tmp_path):
         for shots in (1, 4):
             for seed in (1, 2):
                 parent = found[Cell(method, "imagenet", shots, seed)]
-                task = build_task(PARENT, shots, seed)
+                task = task_of(PARENT.train[:, support_index(PARENT, shots, seed)], PARENT.text,
+                               PARENT.logit_scale)
                 for name, ood in OOD.items():
                     record = found[Cell(method, name, shots, seed)]
                     assert record["trained_on"] == "imagenet"
@@ -65,8 +85,7 @@ def test_ood_records_score_the_parent_fit_on_each_set(tmp_path):
                     assert record["accuracy"] == pytest.approx(expected, abs=1e-4)
 
     os.remove(outdir.record_path(out, Cell("tip_adapter", "imagenet_a", 4, 2)))
-    again = run_sweep(out, config, lambda d, k, s: PARENT, ood_features=lambda name, fs: OOD[name],
-                      progress=False, log=None)
+    again = run_sweep(out, config, SOURCES)
     assert again.computed == (Cell("tip_adapter", "imagenet", 4, 2),)
     after = read_records(out)  # the missing OOD record is back, recomputed identically
     assert after.keys() == found.keys()
@@ -76,12 +95,10 @@ def test_ood_records_score_the_parent_fit_on_each_set(tmp_path):
 
 
 def test_ood_needs_its_parent_and_round_trips(tmp_path):
-    with pytest.raises(ConfigError, match="add it to --dataset"):
-        SweepConfig(methods=("zero_shot",), datasets=("dtd",), shots=(1,), seeds=(1,),
-                     ood=("imagenet_v2",)).ood_of()
+    with pytest.raises(ConfigError, match="add it to the datasets"):
+        ood_parents(ood_config(datasets=("dtd",), ood=("imagenet_v2",)), parent_of)
     with pytest.raises(ConfigError, match="not an out-of-distribution test set"):
-        SweepConfig(methods=("zero_shot",), datasets=("dtd",), shots=(1,), seeds=(1,),
-                    ood=("dtd",)).ood_of()
+        ood_parents(ood_config(datasets=("dtd",), ood=("dtd",)), parent_of)
     path = str(tmp_path / "a.ood.npz")
     save_ood(path, OOD["imagenet_a"])
     back = load_ood(path)
@@ -99,7 +116,7 @@ def test_extract_ood_maps_labels_into_the_parent_classes(tmp_path):
     from jaxclip_fs.convert import load_clip
     from jaxclip_fs.data import get_dataset
     from jaxclip_fs.features.extract import extract_features
-    from jaxclip_fs.sweep.ood import extract_ood
+    from jaxclip_fs.pipelines.ood import extract_ood
 
     rng = np.random.default_rng(0)
     for split, count in (("train", 6), ("test", 3)):

@@ -12,8 +12,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from benchmarks.reproduce import __main__ as runner  # noqa: E402
 from benchmarks.reproduce.compare import all_passed, compare, format_checks  # noqa: E402
 from jaxclip_fs.data.registry import BENCHMARK_DATASETS, OOD_DATASETS  # noqa: E402
-from jaxclip_fs.methods import IMAGE_METHODS, FEATURE_METHODS  # noqa: E402
-from jaxclip_fs.report.published import PUBLISHED  # noqa: E402
+from jaxclip_fs import methods  # noqa: E402
+from jaxclip_fs.catalogue import PUBLISHED  # noqa: E402
+from jaxclip_fs.experiment import config as config_lib  # noqa: E402
 
 CONFIG = runner.load_config("rn50_16shot")
 
@@ -39,7 +40,11 @@ def test_configs_name_real_methods_datasets_and_bands():
     for name in ("rn50_16shot", "rn50_curves", "imagenet_ood"):
         config = runner.load_config(name)
         assert config["name"] == name
-        assert set(config["methods"]) <= set(FEATURE_METHODS) | set(IMAGE_METHODS)
+        assert set(config["methods"]) <= set(methods.names())
+        experiment = runner.experiment_config(config, config["methods"], type(
+            "Args", (), dict(weights="openai", data_root=None, source="coop", devices=None)))
+        assert isinstance(experiment, config_lib.ExperimentConfig)
+        assert experiment.labels() == tuple(config["methods"])
         assert set(config["datasets"]) <= set(BENCHMARK_DATASETS)
         assert set(config.get("ood", [])) <= set(OOD_DATASETS)
         assert set(config["compare_shots"]) <= set(config["shots"])
@@ -102,7 +107,8 @@ def test_runner_compare_only_reads_a_sweep_directory(tmp_path, capsys):
     directory.mkdir(parents=True)
     for i, record in enumerate(_records({"zero_shot": 0.5})):
         (directory / f"{i}.json").write_text(json.dumps(record))
-    config = dict(CONFIG, methods=["zero_shot"], name="zs_only")
+    config = dict(CONFIG, name="zs_only",
+                  experiment={**CONFIG["experiment"], "methods": ["zero_shot"]})
     path = tmp_path / "zs_only.json"
     path.write_text(json.dumps(config))
     assert runner.main([str(path), "--compare-only", "--out", str(tmp_path)]) == 0

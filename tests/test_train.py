@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from jaxclip_fs.train.trainer import TrainData, epoch_plan, train
+from jaxclip_fs.train.trainer import class_major_data, epoch_plan, train
 
 GRAD = np.array([0.5, -2.0, 1e-3])
 
@@ -30,7 +30,7 @@ def _torch_trajectory(steps_per_epoch, epochs, lr, eps, weight_decay):
 def _linear_loss(params, inputs, labels, weights):
     """Weighted mean of θ·g over the batch: gradient g whatever the batch holds."""
     per_item = jnp.full(labels.shape, jnp.dot(params["theta"], jnp.asarray(GRAD, jnp.float32)))
-    return jnp.sum(weights * per_item) / jnp.sum(weights)
+    return jnp.sum(weights * per_item) / jnp.sum(weights), {}
 
 
 def test_adamw_cosine_and_per_task_step_counts_match_pytorch():
@@ -50,7 +50,7 @@ def test_adamw_cosine_and_per_task_step_counts_match_pytorch():
             return -jnp.sum((p["theta"] - goal) ** 2)
         settings = {"epochs": epochs, "lr": lr, "eps": eps, "weight_decay": wd}
         return train(_linear_loss, score, {"theta": jnp.asarray([0.3, -0.1, 0.2])}, ("theta",),
-                     TrainData(inputs, mask), jax.random.key(0), settings, batch_size=batch,
+                     class_major_data(inputs, mask), jax.random.key(0), settings, batch_size=batch,
                      max_epochs=4)
 
     params, info = jax.jit(jax.vmap(run))(
@@ -101,11 +101,11 @@ def test_minibatches_are_weighted_means_over_real_items(batch):
     mask = jnp.ones((3, 4)).at[2, 1:].set(0.0)  # 9 real items
 
     def loss(params, x, labels, weights):
-        return jnp.sum(weights * (x[:, 0] + 0.0 * params["theta"])) / jnp.sum(weights)
+        return jnp.sum(weights * (x[:, 0] + 0.0 * params["theta"])) / jnp.sum(weights), {}
 
     settings = {"epochs": 1, "lr": 1e-3, "eps": 1e-8, "weight_decay": 0.0}
     _, info = train(loss, lambda p: 0.0, {"theta": jnp.zeros(())}, ("theta",),
-                    TrainData(inputs, mask), jax.random.key(0), settings, batch_size=batch,
+                    class_major_data(inputs, mask), jax.random.key(0), settings, batch_size=batch,
                     max_epochs=1)
     order, views = epoch_plan(jax.random.key(0), mask, 2, 0)
     flat = np.asarray(inputs)[:, :, :, 0].reshape(2, -1)

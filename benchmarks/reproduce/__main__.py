@@ -4,14 +4,17 @@
   python -m benchmarks.reproduce CONFIG --compare-only --out DIR
 
 CONFIG is a name from ``benchmarks/reproduce/configs`` (``rn50_16shot``,
-``rn50_curves``, ``imagenet_ood``) or a path to such a JSON file. The runner
-checks that every dataset is set up (else it prints, in one line, what it
-needs and exits with 2), runs ``jaxclip-fs run`` with the config's grid
-(resumable: rerun the same command after an interruption), then prints one
-line per (method, dataset, shots): ours (mean ± std over seeds), the
-published number, the difference, the tolerance band and pass / FAIL. Exit
-status 0 when nothing failed or is missing. Methods this build does not
-provide are named and skipped (their published cells then show ``missing``).
+``rn50_curves``, ``imagenet_ood``) or a path to such a JSON file: a name, a
+description, an ``experiment`` (a ``jaxclip-fs`` experiment config without
+weights and data root, which come from the flags), the shot counts compared
+and the tolerance bands. The runner checks that every dataset is set up (else
+it prints, in one line, what it needs and exits with 2), runs the experiment
+(resumable: rerun the same command after an interruption; ``jaxclip-fs run
+--config OUT/config.json`` repeats it), then prints one line per (method,
+dataset, shots): ours (mean ± std over seeds), the published number, the
+difference, the tolerance band and pass / FAIL. Exit status 0 when nothing
+failed or is missing. Methods this build does not provide are named and
+skipped (their published cells then show ``missing``).
 """
 
 from __future__ import annotations
@@ -27,14 +30,22 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 
 def load_config(name_or_path: str) -> dict:
-    """A config by name (``configs/<name>.json``) or path."""
+    """A reproduction by name (``configs/<name>.json``) or path, with the experiment's grid
+    flattened beside it (``backbone``, ``methods``, ``datasets``, ``ood``, ``shots``,
+    ``seeds``, ``val_policy``: what :func:`~benchmarks.reproduce.compare.compare` reads)."""
     path = (name_or_path if name_or_path.endswith(".json")
             else os.path.join(CONFIG_DIR, f"{name_or_path}.json"))
     if not os.path.isfile(path):
         names = sorted(f[:-5] for f in os.listdir(CONFIG_DIR) if f.endswith(".json"))
         raise SystemExit(f"error: no config '{name_or_path}' (known: {', '.join(names)})")
     with open(path) as f:
-        return json.load(f)
+        config = json.load(f)
+    experiment = config["experiment"]
+    methods = [m if isinstance(m, str) else m["name"] for m in experiment["methods"]]
+    return {**config, "backbone": experiment["model"]["backbone"], "methods": methods,
+            "datasets": experiment["data"]["datasets"], "ood": experiment["data"].get("ood", []),
+            "shots": experiment["grid"]["shots"], "seeds": experiment["grid"]["seeds"],
+            "val_policy": experiment.get("protocol", {}).get("val_policy", "coop")}
 
 
 def missing_data(config: dict, data_root: str | None, source: str) -> list[tuple[str, str]]:
@@ -54,33 +65,23 @@ def missing_data(config: dict, data_root: str | None, source: str) -> list[tuple
 def available_methods(config: dict) -> tuple[list[str], list[str]]:
     """(methods this build provides, those it does not)."""
     from jaxclip_fs import methods
-    from jaxclip_fs.errors import ConfigError
 
-    have, lack = [], []
-    for name in config["methods"]:
-        try:
-            methods.get(name)
-            have.append(name)
-        except ConfigError:
-            lack.append(name)
-    return have, lack
+    names = set(methods.names())
+    return ([m for m in config["methods"] if m in names],
+            [m for m in config["methods"] if m not in names])
 
 
-def run_argv(config: dict, methods: list[str], args) -> list[str]:
-    """The ``jaxclip-fs run`` command line of a config."""
-    listed = lambda values: ",".join(str(v) for v in values)  # noqa: E731
-    argv = ["run", "--dataset", listed(config["datasets"]), "--method", listed(methods),
-            "--shots", listed(config["shots"]), "--seeds", listed(config["seeds"]),
-            "--backbone", config["backbone"], "--weights", args.weights,
-            "--views", str(config["views"]), "--val-policy", config["val_policy"],
-            "--source", args.source, "--out", args.out]
-    if config.get("ood"):
-        argv += ["--ood", listed(config["ood"])]
-    if args.data_root:
-        argv += ["--data-root", args.data_root]
-    if args.devices:
-        argv += ["--devices", str(args.devices)]
-    return argv
+def experiment_config(config: dict, methods: list[str], args):
+    """The experiment of a reproduction, with the weights, data and devices of the flags."""
+    from jaxclip_fs.experiment import config as config_lib
+
+    raw = json.loads(json.dumps(config["experiment"]))
+    raw["methods"] = [m for m in raw["methods"]
+                      if (m if isinstance(m, str) else m["name"]) in methods]
+    raw["model"] = {**raw["model"], "weights": args.weights}
+    raw["data"] = {**raw["data"], "data_root": args.data_root, "source": args.source}
+    raw.setdefault("execution", {})["devices"] = args.devices
+    return config_lib.from_dict(raw, where=config["name"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,13 +113,15 @@ def main(argv: list[str] | None = None) -> int:
         if lacking:
             print(f"note: this build has no {', '.join(lacking)}; those cells are not run",
                   file=sys.stderr)
-        command = run_argv(config, methods, args)
-        print("jaxclip-fs " + " ".join(command), file=sys.stderr)
-        from jaxclip_fs import cli
+        from jaxclip_fs.engine.run import RunDir, run_experiment
+        from jaxclip_fs.errors import JaxclipError
 
-        status = cli.main(command)
-        if status:
-            return status
+        try:
+            run_experiment(experiment_config(config, methods, args),
+                           RunDir(args.out, argv=sys.argv[1:]))
+        except JaxclipError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
 
     from jaxclip_fs.report.collect import load_records
 

@@ -3,7 +3,7 @@
 For every (method, dataset or ``average``, shots) of a config, the mean over
 its seeds of our records with the config's backbone, real weights, its
 validation policy and selection on validation, is compared with the
-published number (``jaxclip_fs.report.published``): it **passes** when
+published number (``jaxclip_fs.catalogue``): it **passes** when
 ``|ours - published| <= band(method)``.
 
 Bands (percentage points, in the config) are our choice, not the papers':
@@ -24,7 +24,7 @@ import dataclasses
 from typing import Mapping, Sequence
 
 from jaxclip_fs.report.collect import Cell, is_random_weights, summarize
-from jaxclip_fs.report.published import AVERAGE, published
+from jaxclip_fs.catalogue import AVERAGE, published
 from jaxclip_fs.report.tables import average_entry
 
 PASSING = ("pass", "reported")

@@ -1,4 +1,4 @@
-"""``jaxclip-fs embed``: L2-normalised CLIP embeddings of image files and texts.
+"""L2-normalised CLIP embeddings of image files and texts (``jaxclip-fs embed``).
 
 Output ``.npz`` (DESIGN.md, "Contracts"):
 
@@ -19,22 +19,11 @@ with zeros and the padding rows dropped, so nothing recompiles.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from jaxclip_fs import __version__
-from jaxclip_fs.errors import ConfigError
-from jaxclip_fs.io import atomic
-
-RANDOM_BANNER = (
-    "*** RANDOM WEIGHTS ({weights_id}): these embeddings are meaningless, for testing the "
-    "pipeline only. For real ones pass --weights PATH, 'openai' or a hub id. ***")
 
 
 def _normalise(x: jax.Array) -> jax.Array:
@@ -102,33 +91,3 @@ def embed_texts(loaded, tokenizer, texts: Sequence[str], batch_size: int = 32) -
               else np.zeros((0, length), np.int32))
     return run_in_batches(text_embedder(loaded), len(texts), lambda a, b: tokens[a:b],
                           batch_size, loaded.config.embed_dim)
-
-
-def embed_command(args: argparse.Namespace) -> int:
-    """Runs ``jaxclip-fs embed`` (flags: backbone, weights, image, text, out, batch_size)."""
-    from jaxclip_fs.clip.tokenizer import load_tokenizer
-    from jaxclip_fs.convert import load_clip
-
-    if not args.image and not args.text:
-        raise ConfigError("nothing to embed: give --image PATH ... and/or --text STR ...")
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-    loaded = load_clip(args.backbone, args.weights)
-    if loaded.is_random:
-        print(RANDOM_BANNER.format(weights_id=loaded.weights_id), file=sys.stderr)
-    tokenizer = load_tokenizer(loaded.source_dir)
-    if args.text:
-        print(f"tokenizer: {tokenizer.name}", file=sys.stderr)
-    image = embed_images(loaded, args.image, args.batch_size)
-    text = embed_texts(loaded, tokenizer, args.text, args.batch_size)
-    weights = "random" if loaded.is_random else loaded.weights_id
-    meta = {"backbone": loaded.config.name, "weights": weights, "weights_id": loaded.weights_id,
-            "is_random": loaded.is_random, "tokenizer": tokenizer.name,
-            "images": list(args.image), "texts": list(args.text),
-            "jaxclip_fs_version": __version__}
-    atomic.save_npz(args.out, image=image, text=text, backbone=np.str_(loaded.config.name),
-                    weights=np.str_(weights), is_random=np.bool_(loaded.is_random),
-                    tokenizer=np.str_(tokenizer.name), meta=np.str_(json.dumps(meta)))
-    print(f"wrote {args.out}: image {list(image.shape)}, text {list(text.shape)} "
-          f"({loaded.config.name}, weights {weights})")
-    return 0

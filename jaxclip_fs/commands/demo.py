@@ -21,15 +21,31 @@ saying the accuracies only exercise the pipeline.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import sys
 
-from jaxclip_fs.sweep.cells import parse_int_list
 from jaxclip_fs.clip.variants import get_config
-from jaxclip_fs.sweep.command import ExtractedFeatures, selected_methods
-from jaxclip_fs.sweep.engine import SweepConfig, run_sweep
-from jaxclip_fs.sweep.image_programs import PAIRED_METHODS
+from jaxclip_fs.commands import common
+
+NAME = "demo"
+HELP = "the whole pipeline offline on scikit-learn's digits (every method, shots 1-16, 3 seeds)"
+DESCRIPTION = """\
+Run every registered method x shots 1,2,4,8,16 x seeds 1,2,3 on scikit-learn's digits,
+offline, through the same engine as `jaxclip-fs run`: features extracted once (cached),
+one compiled program per method, records, then the report. Prints the table and the
+path of the accuracy-vs-shots plot. A rerun resumes / reuses everything.
+
+Weights: --weights if given; else pretrained ViT-B/32 if already on this machine
+(~/.cache/clip/ViT-B-32.pt or the Hugging Face cache of openai/clip-vit-base-patch32;
+nothing is downloaded); else the tiny test ViT with RANDOM weights, under a banner:
+those accuracies only show that the pipeline runs.
+
+examples:
+  jaxclip-fs demo
+  jaxclip-fs demo --weights ~/clip-vit-base-patch32 --out demo_vitb32
+  jaxclip-fs demo --shots 1,4 --seeds 1 --method tip_adapter,ape"""
 
 DATASET = "digits"
 PRETRAINED_BACKBONE = "ViT-B/32"
@@ -87,52 +103,75 @@ def choose_model(backbone: str | None, weights: str | None) -> DemoModel:
     return DemoModel(backbone or RANDOM_BACKBONE, "random", True)
 
 
-def imo_adapters(source: ExtractedFeatures, out_dir: str, progress: bool) -> str:
-    """``DIR/imo_adapters``: IMO adapters trained on the digits train split (once)."""
+def train_imo_adapters(session, path: str, progress: bool) -> None:
+    """IMO adapters trained on the digits train split into ``path`` (once)."""
     from jaxclip_fs.train.imo import IMOSettings, save_imo_adapters, train_imo
 
-    path = os.path.join(out_dir, IMO_DIR)
     if not os.path.isdir(path):
         print("demo: training IMO adapters (one epoch on the digits train split) for TA++ / TX++",
               file=sys.stderr)
-        trained = train_imo(source.clip(), source.dataset(DATASET), IMOSettings(), split="train",
-                            progress=progress)
+        trained = train_imo(session.clip(), session.dataset(DATASET), IMOSettings(),
+                            split="train", progress=progress)
         save_imo_adapters(path, trained)
-    return path
 
 
-def demo_command(args) -> int:
-    """``jaxclip-fs demo`` (flags as in ``cli._add_demo``)."""
-    model = choose_model(args.backbone, args.weights)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", help="checkpoint path, hub id (cached), 'openai' or 'random' "
+                                     "(default: local ViT-B/32 if found, else random)")
+    p.add_argument("--backbone", help="variant (default: ViT-B/32 with real weights, tiny-vit random)")
+    p.add_argument("--out", default="jaxclip-fs-demo", metavar="DIR",
+                   help="run directory (default ./jaxclip-fs-demo)")
+    p.add_argument("--method", default="all", metavar="M1,M2,...", help="default: all")
+    p.add_argument("--shots", default="1,2,4,8,16", metavar="K1,K2,...", help="default 1,2,4,8,16")
+    p.add_argument("--seeds", default="1,2,3", metavar="S1,S2,...", help="default 1,2,3")
+    p.add_argument("--views", type=int, default=4, metavar="V",
+                   help="views per train image (default 4: view 0 + 3 augmented)")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="feature cache (default $JAXCLIP_FS_CACHE or ~/.cache/jaxclip-fs)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (messages stay)")
+
+
+def demo_config(args: argparse.Namespace, model: DemoModel, imo_dir: str | None):
+    """The demo's experiment config (digits, the chosen CLIP, the grid of the flags)."""
     vit = get_config(model.backbone).is_vit
-    config = SweepConfig(methods=selected_methods(args.method, images=True, imo=vit),
-                         datasets=(DATASET,), shots=parse_int_list(args.shots, "--shots", 1),
-                         seeds=parse_int_list(args.seeds, "--seeds", 0))
+    kinds = common.input_kinds(False, imo_adapters=vit)
+    return common.experiment_config(
+        argparse.Namespace(backbone=model.backbone, weights=model.weights, views=args.views,
+                           cache_dir=args.cache_dir, imo_adapters=imo_dir),
+        datasets=[DATASET], methods=common.selected_methods(args.method, kinds),
+        shots=common.parse_int_list(args.shots, "--shots", 1),
+        seeds=common.parse_int_list(args.seeds, "--seeds", 0))
+
+
+def run(args: argparse.Namespace) -> int:
+    """``jaxclip-fs demo`` (module docstring)."""
+    from jaxclip_fs import methods
+    from jaxclip_fs.engine.run import RunDir, run_experiment, sources_for
+    from jaxclip_fs.io.console import stderr_log
+    from jaxclip_fs.report.write import write_report
+
+    model = choose_model(args.backbone, args.weights)
+    config = demo_config(args, model, os.path.join(args.out, IMO_DIR))
     if model.random:
         print(BANNER, file=sys.stderr)
     else:
         print(f"demo: {model.backbone} with weights {model.weights}", file=sys.stderr)
-    source = ExtractedFeatures(args.out, model.backbone, model.weights, views=args.views,
-                               cache_dir=args.cache_dir, progress=not args.quiet,
-                               banner=not model.random)  # the demo's own banner says it
-    settings = {"--backbone": model.backbone, "--weights": model.weights, "--views": args.views}
-    paired = None
-    if set(config.methods) & set(PAIRED_METHODS):
-        source.imo_adapters = imo_adapters(source, args.out, not args.quiet)
-        paired = source.paired
-    result = run_sweep(args.out, config, source, image_runner=source.run_image,
-                       paired_features=paired, settings=settings, argv=sys.argv[1:],
-                       progress=not args.quiet)
+    paired = any(methods.get(m.name).inputs == "paired" for m in config.methods)
+    if not paired:
+        config = config.replace(model=dataclasses.replace(config.model, imo_adapters=None))
+    sources = sources_for(config, features_dir=os.path.join(args.out, "features"),
+                          progress=not args.quiet, banner=not model.random)
+    if paired:
+        train_imo_adapters(sources.features.session, config.model.imo_adapters, not args.quiet)
+    run_experiment(config, RunDir(args.out, argv=args.argv), sources=sources,
+                   progress=not args.quiet, log=stderr_log)
 
-    from jaxclip_fs.report.write import write_report
-
-    files = write_report(result.out_dir)
+    files = write_report(args.out)
     print(files.summary)
     plot = next((p for p in files.plots if p.endswith(f"_{DATASET}.png")), None)
     print(f"plot: {os.path.abspath(plot) if plot else '(none)'}")
     print(f"tables: {os.path.abspath(files.markdown)}; "
-          f"records: {os.path.join(os.path.abspath(result.out_dir), 'records')}")
+          f"records: {os.path.join(os.path.abspath(args.out), 'records')}")
     if model.random:
         print("(random weights: accuracies only exercise the pipeline)")
     return 0
-

@@ -1,63 +1,76 @@
-"""``jaxclip-fs extract``: parse-free glue from CLI flags to :func:`extract_features`."""
+"""``jaxclip-fs extract``: a dataset's feature file (train pool with views, val, test, text)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from jaxclip_fs.commands import common
 from jaxclip_fs.errors import ConfigError
+from jaxclip_fs.io.console import random_weights_banner
+
+NAME = "extract"
+HELP = "extract a feature file (train pool with views, val, test, text classifier)"
+DESCRIPTION = """\
+Encode a dataset with CLIP and write the feature file FILE.npz: 'text' [C, D]
+(template-ensemble classifier), 'train' [V, N, D] (view 0 un-augmented, views 1..V-1
+RandomResizedCrop + flip), 'val' and 'test' [M, D] (whole splits), labels, class names,
+'logit_scale' and 'meta' (provenance). The train pool is the union of the few-shot sets
+of --seeds at --shots (recorded as 'fewshot_seeds'/'fewshot_index', so `evaluate
+--shots k --seed s` uses exactly those images), or the whole train split without
+--shots. With --taps the intermediate outputs go to FILE.taps.npz.
+
+Features are cached under --cache-dir (default $JAXCLIP_FS_CACHE or
+~/.cache/jaxclip-fs) in chunks keyed on everything that shapes them: a rerun reuses
+them, an interrupted run resumes, a corrupt chunk is recomputed.
+
+examples:
+  jaxclip-fs extract --dataset digits --backbone tiny-vit --weights random \\
+      --shots 4 --seeds 1,2,3 --out digits.npz
+  jaxclip-fs extract --dataset oxford_pets --data-root /data --backbone RN50 \\
+      --weights openai --views 10 --shots 16 --seeds 1,2,3 --out pets_rn50.npz"""
 
 #: The papers' few-shot seeds, used when --shots comes without --seeds.
 DEFAULT_SEEDS = "1,2,3"
-RANDOM_BANNER = (
-    "*** RANDOM WEIGHTS ({weights_id}): these features only exercise the pipeline; they are "
-    "meaningless for few-shot results. For real ones pass --weights PATH, 'openai' or a hub "
-    "id. ***")
 
 
-def parse_seeds(text: str) -> tuple[int, ...]:
-    """``"1,2,3"`` -> (1, 2, 3); ConfigError naming ``--seeds`` otherwise."""
-    try:
-        seeds = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise ConfigError(f"--seeds must be a comma list of integers, got '{text}'") from None
-    if not seeds:
-        raise ConfigError(f"--seeds must name at least one seed, got '{text}'")
-    return seeds
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, help="registry name or folder:PATH")
+    common.add_data_arguments(p)
+    common.add_model_arguments(p, required=True)
+    common.add_extraction_arguments(p)
+    p.add_argument("--shots", type=int, metavar="K",
+                   help="train pool = the K-shot sets of --seeds (default: whole train split)")
+    p.add_argument("--seeds", metavar="S1,S2,...",
+                   help="few-shot seeds, comma-separated (default with --shots: 1,2,3)")
+    p.add_argument("--taps", metavar="T1,T2,...",
+                   help="also save intermediate outputs (layer1..layer4 / block<i>) to "
+                        "FILE.taps.npz")
+    common.add_cache_arguments(p)
+    p.add_argument("--skip-corrupt", action="store_true",
+                   help="skip unreadable images (counted, listed in meta) instead of failing")
+    common.add_quiet_argument(p)
+    p.add_argument("--out", required=True, metavar="FILE.npz")
 
 
-def parse_scale(text: str) -> tuple[float, float]:
-    """``"0.5,1"`` -> (0.5, 1.0); ConfigError naming ``--aug-scale`` otherwise."""
-    try:
-        low, high = (float(part) for part in text.split(","))
-    except ValueError:
-        raise ConfigError(f"--aug-scale must be LOW,HIGH (e.g. 0.5,1), got '{text}'") from None
-    return low, high
-
-
-def parse_taps(text: str | None) -> tuple[str, ...]:
-    """``"layer1,layer4"`` -> ("layer1", "layer4"); None -> ()."""
-    return tuple(t.strip() for t in text.split(",") if t.strip()) if text else ()
-
-
-def extract_command(args: argparse.Namespace) -> int:
-    """Runs ``jaxclip-fs extract`` (flags as defined in ``cli._add_extract``)."""
+def run(args: argparse.Namespace) -> int:
     from jaxclip_fs.convert import load_clip
     from jaxclip_fs.data import get_dataset
     from jaxclip_fs.features.extract import extract_features, save_extraction
 
     if args.shots is None and args.seeds is not None:
         raise ConfigError("--seeds needs --shots (without --shots the whole train split is used)")
-    seeds = parse_seeds(args.seeds or DEFAULT_SEEDS) if args.shots is not None else ()
-    aug_scale = parse_scale(args.aug_scale)
+    seeds = (common.parse_int_list(args.seeds or DEFAULT_SEEDS, "--seeds", 0)
+             if args.shots is not None else ())
+    aug_scale = common.parse_scale(args.aug_scale)
     dataset = get_dataset(args.dataset, args.data_root, source=args.source)
     loaded = load_clip(args.backbone, args.weights)
     if loaded.is_random:
-        print(RANDOM_BANNER.format(weights_id=loaded.weights_id), file=sys.stderr)
+        print(random_weights_banner(loaded.weights_id, "features"), file=sys.stderr)
     extraction = extract_features(
         dataset, loaded, shots=args.shots, seeds=seeds, views=args.views,
         aug_scale=aug_scale, aug_seed=args.aug_seed,
-        taps=parse_taps(args.taps), dtype=args.dtype, batch_size=args.batch_size,
+        taps=common.parse_names(args.taps, "--taps") if args.taps else (), dtype=args.dtype, batch_size=args.batch_size,
         cache_dir=args.cache_dir, use_cache=not args.no_cache, skip_corrupt=args.skip_corrupt,
         workers=args.workers, progress=not args.quiet)
     try:

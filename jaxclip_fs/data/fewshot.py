@@ -127,6 +127,27 @@ def coop_val_rows(labels: np.ndarray, num_classes: int, shots: int, seed: int) -
     (all it has when fewer), class by class → int [M]."""
     if shots < 1:
         raise DataError(f"shots must be >= 1, got {shots}")
-    per_class = capped_val_shots(shots)
-    return np.concatenate([class_order(labels, c, seed)[:per_class]
-                           for c in range(num_classes)]).astype(np.int64)
+    return ranked_val_rows(labels, num_classes, seed, "coop", capped_val_shots(shots))[0]
+
+
+def ranked_val_rows(labels: np.ndarray, num_classes: int, seed: int, policy: str,
+                    per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validation rows of a seed and each row's rank in its class's nested order.
+
+    ``"coop"``: per class the first ``per_class`` of its :func:`class_order`
+    for ``seed``, ranked 0, 1, ...; the k-shot CoOp set is the rows of rank
+    ``< min(k, 4)``, so one array serves every shot count up to
+    ``per_class``. ``"full"``: every row, rank 0.
+
+    Returns:
+      ``(rows int64 [M], ranks float32 [M])``.
+    """
+    if policy == "full":
+        rows = np.arange(np.asarray(labels).shape[0], dtype=np.int64)
+        return rows, np.zeros(rows.shape, np.float32)
+    if policy not in VAL_POLICIES:
+        raise DataError(f"val policy must be one of {', '.join(VAL_POLICIES)}, got '{policy}'")
+    orders = [class_order(labels, c, seed)[:per_class] for c in range(num_classes)]
+    rows = np.concatenate(orders).astype(np.int64)
+    ranks = np.concatenate([np.arange(o.size, dtype=np.float32) for o in orders])
+    return rows, ranks

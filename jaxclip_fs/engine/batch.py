@@ -25,8 +25,8 @@ per cell (leading axes [G, T]; T split over devices)
 Inside the program a cell's task is ``supports[seed_index]`` with
 ``support_mask[c, k] = class_mask[c] · (k < shots)`` and its validation set
 the rows with ``val_rank < val_take`` -- exactly the sets
-``sweep/evaluate.py`` builds for one (shots, seed), so a cell's record equals
-``evaluate``'s. C, Mv and M are padded to the group's largest (masked); T
+``evaluate`` builds for one (shots, seed) -- it is the same engine on a
+one-cell grid. C, Mv and M are padded to the group's largest (masked); T
 is padded to a multiple of the device count with copies of a real cell
 (their results are dropped).
 """
@@ -38,34 +38,13 @@ from typing import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
-from jaxclip_fs.data.fewshot import capped_val_shots, class_order
-from jaxclip_fs.features.featfile import FeatureSet
+from jaxclip_fs.data.fewshot import capped_val_shots, ranked_val_rows
+from jaxclip_fs.experiment.plan import Cell, Program, Resolved
+from jaxclip_fs.features.featfile import FeatureSet, support_index
 from jaxclip_fs.methods.base import Method
-from jaxclip_fs.sweep.cells import Cell, Program
-from jaxclip_fs.sweep.evaluate import support_index
-from jaxclip_fs.sweep.ood import OODSet
+from jaxclip_fs.pipelines.ood import OODSet
 
 PADDING_RANK = np.inf
-
-
-@dataclasses.dataclass(frozen=True)
-class Resolved:
-    """A method's hyperparameters on one dataset: values (defaults + overrides), grids to search."""
-
-    values: dict[str, float]
-    grid: dict[str, np.ndarray]
-
-    def static(self, method: Method) -> tuple[int, int]:
-        """(batch_size, epochs): the shape-setting training settings; (0, 0) without training."""
-        if not method.trainable:
-            return 0, 0
-        return int(self.values["batch_size"]), int(self.values["epochs"])
-
-
-def resolve(method: Method, dataset: str, dim: int, overrides: Mapping[str, float]) -> Resolved:
-    """The method's settings for ``dataset`` (registry name chooses defaults and grids)."""
-    values, grid = method.resolve(dataset, dim, overrides)
-    return Resolved(values, grid)
 
 
 def fusion_signature(method: Method, fs: FeatureSet, resolved: Resolved) -> Hashable:
@@ -96,20 +75,6 @@ class ProgramBatch:
     val_sizes: dict[Cell, int]
 
 
-def _val_rows(fs: FeatureSet, seed: int, policy: str,
-              per_class: int) -> tuple[np.ndarray, np.ndarray]:
-    """A seed's validation rows (CoOp: ``per_class`` per class), their rank in the nested order."""
-    if policy == "full":
-        rows = np.arange(fs.val_labels.shape[0])
-        return rows, np.zeros(rows.shape, np.float32)
-    rows, ranks = [], []
-    for c in range(fs.num_classes):
-        order = class_order(fs.val_labels, c, seed)[:per_class]
-        rows.append(order)
-        ranks.append(np.arange(order.size, dtype=np.float32))
-    return np.concatenate(rows), np.concatenate(ranks)
-
-
 def _pad(array: np.ndarray, axis: int, size: int, value=0) -> np.ndarray:
     widths = [(0, 0)] * array.ndim
     widths[axis] = (0, size - array.shape[axis])
@@ -123,7 +88,8 @@ def _dataset_arrays(fsets: Sequence[FeatureSet], seeds: Sequence[int], shots: in
     for fs in fsets:
         per_seed = [fs.train[:, support_index(fs, shots, s)] for s in seeds]  # [V, C, K, D] each
         supports.append(_pad(np.stack(per_seed), 2, num_classes))
-        rows = [_val_rows(fs, s, val_policy, capped_val_shots(shots)) for s in seeds]
+        rows = [ranked_val_rows(fs.val_labels, fs.num_classes, s, val_policy,
+                                capped_val_shots(shots)) for s in seeds]
         vals.append([fs.val[r] for r, _ in rows])
         val_labels.append([fs.val_labels[r] for r, _ in rows])
         val_ranks.append([rank for _, rank in rows])
@@ -216,18 +182,6 @@ def _ood_arrays(ood: Sequence[OODSet], num_classes: int) -> dict:
                               for o in ood])[None],
         "ood_class_mask": np.stack([_pad(o.class_mask, 0, num_classes) for o in ood])[None],
     }
-
-
-def chosen_hparams(method: Method, resolved: Resolved, index: Mapping[str, int]) -> dict:
-    """The hyperparameters a cell used: the values, with searched ones read from the float64 grid.
-
-    (As ``evaluate`` reports them: the official lists' value, not its float32 copy.)
-    """
-    used = dict(resolved.values)
-    for name, g in resolved.grid.items():
-        used[name] = float(g[int(index[name])])
-    specs = method.hparam_specs
-    return {name: int(v) if specs[name].integer else float(v) for name, v in used.items()}
 
 
 def slot_cells(batch: ProgramBatch) -> list[tuple[int, int, Cell]]:

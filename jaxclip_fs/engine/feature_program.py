@@ -1,58 +1,55 @@
-"""The compiled program of a sweep: every cell of a (method, dataset group) in one ``jax.jit``.
+"""The compiled program of feature methods: every cell of a (variant, dataset group) in one jit.
 
 ``cell`` runs one few-shot cell -- fit (train if the method trains, best
-epoch on validation), search the hyperparameter grid on validation, score
-the test set once -- with the library's own functions
-(:func:`~jaxclip_fs.train.fit.fit`, :func:`~jaxclip_fs.train.fit.fit_select_predict`),
-so a cell equals ``jaxclip-fs evaluate`` on the same (shots, seed).
+epoch on validation), search the hyperparameter grid on the selection set,
+score the test set (and any OOD test sets) once -- with the library's own
+functions (:func:`~jaxclip_fs.train.fit.fit`, :func:`~jaxclip_fs.train.fit.select`).
 ``jax.vmap`` runs it over the T cells of a dataset (the dataset's arrays
 shared, not copied), and a second ``jax.vmap`` over the G fused datasets;
-``jax.jit`` with :mod:`~jaxclip_fs.sweep.sharding` shardings spreads the
-cell axis over the devices. Array layout: :mod:`~jaxclip_fs.sweep.batch`.
+``jax.jit`` with :mod:`~jaxclip_fs.engine.sharding` shardings spreads the
+cell axis over the devices. Array layout: :mod:`~jaxclip_fs.engine.batch`.
+Methods reading ``features`` and ``paired`` inputs both run here.
 
-Randomness: a cell's key is ``fold_in(key(ROOT_SEED), seed)``, as in
-``evaluate`` -- independent of where the cell sits in the batch.
+Randomness: a cell's key is :func:`~jaxclip_fs.train.fit.task_key` ``(seed)``
+-- independent of where the cell sits in the batch.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
 
-from jaxclip_fs import methods
-from jaxclip_fs.methods.base import Method, logits
+from jaxclip_fs.engine import sharding, watchdog
+from jaxclip_fs.methods.base import Method, logits_from
 from jaxclip_fs.methods.cache import mask_logits
 from jaxclip_fs.methods.search import accuracy
 from jaxclip_fs.methods.task import EvalSet, Task, with_shots
-from jaxclip_fs.sweep import sharding
-from jaxclip_fs.sweep.evaluate import task_key
-from jaxclip_fs.train.fit import fit, fit_select_predict
+from jaxclip_fs.train.fit import fit, select, task_key
 
 
-def _frozen(method: Method, params) -> Method:
-    """``method`` with its fitted ``params`` as init and nothing left to train.
-
-    Lets :func:`fit_select_predict` do the search and the test scoring on
-    params fitted here (whose best epoch we keep), without a second copy of
-    its logic.
-    """
-    return dataclasses.replace(method, init=lambda key, task, hp: params, trainable=())
+def head_accuracies(method: Method, pre, evalset: EvalSet, class_mask) -> dict:
+    """Accuracy of each head the method reports (``Method.heads``), in %."""
+    if method.heads is None:
+        return {}
+    return {name: accuracy(mask_logits(value, class_mask), evalset)
+            for name, value in method.heads(pre).items()}
 
 
 def cell(method: Method, per_cell: dict, shared: dict, *, batch_size: int, max_epochs: int,
-         select_on_test: bool, keep_params: bool = True) -> dict:
-    """One cell (unbatched; see :mod:`~jaxclip_fs.sweep.batch` for the fields).
+         select_on_test: bool, keep_params: bool = True, keep_logits: bool = False) -> dict:
+    """One cell (unbatched; see :mod:`~jaxclip_fs.engine.batch` for the fields).
 
     Returns:
       ``test_accuracy``, ``val_accuracy`` (on the selection set, in %),
-      ``best_epoch`` (-1 if not trained), ``index`` (name -> chosen grid index),
-      ``params`` (the fitted params; only with ``keep_params``, so unsaved params
-      are never gathered to the host) and, with OOD sets, ``ood_accuracy`` [O]:
-      the same fit and hyperparameters scored on each OOD test set, predicting
-      among that set's classes only.
+      ``best_epoch`` (-1 if not trained), ``losses`` (per epoch; empty if not
+      trained), ``index`` (name -> chosen grid index), ``heads`` (name -> test
+      accuracy of each reported head), ``params`` (only with ``keep_params``,
+      so unsaved params are never gathered to the host), ``test_logits``
+      (only with ``keep_logits``) and, with OOD sets, ``ood_accuracy`` [O]:
+      the same fit and hyperparameters scored on each OOD test set,
+      predicting among that set's classes only.
     """
     key = task_key(per_cell["seed"])
     seed_index = per_cell["seed_index"]
@@ -70,55 +67,65 @@ def cell(method: Method, per_cell: dict, shared: dict, *, batch_size: int, max_e
     hp = per_cell["hp"]
     params, info = fit(method, key, task, selection, hp, batch_size=batch_size,
                        max_epochs=max_epochs)
-    out = fit_select_predict(_frozen(method, params), key, task, selection, test, hp,
-                             per_cell["grid"])
+    chosen = select(method, params, task, selection, hp, per_cell["grid"])
+    pre = method.precompute(params, task, test.features, test.mask)
+    test_logits = logits_from(method, pre, params, task, chosen["hp"])
     result = {
-        "test_accuracy": out["test_accuracy"], "val_accuracy": out["val_accuracy"],
+        "test_accuracy": accuracy(test_logits, test), "val_accuracy": chosen["val_accuracy"],
         "best_epoch": info.get("best_epoch", jnp.asarray(-1, jnp.int32)),
-        "index": out.get("index", {}),
+        "losses": info.get("losses", jnp.zeros((0,), jnp.float32)),
+        "index": chosen.get("index", {}),
+        "heads": head_accuracies(method, pre, test, class_mask),
     }
     if keep_params:
         result["params"] = params
+    if keep_logits:
+        result["test_logits"] = test_logits
     if "ood" in shared:
         def ood_accuracy(features, labels, mask, ood_classes):
-            scores = logits(method, params, task, features, out["hp"], mask)
-            scores = mask_logits(scores, ood_classes)
-            return accuracy(scores, EvalSet(features, labels, mask))
+            scores = logits_from(method, method.precompute(params, task, features, mask), params,
+                                 task, chosen["hp"])
+            return accuracy(mask_logits(scores, ood_classes), EvalSet(features, labels, mask))
 
         result["ood_accuracy"] = jax.vmap(ood_accuracy)(
             shared["ood"], shared["ood_labels"], shared["ood_mask"], shared["ood_class_mask"])
     return result
 
 
-def program_fn(method: Method, *, batch_size: int, max_epochs: int, select_on_test: bool,
-               keep_params: bool = True):
+def program_fn(method: Method, **static):
     """``(per_cell [G, T, ...], shared [G, ...]) -> outputs [G, T, ...]``: vmap cells, datasets."""
-    one = functools.partial(cell, method, batch_size=batch_size, max_epochs=max_epochs,
-                            select_on_test=select_on_test, keep_params=keep_params)
+    one = functools.partial(cell, method, **static)
     over_cells = jax.vmap(one, in_axes=(0, None))
     return jax.vmap(over_cells, in_axes=(0, 0))
 
 
 @functools.lru_cache(maxsize=64)
-def compiled_program(method_name: str, batch_size: int, max_epochs: int, select_on_test: bool,
-                     mesh: jax.sharding.Mesh, keep_params: bool = True):
-    """The jitted, sharded program of a registered method (cached: equal shapes reuse it).
+def compiled_program(method: Method, mesh: jax.sharding.Mesh, **static):
+    """The jitted, sharded program of a method (cached: equal shapes reuse it).
 
     Inputs: ``per_cell`` sharded along the cell axis, ``shared`` replicated;
     outputs gathered replicated.
     """
-    program = program_fn(methods.get(method_name), batch_size=batch_size, max_epochs=max_epochs,
-                         select_on_test=select_on_test, keep_params=keep_params)
-    return jax.jit(program,
+    return jax.jit(program_fn(method, **static),
                    in_shardings=(sharding.cell_sharding(mesh), sharding.replicated(mesh)),
                    out_shardings=sharding.replicated(mesh))
 
 
 def run_program(method: Method, batch, *, select_on_test: bool, mesh: jax.sharding.Mesh,
-                keep_params: bool = True) -> dict:
-    """Places a :class:`~jaxclip_fs.sweep.batch.ProgramBatch` on the mesh, runs it: host arrays."""
-    program = compiled_program(method.name, batch.batch_size, batch.max_epochs, select_on_test,
-                               mesh, keep_params)
+                keep_params: bool = True, keep_logits: bool = False, name: str = "program",
+                limits: dict | None = None) -> dict:
+    """Places a :class:`~jaxclip_fs.engine.batch.ProgramBatch` on the mesh, runs it: host arrays.
+
+    The wait is bounded (:func:`~jaxclip_fs.engine.watchdog.call` with ``limits``:
+    ``stall`` / ``deadline`` seconds; ``name`` names the program in its error).
+
+    Raises:
+      ProgramHang: the program stalled or ran past its deadline.
+    """
+    program = compiled_program(method, mesh, batch_size=batch.batch_size,
+                               max_epochs=batch.max_epochs, select_on_test=select_on_test,
+                               keep_params=keep_params, keep_logits=keep_logits)
     per_cell = sharding.place(batch.per_cell, sharding.cell_sharding(mesh))
     shared = sharding.place(batch.shared, sharding.replicated(mesh))
-    return jax.device_get(program(per_cell, shared))
+    return watchdog.call(lambda: jax.device_get(program(per_cell, shared)), name,
+                         **(limits or {}))

@@ -1,25 +1,30 @@
-"""The sweep output directory: where everything goes, the run manifest, what is finished (no jax).
+"""The run directory: where everything goes, the manifest, what is finished (no jax).
 
 Layout of ``DIR``::
 
-    DIR/manifest.json                               settings, grid (union of all reruns), history
+    DIR/config.json                                 the experiment config of the last invocation
+    DIR/manifest.json                               fixed settings, grid (union of all reruns), history
     DIR/features/<dataset>.npz                      extracted feature files (reused by reruns)
     DIR/features/<ood set>.ood.npz                  test features of out-of-distribution sets
     DIR/records/<method>/<dataset>/shots<K>_seed<S>.json   one result record per cell
     DIR/params/<method>/<datasets>-<digest>/        orbax checkpoint of a program's fitted params
-    DIR/confusion/ldc/<dataset>/shots<K>_seed<S>.*  LDC's confusion analysis (JSON, PNG)
+    DIR/confusion/<method>/<dataset>/shots<K>_seed<S>.*    class-confusion analyses (JSON, PNG)
     DIR/report/                                     `jaxclip-fs report DIR` output
 
-Every file is written atomically, and a cell's record is written only after
-its program's params are saved, so **a record on disk means the cell is
+(``<method>`` is the variant label, e.g. ``ldc--fusion-concat`` for
+``ldc[fusion=concat]``: :func:`safe_name`.) Every file
+is written atomically, and a cell's record is written only after its
+program's params are saved, so **a record on disk means the cell is
 finished**: a rerun skips it. An interruption loses at most the programs in
 flight.
 
-The manifest's ``settings`` (backbone, weights, views, validation policy,
-fixed hyperparameters ...) shape every number, so a rerun into the same
-directory must repeat them exactly -- otherwise a one-line error names the
-conflicting argument. The ``grid`` (methods, datasets, shots, seeds) may grow:
-a rerun with more of them extends the directory, and the manifest keeps the union.
+The manifest's ``settings`` (the config's fixed sections -- model,
+extraction, image pipeline, protocol, shared hyperparameters -- plus the
+provenance of given feature files) shape every number, so a rerun into the
+same directory must repeat them exactly, and a variant's own
+hyperparameters may not change -- otherwise a one-line error names the
+field. The ``grid`` (method variants, datasets, shots, seeds, OOD sets) may
+grow: a rerun with more of them extends the directory.
 """
 
 from __future__ import annotations
@@ -31,28 +36,36 @@ import os
 from typing import Any, Mapping, Sequence
 
 from jaxclip_fs.errors import ConfigError
+from jaxclip_fs.experiment import config as config_lib
+from jaxclip_fs.experiment.plan import Cell, Program
 from jaxclip_fs.io import atomic
+from jaxclip_fs.io.atomic import safe_name
 from jaxclip_fs.io.records import code_version
-from jaxclip_fs.sweep.cells import Cell, Program
 
 MANIFEST = "manifest.json"
+CONFIG = "config.json"
 FORMAT = "jaxclip-fs run"
-FORMAT_VERSION = 1
-GRID_FLAGS = ("--method", "--dataset", "--shots", "--seeds", "--ood")
-
-
-def safe_name(name: str) -> str:
-    """A dataset name usable as a path component (``folder:/a/b`` -> ``folder__a_b``)."""
-    return name.replace(os.sep, "_").replace(":", "_")
+FORMAT_VERSION = 2
+GRID_KEYS = ("methods", "datasets", "shots", "seeds", "ood")
 
 
 def record_path(out_dir: str, cell: Cell) -> str:
-    return os.path.join(out_dir, "records", cell.method, safe_name(cell.dataset),
+    return os.path.join(out_dir, "records", safe_name(cell.method), safe_name(cell.dataset),
                         f"shots{cell.shots}_seed{cell.seed}.json")
 
 
 def params_path(out_dir: str, program: Program) -> str:
-    return os.path.join(out_dir, "params", program.method, program.key)
+    return os.path.join(out_dir, "params", safe_name(program.method), program.key)
+
+
+def features_dir(out_dir: str) -> str:
+    return os.path.join(out_dir, "features")
+
+
+def confusion_prefix(out_dir: str, cell: Cell) -> str:
+    """``<prefix>.json`` / ``.png``: the class-confusion analysis of a cell."""
+    return os.path.join(out_dir, "confusion", safe_name(cell.method), safe_name(cell.dataset),
+                        f"shots{cell.shots}_seed{cell.seed}")
 
 
 def save_params(out_dir: str, program: Program, tree, slots) -> str:
@@ -69,30 +82,19 @@ def save_params(out_dir: str, program: Program, tree, slots) -> str:
     return os.path.relpath(path, out_dir)
 
 
-def features_path(out_dir: str, dataset: str) -> str:
-    return os.path.join(out_dir, "features", f"{safe_name(dataset)}.npz")
-
-
-def confusion_prefix(out_dir: str, cell: Cell) -> str:
-    """``<prefix>.json`` / ``.png``: LDC's confusion analysis of a cell."""
-    return os.path.join(out_dir, "confusion", cell.method, safe_name(cell.dataset),
-                        f"shots{cell.shots}_seed{cell.seed}")
-
-
-def ood_features_path(out_dir: str, name: str) -> str:
-    return os.path.join(out_dir, "features", f"{safe_name(name)}.ood.npz")
-
-
 def is_finished(out_dir: str, cell: Cell) -> bool:
     """A record on disk means the cell is finished (records are written last, atomically)."""
     return os.path.isfile(record_path(out_dir, cell))
+
+
+# --- the manifest ------------------------------------------------------------------------------
 
 
 def read_manifest(out_dir: str) -> dict | None:
     """The manifest of ``out_dir``, or None if it has none.
 
     Raises:
-      ConfigError: unreadable, or not a run manifest (names the file).
+      ConfigError: unreadable, or not a run manifest of this version (names the file).
     """
     path = os.path.join(out_dir, MANIFEST)
     if not os.path.exists(path):
@@ -115,49 +117,71 @@ def _canonical(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def merge_manifest(out_dir: str, settings: Mapping[str, Any], grid: Mapping[str, Sequence],
+def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (for one-line messages naming a field)."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def merge_manifest(out_dir: str, config: config_lib.ExperimentConfig,
+                   provenance: Mapping[str, Any] | None = None,
                    argv: Sequence[str] | None = None) -> dict:
     """Checks this invocation against ``out_dir``'s manifest and returns the updated manifest.
 
     Args:
-      settings: ``{flag: value}`` of every argument that shapes the numbers.
-      grid: ``{flag: values}`` for :data:`GRID_FLAGS`.
+      config: this invocation's experiment config.
+      provenance: further fixed settings (e.g. the backbone of given feature files).
       argv: the command line, recorded in the history.
 
     Raises:
-      ConfigError: a setting differs from the one the directory was made with
-        (one line naming the argument and both values).
+      ConfigError: a fixed setting or a variant's hyperparameters differ from
+        the directory's (one line naming the field and both values).
     """
-    settings = _canonical(dict(settings))
-    grid = _canonical({flag: list(grid.get(flag, [])) for flag in GRID_FLAGS})
+    settings = _canonical({**config.fixed_settings(), **({"inputs": dict(provenance)}
+                                                         if provenance else {})})
+    method_hp = _canonical(config.method_hp())
+    grid = _canonical(config.grid_lists())
     old = read_manifest(out_dir)
     if old is None:
-        merged_grid = grid
-        history = []
+        merged_grid, merged_hp, history = grid, method_hp, []
     else:
-        previous = old.get("settings", {})
-        for flag in sorted(set(previous) | set(settings)):
-            if previous.get(flag) != settings.get(flag):
+        was, now = _flat(old["settings"]), _flat(settings)
+        for field in sorted(set(was) | set(now)):
+            if was.get(field) != now.get(field):
                 raise ConfigError(
-                    f"{out_dir} was run with {flag} {_show(previous.get(flag))}, not "
-                    f"{_show(settings.get(flag))}: repeat it to resume or extend, "
-                    "or use another --out")
+                    f"{out_dir} was run with {field} = {_show(was.get(field))}, not "
+                    f"{_show(now.get(field))}: repeat it to resume or extend, or use another --out")
+        merged_hp = dict(old.get("method_hp", {}))
+        for label, hp in method_hp.items():
+            if label in merged_hp and merged_hp[label] != hp:
+                raise ConfigError(
+                    f"{out_dir} ran {label} with hp {_show(merged_hp[label])}, not {_show(hp)}: "
+                    "repeat it to resume, or use another --out")
+            merged_hp[label] = hp
         merged_grid = {}
-        for flag in GRID_FLAGS:
-            values = list(old["grid"].get(flag, [])) + [v for v in grid[flag]
-                                                        if v not in old["grid"].get(flag, [])]
-            merged_grid[flag] = sorted(values) if flag in ("--shots", "--seeds") else values
+        for key in GRID_KEYS:
+            before = list(old["grid"].get(key, []))
+            values = before + [v for v in grid[key] if v not in before]
+            merged_grid[key] = sorted(values) if key in ("shots", "seeds") else values
         history = list(old.get("invocations", []))
-    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    history.append({"time": now, "code_version": code_version(), "grid": grid,
+    now_time = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    history.append({"time": now_time, "code_version": code_version(), "grid": grid,
                     **({"argv": list(argv)} if argv is not None else {})})
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "settings": settings,
-            "grid": merged_grid, "invocations": history}
+            "method_hp": merged_hp, "grid": merged_grid, "invocations": history}
 
 
 def _show(value: Any) -> str:
     return "(unset)" if value is None else json.dumps(value)
 
 
-def write_manifest(out_dir: str, manifest: Mapping[str, Any]) -> None:
+def write_manifest(out_dir: str, manifest: Mapping[str, Any],
+                   config: config_lib.ExperimentConfig) -> None:
+    """Writes ``manifest.json`` and this invocation's ``config.json``."""
     atomic.write_json(os.path.join(out_dir, MANIFEST), dict(manifest))
+    config_lib.save(os.path.join(out_dir, CONFIG), config)

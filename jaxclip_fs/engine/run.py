@@ -1,140 +1,245 @@
-"""The sweep engine: methods × datasets × shots × seeds as a few compiled programs, resumable.
+"""The engine: an experiment config -> compiled programs -> records, resumable.
 
-:func:`run_sweep` is what ``jaxclip-fs run`` and ``demo`` call:
+:func:`run_experiment` is what ``jaxclip-fs run``, ``evaluate`` (a one-cell
+grid) and ``demo`` call:
 
-1. check the run against ``DIR/manifest.json`` (:mod:`~jaxclip_fs.sweep.outdir`):
-   same settings or a one-line refusal; the grid may grow;
-2. find the cells without a record; with none left, stop -- nothing is
-   loaded or compiled;
-3. get the feature sets of the datasets with work left (``features``:
-   extraction, cached, or given files);
-4. plan one program per method and dataset -- or per method and group of
-   compatible datasets with ``fuse_datasets`` (:mod:`~jaxclip_fs.sweep.cells`);
-5. run each program on the device mesh (:mod:`~jaxclip_fs.sweep.program`)
-   and, as soon as it finishes, save its fitted params (orbax) and then one
-   record per cell, atomically. An interruption loses at most the program
-   in flight; a rerun skips finished cells.
+1. resolve the config's method variants and check that the inputs they read
+   can be had (:class:`Sources`: one provider per input kind -- ``features``,
+   ``paired``, ``images``);
+2. ask the :class:`Sink` which cells are finished (a run directory: a
+   record on disk; multi-host: process 0's answer, broadcast); with none left,
+   stop -- nothing is loaded or compiled;
+3. get each (input kind, dataset)'s inputs -- feature sets for the feature
+   and paired kinds, the image pipeline for images -- and resolve every
+   variant's hyperparameters there (:meth:`~jaxclip_fs.experiment.plan.Variant.resolve`);
+4. plan one program per variant and dataset (or group of fused datasets, or
+   per shot count: :func:`~jaxclip_fs.experiment.plan.plan_programs`);
+5. run each program on the device mesh -- the feature program
+   (:mod:`~jaxclip_fs.engine.feature_program`) for ``features`` / ``paired``
+   inputs, the image program (:mod:`~jaxclip_fs.engine.image_program`) for
+   ``images`` -- and, as soon as it finishes, hand the sink its params
+   (orbax) and then one record per cell (:mod:`~jaxclip_fs.engine.results`).
 
-Image methods (:mod:`~jaxclip_fs.sweep.image_methods`): TA++ / TX++ are
-feature-level programs like the others, on the *paired* features
-``[adapted | original]`` (``paired_features``); LDC trains on images, so its
-program per dataset is the image pipeline's own compiled program
-(``image_runner``; its training sharded over the same devices), whose cells the engine resumes, checkpoints
-and records like any other.
-
+Routing is by input kind only: no method is named here. An interruption
+loses at most the program in flight; a rerun skips finished cells.
 Multi-host: every process runs every program (each on its own devices);
-process 0 alone writes, and its view of which cells are finished is
-broadcast to the others so all compile the same programs.
+process 0 alone writes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import time
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import jax
 import numpy as np
-import tqdm
 from jax.experimental import multihost_utils
 
-from jaxclip_fs import methods as methods_lib
-from jaxclip_fs.data.fewshot import VAL_POLICIES
+from jaxclip_fs.engine import batch as batch_lib
+from jaxclip_fs.engine import feature_program, image_program, outdir, sharding
+from jaxclip_fs.engine.results import CellResult, OODResult, cell_records, losses_of
 from jaxclip_fs.errors import ConfigError
-from jaxclip_fs.features.featfile import FeatureSet
-from jaxclip_fs.io import records
-from jaxclip_fs.methods import hparams as hparams_lib
-from jaxclip_fs.sweep import batch as batch_lib
-from jaxclip_fs.sweep import image_programs
-from jaxclip_fs.sweep import ood as ood_lib
-from jaxclip_fs.sweep import outdir, sharding
-from jaxclip_fs.sweep import program as program_lib
-from jaxclip_fs.sweep.cells import Cell, Program, all_cells, fusion_groups, plan_programs
-from jaxclip_fs.sweep.evaluate import stderr_log
-from jaxclip_fs.sweep.image_programs import IMAGE_PROGRAM_METHODS, ImageRunner, feature_kind
-from jaxclip_fs.sweep.ood import OODSet
+from jaxclip_fs.experiment import config as config_lib
+from jaxclip_fs.experiment.plan import (
+    Cell, Program, Variant, all_cells, fusion_groups, ood_parents, plan_programs,
+    resolve_variants,
+)
+from jaxclip_fs.features import featfile
+from jaxclip_fs.io import atomic, records
+from jaxclip_fs.io.console import progress_bar, stderr_log
+from jaxclip_fs.pipelines import ood as ood_lib
+from jaxclip_fs.pipelines.features import ExtractedFeatures, FeatureFiles
+from jaxclip_fs.pipelines.images import ImageSource
+from jaxclip_fs.pipelines.paired import PairedFeatures
+from jaxclip_fs.pipelines.session import ClipSession
+from jaxclip_fs.report.confusion import confusion_analysis, write_confusion
 
-SAVE_PARAMS = ("trained", "all", "none")
-
-#: ``features(dataset, shots, seeds) -> FeatureSet``: a dataset's features
-#: covering the few-shot sets of ``seeds`` up to ``shots``.
-FeatureSource = Callable[[str, int, Sequence[int]], FeatureSet]
-#: ``ood_features(name, parent_features) -> OODSet``.
-OODSource = Callable[[str, FeatureSet], OODSet]
+#: Input kinds whose providers give feature sets (run by the feature program).
+FEATURE_KINDS = ("features", "paired")
 
 
-@dataclasses.dataclass(frozen=True)
-class SweepConfig:
-    """What to run.
+# --- inputs -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Sources:
+    """One input provider per kind (None: not available here).
 
     Attributes:
-      methods, datasets, shots, seeds: the grid.
-      val_policy: ``"coop"`` (min(K, 4) per class) or ``"full"``.
-      select_on_test: choose epochs / hyperparameters on test (official
-        Tip-Adapter-F protocol; optimistic, recorded).
-      hp: ``NAME=VALUE`` overrides, applied to every method declaring NAME.
-      fuse_datasets: several datasets per program (padded, masked).
-      program_per_shots: one program per shot count too (no padding work; for CPUs).
-      save_params: ``trained`` (methods that train), ``all`` or ``none``.
-      devices: use the first N devices (default: all).
-      ood: out-of-distribution test sets scored with their parent's fit
-        (:mod:`~jaxclip_fs.sweep.ood`); the parent must be in ``datasets``.
+      features: ``(dataset, shots, seeds) -> FeatureSet`` with ``.ood(name, parent)``.
+      paired: the same for TA++/TX++'s ``[adapted | original]`` features.
+      images: the image pipeline (:class:`~jaxclip_fs.pipelines.images.ImageSource`).
+      datasets: the datasets the sources hold (feature files), or () for the config's.
+      provenance: fixed facts of given inputs (e.g. the backbone of feature files).
     """
 
-    methods: tuple[str, ...]
-    datasets: tuple[str, ...]
-    shots: tuple[int, ...]
-    seeds: tuple[int, ...]
-    val_policy: str = "coop"
-    select_on_test: bool = False
-    hp: tuple[str, ...] = ()
-    fuse_datasets: bool = False
-    program_per_shots: bool = False
-    save_params: str = "trained"
-    devices: int | None = None
-    ood: tuple[str, ...] = ()
+    features: Any = None
+    paired: Any = None
+    images: ImageSource | None = None
+    datasets: tuple[str, ...] = ()
+    provenance: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
-    def settings(self) -> dict:
-        """The arguments that shape the numbers (for the manifest)."""
-        return {"--val-policy": self.val_policy, "--select-on-test": self.select_on_test,
-                "--hp": sorted(self.hp)}
-
-    def grid(self) -> dict:
-        return {"--method": list(self.methods), "--dataset": list(self.datasets),
-                "--shots": list(self.shots), "--seeds": list(self.seeds), "--ood": list(self.ood)}
-
-    def ood_of(self) -> dict[str, tuple[str, ...]]:
-        """dataset -> the OOD sets scored with its fits.
+    def provider(self, kind: str, label: str):
+        """The provider of input ``kind`` for variant ``label``.
 
         Raises:
-          ConfigError: an OOD set whose parent is not among the datasets.
+          ConfigError: these sources cannot give that kind (says what would).
         """
-        found: dict[str, tuple[str, ...]] = {d: () for d in self.datasets}
-        for name in self.ood:
-            parent = ood_lib.parent_of(name)
-            if parent not in found:
-                raise ConfigError(
-                    f"--ood {name} is scored with fits on '{parent}': add it to --dataset")
-            found[parent] += (name,)
-        return found
+        found = getattr(self, kind)
+        if found is not None:
+            return found
+        if kind == "paired":
+            raise ConfigError(f"method {label} reads paired features of an IMO-adapted CLIP: "
+                              "give --dataset and --imo-adapters DIR (from `jaxclip-fs "
+                              "train-imo`)")
+        raise ConfigError(f"method {label} reads {kind}: give --dataset (images are encoded "
+                          "here), not --features")
+
+
+def sources_for(config: config_lib.ExperimentConfig, *, features_dir: str | None = None,
+                writer: bool = True, progress: bool = True, banner: bool = True) -> Sources:
+    """The providers of a config: its feature files, or its datasets through its CLIP."""
+    if config.data.features:
+        files = FeatureFiles(config.data.features)
+        return Sources(features=files, datasets=files.datasets, provenance=files.provenance())
+    if not (config.model.backbone and config.model.weights):
+        raise ConfigError("datasets are encoded here: give the model's backbone and weights "
+                          "(--backbone, --weights), or feature files")
+    session = ClipSession(config, progress=progress, banner=banner)
+    return Sources(features=ExtractedFeatures(session, features_dir, writer),
+                   paired=PairedFeatures(session) if config.model.imo_adapters else None,
+                   images=ImageSource(session, config.images))
+
+
+# --- where results go -----------------------------------------------------------------------
+
+
+class Sink(Protocol):
+    """Where a run's outputs go (a run directory, or one ``evaluate`` directory)."""
+
+    keep_logits: bool
+
+    def begin(self, config: config_lib.ExperimentConfig, provenance: Mapping[str, Any]) -> dict:
+        """Called first; returns the grid the inputs must cover (``shots``, ``seeds`` lists)."""
+
+    def finished(self, cell: Cell) -> bool: ...
+
+    def save_params(self, program: Program, tree, slots) -> str | None: ...
+
+    def write(self, result: CellResult, written: Sequence[tuple[Cell, dict]]) -> None: ...
+
+
+class RunDir:
+    """A run directory (:mod:`~jaxclip_fs.engine.outdir`): resumable, one record per cell.
+
+    Args:
+      out_dir: the directory.
+      writer: this process writes (multi-host: process 0).
+      argv: the command line, kept in the manifest's history.
+    """
+
+    keep_logits = False
+
+    def __init__(self, out_dir: str | os.PathLike, *, writer: bool = True,
+                 argv: Sequence[str] | None = None):
+        self.out_dir = os.fspath(out_dir)
+        self.writer = writer
+        self.argv = argv
+        self.save = "trained"
+
+    def begin(self, config, provenance) -> dict:
+        manifest = outdir.merge_manifest(self.out_dir, config, provenance, self.argv)
+        if self.writer:
+            outdir.write_manifest(self.out_dir, manifest, config)
+        self.save = config.execution.save_params
+        return manifest["grid"]
+
+    def finished(self, cell: Cell) -> bool:
+        return outdir.is_finished(self.out_dir, cell)
+
+    def save_params(self, program: Program, tree, slots) -> str | None:
+        if not self.writer:
+            return None
+        return outdir.save_params(self.out_dir, program, tree, slots)
+
+    def write(self, result: CellResult, written) -> None:
+        if not self.writer:
+            return
+        if result.confusion is not None:
+            write_confusion(outdir.confusion_prefix(self.out_dir, result.cell), result.confusion,
+                            title=_title(result))
+        for cell, record in written:
+            records.write_record(outdir.record_path(self.out_dir, cell), record)
+
+
+class CellDir:
+    """``evaluate``'s outputs of its one cell: ``result.json``, ``test_logits.npy``,
+    ``confusion.{json,png}`` and ``params/`` (trained methods) -- in ``out_dir`` if given.
+
+    The records are kept in :attr:`records` either way.
+    """
+
+    keep_logits = True
+
+    def __init__(self, out_dir: str | os.PathLike | None):
+        self.out_dir = None if out_dir is None else os.fspath(out_dir)
+        self.records: list[dict] = []
+        self.results: list[CellResult] = []
+        self.written: list[str] = []
+
+    def begin(self, config, provenance) -> dict:
+        del provenance
+        return {"shots": list(config.grid.shots), "seeds": list(config.grid.seeds)}
+
+    def finished(self, cell: Cell) -> bool:
+        return False
+
+    def save_params(self, program: Program, tree, slots) -> str | None:
+        if self.out_dir is None:
+            return None
+        from jaxclip_fs.io import checkpoints
+
+        path = os.path.join(self.out_dir, "params")
+        checkpoints.save_tree(path, tree, {"method": program.method, "cell": [
+            dataclasses.asdict(c) for row in slots for c in row if c is not None]})
+        self.written.append(path)
+        return "params"
+
+    def write(self, result: CellResult, written) -> None:
+        self.results.append(result)
+        self.records.extend(record for _, record in written)
+        if self.out_dir is None:
+            return
+        if result.confusion is not None:
+            self.written += write_confusion(os.path.join(self.out_dir, "confusion"),
+                                            result.confusion, title=_title(result))
+        logits_path = os.path.join(self.out_dir, "test_logits.npy")
+        with atomic.atomic_path(logits_path, suffix=".npy") as tmp:
+            np.save(tmp, np.asarray(result.test_logits, np.float32))
+        result_path = os.path.join(self.out_dir, "result.json")
+        records.write_record(result_path, written[0][1])
+        self.written += [logits_path, result_path]
+
+
+def _title(result: CellResult) -> str:
+    c = result.cell
+    return f"{c.method} on {c.dataset}, {c.shots}-shot, seed {c.seed}"
+
+
+# --- the run ----------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
-class SweepResult:
-    """What a :func:`run_sweep` call did.
+class RunResult:
+    """What a :func:`run_experiment` call did.
 
     Attributes:
-      out_dir: the directory.
-      cells: every cell of this call's grid.
-      computed: the cells computed now; ``skipped``: those already finished.
-      programs: the programs run.
-      seconds: wall time.
-      devices: size of the mesh.
+      cells: every cell of this call's grid; computed / skipped: now / before.
+      programs: the programs run. seconds: wall time. devices: size of the mesh.
     """
 
-    out_dir: str
     cells: tuple[Cell, ...]
     computed: tuple[Cell, ...]
     skipped: tuple[Cell, ...]
@@ -143,166 +248,148 @@ class SweepResult:
     devices: int
 
 
-def method_overrides(method_names: Sequence[str], assignments: Sequence[str]) -> dict[str, dict]:
-    """``--hp NAME=VALUE`` split per method: each method gets the names it declares.
-
-    Raises:
-      ConfigError: malformed item, or a name no selected method declares.
-    """
-    specs = {name: methods_lib.get(name).hparam_specs for name in method_names}
-    union = {n: h for table in specs.values() for n, h in table.items()}
-    parsed = hparams_lib.parse_assignments(assignments, union, "/".join(method_names))
-    return {m: {n: v for n, v in parsed.items() if n in specs[m]} for m in method_names}
-
-
-def ood_cells(cell: Cell, ood_of: Mapping[str, Sequence[str]]) -> list[Cell]:
-    """The OOD records a cell's fit also produces (same method, shots, seed)."""
-    return [Cell(cell.method, name, cell.shots, cell.seed) for name in ood_of.get(cell.dataset, ())]
-
-
-def _pending_everywhere(out_dir: str, cells: Sequence[Cell],
+def _pending_everywhere(sink: Sink, cells: Sequence[Cell],
                         ood_of: Mapping[str, Sequence[str]]) -> list[Cell]:
     """Process 0's unfinished cells (own or OOD record missing), shared with every process."""
-    done = np.asarray([all(outdir.is_finished(out_dir, x) for x in [c] + ood_cells(c, ood_of))
+    done = np.asarray([all(sink.finished(x) for x in [c] + _ood_cells(c, ood_of))
                        for c in cells], np.bool_)
     if jax.process_count() > 1:
         done = np.asarray(multihost_utils.broadcast_one_to_all(done))
     return [c for c, finished in zip(cells, done) if not finished]
 
 
-def cell_records(program: Program, cell: Cell, method, fs: FeatureSet, oods: Sequence[OODSet],
-                 batch: batch_lib.ProgramBatch, outputs: dict, g: int, t: int, *,
-                 config: SweepConfig, seconds: float, devices: int,
-                 params_dir: str | None) -> list[tuple[Cell, dict]]:
-    """The records of one cell and of its OOD sets (``io/records.py`` fields + the sweep's)."""
-    resolved = batch.resolved[cell.dataset]
-    index = {name: int(v[g, t]) for name, v in outputs["index"].items()}
-    common = dict(
-        hyperparameters=batch_lib.chosen_hparams(method, resolved, index),
-        searched=list(resolved.grid), val_policy=config.val_policy,
-        selection="test" if config.select_on_test else "validation")
-    results = dict(
-        val_accuracy=float(outputs["val_accuracy"][g, t]),
-        best_epoch=int(outputs["best_epoch"][g, t]) if method.trainable else None,
-        val_size=fs.test.shape[0] if config.select_on_test else batch.val_sizes[cell],
-        seconds=round(seconds / len(program.cells), 4),
-        program=program.name, program_cells=len(program.cells), program_seconds=round(seconds, 3),
-        fused_datasets=list(program.datasets), devices=devices,
-        params_checkpoint=params_dir, params_row=[g, t] if params_dir else None)
-    out = [(cell, records.build_record(
-        method=cell.method, shots=cell.shots, seed=cell.seed,
-        provenance={**fs.meta, "dataset": cell.dataset}, **common,
-        accuracy=float(outputs["test_accuracy"][g, t]), num_classes=fs.num_classes,
-        test_size=int(fs.test.shape[0]), **results))]
-    for o, ood in enumerate(oods):
-        out.append((Cell(cell.method, ood.name, cell.shots, cell.seed), records.build_record(
-            method=cell.method, shots=cell.shots, seed=cell.seed,
-            provenance={**ood.meta, "dataset": ood.name}, **common,
-            accuracy=float(outputs["ood_accuracy"][g, t, o]), trained_on=cell.dataset,
-            num_classes=int(ood.class_mask.sum()), test_size=int(ood.test.shape[0]), **results)))
-    return out
+def _ood_cells(cell: Cell, ood_of: Mapping[str, Sequence[str]]) -> list[Cell]:
+    return [Cell(cell.method, name, cell.shots, cell.seed) for name in ood_of.get(cell.dataset, ())]
 
 
-def run_sweep(out_dir: str | os.PathLike, config: SweepConfig, features: FeatureSource, *,
-              ood_features: OODSource | None = None,
-              paired_features: FeatureSource | None = None,
-              image_runner: ImageRunner | None = None, settings: Mapping | None = None,
-              argv: Sequence[str] | None = None, progress: bool = True,
-              log: Callable[[str], None] | None = stderr_log) -> SweepResult:
-    """Runs (or resumes) a sweep into ``out_dir`` (module docstring).
+class _Inputs:
+    """The inputs of the datasets with work left, fetched once per (kind, dataset)."""
+
+    def __init__(self, sources: Sources, grid: Mapping[str, Sequence[int]],
+                 ood_of: Mapping[str, Sequence[str]], log):
+        self.sources, self.ood_of, self.log = sources, ood_of, log
+        self.shots, self.seeds = max(grid["shots"]), tuple(grid["seeds"])
+        self._features: dict = {}
+        self._oods: dict = {}
+        self._images: dict = {}
+
+    def features(self, kind: str, dataset: str, label: str) -> featfile.FeatureSet:
+        key = (kind, dataset)
+        if key not in self._features:
+            fs = self.sources.provider(kind, label)(dataset, self.shots, self.seeds)
+            for seed in self.seeds:  # a missing seed or too few shots fails here, before any work
+                featfile.support_index(fs, self.shots, seed)
+            self._features[key] = fs
+        return self._features[key]
+
+    def feature_oods(self, kind: str, dataset: str, label: str) -> list[ood_lib.OODSet]:
+        key = (kind, dataset)
+        if key not in self._oods:
+            parent = self.features(kind, dataset, label)
+            provider = self.sources.provider(kind, label)
+            self._oods[key] = [provider.ood(name, parent) for name in self.ood_of.get(dataset, ())]
+        return self._oods[key]
+
+    def images(self, dataset: str, taps: tuple[str, ...], label: str):
+        key = (dataset, taps)
+        if key not in self._images:
+            source = self.sources.provider("images", label)
+            self._images[key] = source.prepare(dataset, self.shots, self.seeds, taps, self.log)
+        return self._images[key]
+
+
+def run_experiment(config: config_lib.ExperimentConfig, sink: Sink, *,
+                   sources: Sources | None = None, progress: bool = True,
+                   log: Callable[[str], None] | None = stderr_log) -> RunResult:
+    """Runs (or resumes) an experiment into ``sink`` (module docstring).
 
     Args:
-      out_dir: the sweep directory (created).
-      config: the grid and options.
-      features: :data:`FeatureSource`; called only for datasets with work left.
-      ood_features: :data:`OODSource`, needed with ``config.ood``.
-      paired_features: the paired features of TA++ / TX++ (a :data:`FeatureSource`).
-      image_runner: :data:`ImageRunner`, needed for LDC.
-      settings: further ``{flag: value}`` shaping the numbers (backbone,
-        weights, views ...), checked against the manifest with the config's.
-      argv: the command line, kept in the manifest's history.
-      progress: tqdm bars (stderr) over programs and cells.
+      config: the experiment.
+      sink: where results go (:class:`RunDir`, :class:`CellDir`).
+      sources: the input providers (default :func:`sources_for` the config).
+      progress: progress bars on stderr.
       log: one-line messages (None: silent).
 
     Raises:
-      ConfigError: bad method / hyperparameter / policy, or arguments that
-        conflict with the directory's manifest.
+      ConfigError: bad method / option / hyperparameter / setting, or settings
+        that conflict with the run directory's manifest.
     """
     started = time.perf_counter()
     say = log or (lambda message: None)
-    out_dir = os.fspath(out_dir)
-    if config.val_policy not in VAL_POLICIES:
-        raise ConfigError(f"--val-policy must be one of {', '.join(VAL_POLICIES)}, "
-                          f"got '{config.val_policy}'")
-    if config.save_params not in SAVE_PARAMS:
-        raise ConfigError(f"--save-params must be one of {', '.join(SAVE_PARAMS)}, "
-                          f"got '{config.save_params}'")
-    ood_of = config.ood_of()
-    if config.ood and ood_features is None:
-        raise ConfigError("--ood needs a source of out-of-distribution features (extraction)")
-    specs = {name: methods_lib.get(name) for name in config.methods}
-    sources = {"clip": features, "paired": paired_features}
-    image_programs.check_image_methods(specs, config, paired_features, image_runner)
-    overrides = method_overrides(config.methods, config.hp)
+    config_lib.check(config)
+    variants = {v.label: v for v in resolve_variants(config)}
     try:
-        mesh = sharding.cell_mesh(config.devices)
+        mesh = sharding.cell_mesh(config.execution.devices)
     except ValueError as exc:
         raise ConfigError(f"--devices: {exc}") from None
     writer = sharding.is_writer()
+    if sources is None:
+        features_dir = outdir.features_dir(sink.out_dir) if isinstance(sink, RunDir) else None
+        sources = sources_for(config, features_dir=features_dir, writer=writer,
+                              progress=progress and writer)
+    for label, variant in variants.items():
+        if variant.method.inputs in FEATURE_KINDS:
+            sources.provider(variant.method.inputs, label)
+        else:
+            sources.provider("images", label)
+    ood_of = ood_parents(config, ood_lib.parent_of) if config.data.ood else {}
 
-    manifest = outdir.merge_manifest(out_dir, {**(settings or {}), **config.settings()},
-                                     config.grid(), argv)
-    if writer:
-        outdir.write_manifest(out_dir, manifest)
-    cells = all_cells(config.methods, config.datasets, config.shots, config.seeds)
-    pending = _pending_everywhere(out_dir, cells, ood_of)
+    grid = sink.begin(config, sources.provenance)
+    datasets = tuple(config.data.datasets) or sources.datasets
+    cells = all_cells(config.labels(), datasets, config.grid.shots, config.grid.seeds)
+    pending = _pending_everywhere(sink, cells, ood_of)
     waiting = set(pending)
     skipped = tuple(c for c in cells if c not in waiting)
     if not pending:
-        say(f"all {len(cells)} cells already have records in {out_dir}: nothing to compute")
-        return SweepResult(out_dir, tuple(cells), (), skipped, (), time.perf_counter() - started,
-                           mesh.devices.size)
+        say(f"all {len(cells)} cells already have records: nothing to compute")
+        return RunResult(tuple(cells), (), skipped, (), time.perf_counter() - started,
+                         mesh.devices.size)
     if skipped:
         say(f"resuming: {len(skipped)} of {len(cells)} cells already finished")
 
-    grid = manifest["grid"]
-    needed = {(feature_kind(c.method), c.dataset) for c in pending
-              if c.method not in IMAGE_PROGRAM_METHODS}
-    fsets = {(kind, d): sources[kind](d, max(grid["--shots"]), tuple(grid["--seeds"]))
-             for kind, d in sorted(needed)}
-    oods = {d: [] for d in config.datasets}  # (only feature methods on CLIP features have any)
-    oods.update({d: [ood_features(name, fs) for name in ood_of[d]]
-                 for (kind, d), fs in fsets.items() if kind == "clip"})
-    resolved = {(m, d): batch_lib.resolve(specs[m], d, fs.dim, overrides[m])
-                for m in config.methods for (kind, d), fs in fsets.items()
-                if kind == feature_kind(m)}
+    inputs = _Inputs(sources, grid, ood_of, say)
+    for label, dataset in dict.fromkeys((c.method, c.dataset) for c in pending):
+        _resolve(variants[label], dataset, inputs)  # bad values fail here, before any work
 
-    def groups_of(method: str, datasets: Sequence[str]):
-        if method in IMAGE_PROGRAM_METHODS:
-            return [(d,) for d in datasets]
-        return fusion_groups(datasets, lambda d: (ood_of[d], batch_lib.fusion_signature(
-            specs[method], fsets[(feature_kind(method), d)], resolved[(method, d)])),
-            config.fuse_datasets)
+    def groups_of(label: str, names: Sequence[str]) -> list[tuple[str, ...]]:
+        variant = variants[label]
+        kind = variant.method.inputs
+        if kind not in FEATURE_KINDS or not config.execution.fuse_datasets:
+            return [(d,) for d in names]
 
-    programs = plan_programs(pending, config.methods, groups_of, config.program_per_shots)
+        def signature(d):
+            fs = inputs.features(kind, d, label)
+            return (ood_of.get(d, ()), batch_lib.fusion_signature(
+                variant.method, fs, variant.resolve(d, fs.dim)))
+        return fusion_groups(names, signature, True)
+
+    programs = plan_programs(pending, config.labels(), groups_of,
+                             config.execution.program_per_shots)
     say(f"{len(pending)} cells in {len(programs)} programs on {mesh.devices.size} "
         f"{mesh.devices.flat[0].platform} device(s)")
-    hide_bars = not progress or not writer
-    program_bar = tqdm.tqdm(total=len(programs), desc="programs", unit="prog", position=0,
-                            disable=hide_bars, file=sys.stderr, dynamic_ncols=True)
-    cell_bar = tqdm.tqdm(total=len(pending), desc="cells", unit="cell", position=1,
-                         disable=hide_bars, file=sys.stderr, dynamic_ncols=True)
+    show = progress and writer
+    program_bar = progress_bar(len(programs), desc="programs", unit="prog", position=0,
+                               disable=not show)
+    cell_bar = progress_bar(len(pending), desc="cells", unit="cell", position=1, disable=not show)
+    protocol = config.protocol
     try:
         for program in programs:
             program_bar.set_postfix_str(program.name)
-            if program.method in IMAGE_PROGRAM_METHODS:
-                image_programs.run_image_program(program, image_runner, overrides[program.method],
-                                                 config, out_dir, writer)
+            variant = variants[program.method]
+            started_program = time.perf_counter()
+            if variant.method.inputs in FEATURE_KINDS:
+                results, params, slots = _run_feature_program(program, variant, inputs, config,
+                                                              mesh, sink)
             else:
-                kind = feature_kind(program.method)
-                _run_one(program, specs[program.method],
-                         {d: fsets[(kind, d)] for d in program.datasets}, oods, resolved, config,
-                         mesh, out_dir, writer)
+                results, params, slots = _run_image_program(program, variant, inputs, config,
+                                                            mesh, sink)
+            seconds = time.perf_counter() - started_program
+            params_dir = sink.save_params(program, params, slots) if params is not None else None
+            for result in results:
+                sink.write(result, cell_records(
+                    result, program=program, val_policy=protocol.val_policy,
+                    select_on_test=protocol.select_on_test, seconds=seconds,
+                    devices=mesh.devices.size, params_dir=params_dir))
             program_bar.update(1)
             cell_bar.update(len(program.cells))
     finally:
@@ -310,35 +397,118 @@ def run_sweep(out_dir: str | os.PathLike, config: SweepConfig, features: Feature
         cell_bar.close()
     seconds = time.perf_counter() - started
     say(f"computed {len(pending)} cells in {len(programs)} programs "
-        f"({len(skipped)} already finished) in {seconds:.1f} s on {mesh.devices.size} "
-        f"device(s); records in {os.path.join(out_dir, 'records')}")
-    return SweepResult(out_dir, tuple(cells), tuple(pending), skipped, tuple(programs), seconds,
-                       mesh.devices.size)
+        f"({len(skipped)} already finished) in {seconds:.1f} s on {mesh.devices.size} device(s)")
+    return RunResult(tuple(cells), tuple(pending), skipped, tuple(programs), seconds,
+                     mesh.devices.size)
 
 
-def _run_one(program: Program, method, fsets: Mapping[str, FeatureSet],
-             oods: Mapping[str, Sequence[OODSet]], resolved, config: SweepConfig, mesh,
-             out_dir: str, writer: bool) -> None:
-    """Builds, runs and saves one program: params first, then the records."""
-    started = time.perf_counter()
+def _resolve(variant: Variant, dataset: str, inputs: _Inputs):
+    """The variant's hyperparameters on ``dataset`` (the width comes from its inputs)."""
+    kind = variant.method.inputs
+    if kind in FEATURE_KINDS:
+        return variant.resolve(dataset, inputs.features(kind, dataset, variant.label).dim)
+    return variant.resolve(dataset, inputs.sources.provider(kind, variant.label).spec().embed_dim)
+
+
+def _limits(config: config_lib.ExperimentConfig) -> dict:
+    """The watchdog's limits of every program (:mod:`~jaxclip_fs.engine.watchdog`)."""
+    return {"stall": config.execution.stall_timeout,
+            "deadline": config.execution.program_timeout}
+
+
+def _keep_params(config: config_lib.ExperimentConfig, variant: Variant) -> bool:
+    save = config.execution.save_params
+    return save == "all" or (save == "trained" and variant.method.trains)
+
+
+def _run_feature_program(program: Program, variant: Variant, inputs: _Inputs,
+                         config: config_lib.ExperimentConfig, mesh, sink: Sink):
+    """A feature / paired program → (cell results, params tree or None, slots)."""
+    method, kind = variant.method, variant.method.inputs
+    fsets = {d: inputs.features(kind, d, program.method) for d in program.datasets}
+    oods = {d: inputs.feature_oods(kind, d, program.method) for d in program.datasets}
+    resolved = {d: _resolve(variant, d, inputs) for d in program.datasets}
     batch = batch_lib.build_batch(
-        program, method, fsets, {d: resolved[(program.method, d)] for d in program.datasets},
-        val_policy=config.val_policy, pad_cells=lambda n: sharding.padded_length(n, mesh),
-        ood=oods[program.datasets[0]])
-    # the same program on every process (multi-host SPMD), so not conditioned on `writer`
-    keep = config.save_params == "all" or (config.save_params == "trained"
-                                           and bool(method.trainable))
-    outputs = program_lib.run_program(method, batch, select_on_test=config.select_on_test,
-                                      mesh=mesh, keep_params=keep)
-    seconds = time.perf_counter() - started
-    if not writer:
-        return
-    params_dir = None
-    if keep and outputs["params"]:
-        params_dir = outdir.save_params(out_dir, program, outputs["params"], batch.slots)
+        program, method, fsets, resolved, val_policy=config.protocol.val_policy,
+        pad_cells=lambda n: sharding.padded_length(n, mesh), ood=oods[program.datasets[0]])
+    keep = _keep_params(config, variant)
+    select_on_test = config.protocol.select_on_test
+    # the same program on every process (multi-host SPMD), so not conditioned on the writer
+    outputs = feature_program.run_program(method, batch, select_on_test=select_on_test, mesh=mesh,
+                                          keep_params=keep, keep_logits=sink.keep_logits,
+                                          name=program.name, limits=_limits(config))
+    results = []
     for g, t, cell in batch_lib.slot_cells(batch):
-        for written, record in cell_records(
-                program, cell, method, fsets[cell.dataset], oods[cell.dataset], batch, outputs,
-                g, t, config=config, seconds=seconds, devices=mesh.devices.size,
-                params_dir=params_dir):
-            records.write_record(outdir.record_path(out_dir, written), record)
+        fs = fsets[cell.dataset]
+        index = {name: int(v[g, t]) for name, v in outputs["index"].items()}
+        res = resolved[cell.dataset]
+        results.append(CellResult(
+            cell=cell, method=method, provenance={**fs.meta, "dataset": cell.dataset},
+            hyperparameters=method.used(res.values, res.grid, index), searched=list(res.grid),
+            accuracy=float(outputs["test_accuracy"][g, t]),
+            val_accuracy=float(outputs["val_accuracy"][g, t]),
+            val_size=fs.test.shape[0] if select_on_test else batch.val_sizes[cell],
+            test_size=int(fs.test.shape[0]), num_classes=fs.num_classes,
+            best_epoch=int(outputs["best_epoch"][g, t]) if method.trains else None,
+            epoch_losses=losses_of(outputs["losses"][g, t]) if method.trains else None,
+            heads={k: float(v[g, t]) for k, v in outputs["heads"].items()},
+            ood=[OODResult(o.name, float(outputs["ood_accuracy"][g, t, i]),
+                           int(o.class_mask.sum()), int(o.test.shape[0]), o.meta)
+                 for i, o in enumerate(oods[cell.dataset])],
+            test_logits=(np.asarray(outputs["test_logits"][g, t, :fs.test.shape[0],
+                                                          :fs.num_classes], np.float32)
+                         if sink.keep_logits else None),
+            params_row=[g, t]))
+    params = outputs.get("params") if keep and jax.tree.leaves(outputs.get("params", {})) else None
+    return results, params, batch.slots
+
+
+def _run_image_program(program: Program, variant: Variant, inputs: _Inputs,
+                       config: config_lib.ExperimentConfig, mesh, sink: Sink):
+    """An image program → (cell results, params tree [1, T, ...] or None, slots)."""
+    (dataset,) = program.datasets
+    source = inputs.sources.provider("images", program.method)
+    method = image_program.bind(variant.method, source.spec())
+    data = inputs.images(dataset, method.taps, program.method)
+    resolved = _resolve(variant, dataset, inputs)
+    oods = [source.ood(name, data) for name in inputs.ood_of.get(dataset, ())]
+    protocol = config.protocol
+    out = image_program.run_image_program(
+        program, method, data, resolved, oods=oods, val_policy=protocol.val_policy,
+        select_on_test=protocol.select_on_test, mesh=mesh, keep_logits=sink.keep_logits,
+        limits=_limits(config))
+    provenance = data.meta
+    results = []
+    for t, cell in enumerate(program.cells):
+        index = {name: int(v[t]) for name, v in out["index"].items()}
+        confusion = None
+        if method.confusion is not None:
+            before, after = method.confusion
+            rows = out["selection_rows"][t] > 0
+            heads = method.heads({k: v[t][rows] for k, v in out["selection_pre"].items()})
+            confusion = confusion_analysis(
+                np.asarray(heads[before]), np.asarray(heads[after]),
+                out["selection_labels"][rows], data.dataset.classnames,
+                heads=(before, after), split=out["selection"],
+                random_weights=str(provenance.get("weights", "")).startswith("random"))
+        results.append(CellResult(
+            cell=cell, method=method, provenance=provenance,
+            hyperparameters=method.used(resolved.values, resolved.grid, index),
+            searched=list(resolved.grid), accuracy=float(out["test_accuracy"][t]),
+            val_accuracy=float(out["val_accuracy"][t]), val_size=int(out["val_size"][t]),
+            test_size=len(data.dataset.split("test")), num_classes=data.num_classes,
+            best_epoch=int(out["info"]["best_epoch"][t]) if method.trains else None,
+            epoch_losses=losses_of(out["info"]["losses"][t]) if method.trains else None,
+            heads={k: float(v[t]) for k, v in out["heads"].items()},
+            inputs={"taps": list(method.taps), "train_path": data.path,
+                    "tap_cache_views": data.views if data.path == "cache" else None,
+                    "devices": min(mesh.devices.size, len(program.cells))},
+            ood=[OODResult(q.name, float(out["ood_accuracy"][t, i]), int(q.class_mask.sum()),
+                           len(q.indices), {**provenance, "dataset": q.name})
+                 for i, q in enumerate(oods)],
+            test_logits=out["test_logits"][t] if sink.keep_logits else None,
+            confusion=confusion, params_row=[0, t]))
+    params = None
+    if _keep_params(config, variant):
+        params = jax.tree.map(lambda leaf: np.asarray(leaf)[None], out["params"])
+    return results, params, (program.cells,)

@@ -18,17 +18,16 @@ chunk in flight. It knows nothing about CLIP or images.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from jaxclip_fs.errors import ConfigError, DataError
 from jaxclip_fs.features.cache import ChunkedEntry
 from jaxclip_fs.features.pipeline import ordered_prefetch, row_batches
+from jaxclip_fs.io.console import progress_bar
 
 #: Chunk arrays besides the outputs: per item, whether it was read, and why not.
 VALID_KEY = "valid"
@@ -160,8 +159,8 @@ def encode_items(
                 chunks[c] = arrays
     missing = [c for c in range(len(bounds)) if c not in chunks]
     done_items = sum(len(a[VALID_KEY]) for a in chunks.values())
-    bar = tqdm(total=num_items, initial=done_items, unit=unit, desc=desc, disable=not progress,
-               file=sys.stderr, dynamic_ncols=True, leave=False)
+    bar = progress_bar(num_items, initial=done_items, unit=unit, desc=desc, disable=not progress,
+                       leave=False)
     items = (i for c in missing for i in range(*bounds[c]))
     stream = ordered_prefetch(load, items, workers=workers, ahead=ahead)
     try:

@@ -42,7 +42,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from jaxclip_fs.errors import FeatureFileError
+from jaxclip_fs.data.fewshot import nested_fewshot
+from jaxclip_fs.errors import DataError, FeatureFileError
 from jaxclip_fs.io import atomic
 
 DEFAULT_LOGIT_SCALE = 100.0
@@ -214,3 +215,27 @@ def save(path: str | os.PathLike, fs: FeatureSet) -> None:
         test_labels=fs.test_labels.astype(np.int64), classnames=np.asarray(fs.classnames, dtype=str),
         logit_scale=np.float32(fs.logit_scale), meta=np.asarray(json.dumps(dict(fs.meta))),
     )
+
+
+def support_index(fs: FeatureSet, shots: int, seed: int) -> np.ndarray:
+    """Rows of ``fs.train`` forming the (seed, shots) support set → int [C, shots].
+
+    The file's ``fewshot_index`` for the seed when it has one, else the nested
+    sampler on the training pool.
+
+    Raises:
+      DataError: the file's few-shot index lacks the seed or has too few
+        shots; or the pool has a class with fewer than ``shots`` images.
+    """
+    if shots < 1:
+        raise DataError(f"shots must be >= 1, got {shots}")
+    if fs.fewshot:
+        if seed not in fs.fewshot:
+            raise DataError(f"the feature file's fewshot_index holds seeds {sorted(fs.fewshot)}, "
+                            f"not seed {seed}")
+        index = np.asarray(fs.fewshot[seed])
+        if index.shape[1] < shots:
+            raise DataError(f"the feature file's fewshot_index holds {index.shape[1]} shots per "
+                            f"class for seed {seed}; {shots} asked")
+        return index[:, :shots]
+    return nested_fewshot(fs.train_labels, fs.num_classes, shots, seed, fs.classnames)

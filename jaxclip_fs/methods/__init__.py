@@ -1,44 +1,63 @@
 """Few-shot methods as pure functions (init / precompute / terms / logits / loss), and a registry.
 
-``get(name)`` returns a :class:`~jaxclip_fs.methods.base.Method`. The image
-methods (``ldc``, ``ta_pp``, ``tx_pp``; ``Method.needs_images``) are registered
-with their logit-level parts -- LDC's β fusion of its head logits, TA++ / TX++
-on paired [adapted | original] features -- while their training and features
-come from images (``jaxclip_fs.sweep.image_methods``). Imports point down:
-nothing here imports ``clip/`` or ``data/``.
+``get(name, **options)`` returns a :class:`~jaxclip_fs.methods.base.Method`;
+``get_variant(label)`` the same from a variant label (``ldc[fusion=concat]``).
+A method says what it reads (``Method.inputs``: features, paired features
+or images) and the engine feeds it accordingly -- nothing outside a method's
+own module and this registry routes on its name. Every factory is checked
+when registered (:func:`~jaxclip_fs.methods.base.check_method`). Imports
+point down: nothing here imports ``clip/``, ``data/``, ``features/`` or above.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
+from jaxclip_fs.catalogue import split_label
 from jaxclip_fs.errors import ConfigError
 from jaxclip_fs.methods import (
     ape, ape_t, clip_adapter, gda, ldc, ta_pp, tip_adapter, tip_adapter_f, tip_x, tx_pp, zero_shot,
 )
-from jaxclip_fs.methods.base import Method, cross_entropy, logits, loss
+from jaxclip_fs.methods.base import Method, check_method, cross_entropy, logits, training_loss
 from jaxclip_fs.methods.task import EvalSet, Task
 
-# Methods that need images (multi-level CLIP features or an adapted encoder).
-IMAGE_METHODS = ("ldc", "ta_pp", "tx_pp")
-
-_FACTORIES: dict[str, Callable[[], Method]] = {
-    "zero_shot": zero_shot.zero_shot,
-    "tip_adapter": tip_adapter.tip_adapter,
-    "tip_adapter_f": tip_adapter_f.tip_adapter_f,
-    "tip_x": tip_x.tip_x,
-    "ape": ape.ape,
-    "ape_t": ape_t.ape_t,
-    "gda": gda.gda,
-    "clip_adapter": clip_adapter.clip_adapter,
-}
-FEATURE_METHODS = tuple(_FACTORIES)
-_FACTORIES.update({"ldc": ldc.ldc, "ta_pp": ta_pp.ta_pp, "tx_pp": tx_pp.tx_pp})
+Factory = Callable[..., Method]
+_FACTORIES: dict[str, Factory] = {}
 
 
-def register(factory: Callable[[], Method]) -> None:
-    """Adds a method factory to the registry under its method's name."""
-    _FACTORIES[factory().name] = factory
+@functools.lru_cache(maxsize=None)
+def _instance(name: str, options: tuple[tuple[str, str], ...]) -> Method:
+    """One :class:`Method` per (name, options): equal requests share compiled programs."""
+    return _FACTORIES[name](**dict(options))
+
+
+def register(factory: Factory) -> None:
+    """Adds a method factory to the registry under its method's name (checked first).
+
+    The factory takes the method's options as keyword arguments (all with defaults).
+
+    Raises:
+      ValueError: the method's declarations are inconsistent (names the rule).
+    """
+    method = check_method(factory())
+    for option in method.options:
+        for choice in option.choices:
+            check_method(factory(**{option.name: choice}))
+    _FACTORIES[method.name] = factory
+    _instance.cache_clear()
+
+
+def unregister(name: str) -> None:
+    """Removes a method from the registry (e.g. one a notebook registered)."""
+    _FACTORIES.pop(name, None)
+    _instance.cache_clear()
+
+
+for _factory in (zero_shot.zero_shot, tip_adapter.tip_adapter, tip_adapter_f.tip_adapter_f,
+                 tip_x.tip_x, ape.ape, ape_t.ape_t, gda.gda, clip_adapter.clip_adapter, ldc.ldc,
+                 ta_pp.ta_pp, tx_pp.tx_pp):
+    register(_factory)
 
 
 def names() -> tuple[str, ...]:
@@ -46,16 +65,31 @@ def names() -> tuple[str, ...]:
     return tuple(_FACTORIES)
 
 
-def get(name: str) -> Method:
-    """The method called ``name``.
+def get(name: str, **options: str) -> Method:
+    """The method called ``name``, built with ``options``.
 
     Raises:
-      ConfigError: unknown name (lists the known ones).
+      ConfigError: unknown name (lists the known ones) or option (lists the valid ones).
     """
-    if name in _FACTORIES:
-        return _FACTORIES[name]()
-    raise ConfigError(f"unknown method '{name}'; known methods: {', '.join(names())}")
+    if name not in _FACTORIES:
+        raise ConfigError(f"unknown method '{name}'; known methods: {', '.join(names())}")
+    if options:
+        declared = {o.name: o for o in _instance(name, ()).options}
+        for key, value in options.items():
+            if key not in declared:
+                valid = ", ".join(declared) or "(none)"
+                raise ConfigError(f"method '{name}' has no option '{key}'; its options: {valid}")
+            if value not in declared[key].choices:
+                raise ConfigError(f"option {name}.{key} must be one of "
+                                  f"{', '.join(declared[key].choices)}, got '{value}'")
+    return _instance(name, tuple(sorted(options.items())))
 
 
-__all__ = ["EvalSet", "FEATURE_METHODS", "IMAGE_METHODS", "Method", "Task", "cross_entropy", "get",
-           "logits", "loss", "names", "register"]
+def get_variant(label: str) -> Method:
+    """The method of a variant label (``"ldc[ablation=maf_only]"``, or a plain name)."""
+    name, options = split_label(label)
+    return get(name, **options)
+
+
+__all__ = ["EvalSet", "Method", "Task", "cross_entropy", "get", "get_variant", "logits", "names",
+           "register", "training_loss", "unregister"]

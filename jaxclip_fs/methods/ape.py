@@ -139,14 +139,14 @@ def precompute(params, task, queries, query_mask):
     """``s`` on all channels and ``A' = f' F'ᵀ`` on the kept ones."""
     del query_mask
     refined = l2_normalize(queries * params["channel_mask"])
-    return {"zero_shot": zero_shot_logits(task, queries),
+    return {"s": zero_shot_logits(task, queries),
             "affinity": affinity(refined, params["keys"])}
 
 
 def terms(pre, params, task, hp):
     """``base = s``; residual of α: ``exp(-β (1 - A')) (L ⊙ exp(γ · KL))``."""
     values = task.support_mask * jnp.exp(hp["gamma"] * params["kl"])
-    return pre["zero_shot"], {"alpha": cache_logits(pre["affinity"], hp["beta"], values)}
+    return pre["s"], {"alpha": cache_logits(pre["affinity"], hp["beta"], values)}
 
 
 def ape() -> Method:

@@ -79,14 +79,14 @@ def precompute(params, task, queries, query_mask):
     mask = params["channel_mask"]
     residual = params["residual"] * mask
     keys = params["keys"] + residual[:, None, :]
-    return {"zero_shot": zero_shot_logits(task, queries, text=task.text + residual),
+    return {"s": zero_shot_logits(task, queries, text=task.text + residual),
             "affinity": affinity(l2_normalize(queries * mask), keys)}
 
 
 def terms(pre, params, task, hp):
     """``base = 100 f W''ᵀ``; residual of α: ``exp(-β (1 - A)) (L ⊙ v)``."""
     values = task.support_mask * params["value_weights"]
-    return pre["zero_shot"], {"alpha": cache_logits(pre["affinity"], hp["beta"], values)}
+    return pre["s"], {"alpha": cache_logits(pre["affinity"], hp["beta"], values)}
 
 
 def ape_t() -> Method:

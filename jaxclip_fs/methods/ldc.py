@@ -20,16 +20,16 @@ the attention pool. ViT (tokens after blocks at depth 6/12, 8/12, 10/12,
 12/12 -- :func:`vit_tap_blocks`): Linear W->W (no bias), LayerNorm, ReLU,
 mean over all tokens (class token included); the fused vector goes through
 ``proj``. The reported prediction is ``β·mlp + (1 - β)·ada`` with β searched
-on validation over {0, 0.02, ..., 1} (:func:`search_beta`, the existing
-interval search of :mod:`~jaxclip_fs.methods.search`, since the logits are
-linear in β). CE is the batch mean, L1 the mean over rows and classes.
+on validation over {0, 0.02, ..., 1} (the grid search of
+:mod:`~jaxclip_fs.methods.search`: the logits are linear in β). CE is the batch mean, L1 the mean over rows and classes.
 
 Training (official ``ldc_train.py``): AdamW lr 1e-4 (their ``lr / 10``), wd
 1e-4, eps 1e-4, cosine annealing per step, 50 epochs, batch 64,
 RandomResizedCrop(scale 0.8-1, bicubic) + flip; BatchNorm layers of the new
 modules in train mode, the CLIP trunk and attention pool frozen in eval mode;
 the *final* epoch's weights are evaluated (no epoch selection).
-:mod:`jaxclip_fs.train.ldc` runs that loop.
+The library's one trainer runs that loop (:mod:`jaxclip_fs.train.trainer`,
+``epoch_selection="final"``, BatchNorm statistics in its auxiliary slot).
 
 Ablation switches (``LDCConfig``): ``fusion`` -- ``fixed`` (.1/.2/.3/.4, the
 official ``fuse_type=2``, default), ``average`` (1/4 each, their
@@ -56,8 +56,9 @@ ViT-L/14: 18, 20, 22, 24); we default to proportional depth (12, 16, 20, 24),
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -65,13 +66,12 @@ import numpy as np
 
 from jaxclip_fs.errors import ConfigError
 from jaxclip_fs.methods import hparams as hp_lib
-from jaxclip_fs.methods.base import Method, cross_entropy
+from jaxclip_fs.methods.base import Method, Option, cross_entropy
+from jaxclip_fs.methods.images import ImageInputs, ImageSpec, Projector, needs_binding
 from jaxclip_fs.methods.ldc_layers import (
     BNSettings, avg_pool, batch_norm, bn_stats, layer_norm, mlp_bn, mlp_bn_init, norm_params,
     uniform_kernel,
 )
-from jaxclip_fs.methods.search import interval_counts
-from jaxclip_fs.methods.task import EvalSet
 
 TOWERS = ("resnet", "vit")
 FUSIONS = ("fixed", "average", "learned", "concat")
@@ -82,9 +82,8 @@ VIT_DEPTHS = (6, 8, 10, 12)  # of 12 blocks
 VIT_HEAD_HIDDEN = 2048
 BETA_STEPS = 50  # β = i / 50, i = 0..50 (official ``search_hp``: step=50)
 
-#: ``project(projector_params, x) -> z [B, E]``: CLIP's frozen attnpool ([B, g, g, F]
-#: maps) or ``@ proj`` ([B, W] vectors), supplied by the caller (methods/ never imports clip/).
-Projector = Callable[[Any, jax.Array], jax.Array]
+VIT_RULES = ("proportional", "official")
+BN_STATS = ("official", "update_bn")
 
 
 def vit_tap_blocks(num_layers: int, rule: str = "proportional") -> tuple[int, ...]:
@@ -182,20 +181,6 @@ def vit_config(width: int, embed_dim: int, num_classes: int, head_hidden: int = 
     return LDCConfig(tower="vit", tap_dims=(width,) * NUM_LEVELS, pools=(), fused_dim=width,
                      embed_dim=embed_dim, num_classes=num_classes, head_hidden=head_hidden,
                      **switches)
-
-
-class LDCInputs(NamedTuple):
-    """What LDC reads per image (the frozen CLIP's outputs).
-
-    Attributes:
-      taps: four arrays [B, h, w, c_i] (ResNet) or [B, T, W] (ViT).
-      s: [B, C] zero-shot logits ``logit_scale · f̂ Wᵀ``.
-      features: [B, E] CLIP's image embedding ``f`` (``z`` of ``icd_only``).
-    """
-
-    taps: tuple[jax.Array, ...]
-    s: jax.Array
-    features: jax.Array
 
 
 class LDCOutputs(NamedTuple):
@@ -308,14 +293,14 @@ class LDCModel:
         fused = sum(omega[i] * a for i, a in enumerate(adapted))
         return self.project(projector_params, fused), new_stats
 
-    def apply(self, params: dict, batch_stats: dict, projector_params: Any, inputs: LDCInputs, *,
+    def apply(self, params: dict, batch_stats: dict, projector_params: Any, inputs: ImageInputs, *,
               train: bool, weights: jax.Array | None = None) -> tuple[LDCOutputs, dict]:
         """The LDC logits of a batch (module docstring).
 
         Args:
           params, batch_stats: from :meth:`init` (or training).
           projector_params: the frozen CLIP variables ``project`` reads.
-          inputs: :class:`LDCInputs` of B images.
+          inputs: :class:`ImageInputs` of B images.
           train: BatchNorm on batch statistics (returns updated running ones).
           weights: [B] 1 real / 0 padding rows (default all real).
 
@@ -355,7 +340,7 @@ class LDCModel:
             mlp = tot = ada
         return LDCOutputs(mlp, ada, tot, w), new_stats
 
-    def loss(self, params: dict, batch_stats: dict, projector_params: Any, inputs: LDCInputs,
+    def loss(self, params: dict, batch_stats: dict, projector_params: Any, inputs: ImageInputs,
              labels: jax.Array, weights: jax.Array) -> tuple[jax.Array, tuple[LDCOutputs, dict]]:
         """The official five-term loss (train-mode forward), weighted over real rows.
 
@@ -388,13 +373,22 @@ class LDCModel:
         return value, (out, new_stats)
 
 
-# --- the reported prediction: β · mlp + (1 - β) · ada, β searched on validation -----------
+# --- LDC as an image method: the reported prediction β·mlp + (1 - β)·ada --------------------
 
 BETA = hp_lib.HParam("beta", "search", "weight of the MAF head: beta·mlp + (1 - beta)·ada",
                      minimum=0.0, maximum=1.0)
 #: Official training settings (``ldc_train.py``: lr 1e-3 / 10, AdamW wd 1e-4 eps 1e-4).
 TRAIN_DEFAULTS = {"epochs": 50.0, "lr": 1e-4, "batch_size": 64.0, "eps": 1e-4,
                   "weight_decay": 1e-4}
+OPTIONS = (
+    Option("fusion", FUSIONS, "how MAF fuses its four levels (fixed .1/.2/.3/.4 is official)"),
+    Option("ablation", ABLATIONS, "full LDC, MAF only (no ICD / ALF) or ICD only (no MAF)"),
+    Option("vit_taps", VIT_RULES, "ViT blocks tapped: proportional depth or the official rule"),
+    Option("bn_stats", BN_STATS, "BatchNorm statistics evaluated: as training left them "
+                                 "(official) or re-estimated on the final weights (update_bn)"),
+)
+#: The heads LDC reports besides its fused prediction.
+HEADS = ("s", "mlp", "ada", "tot")
 
 
 def beta_grid() -> np.ndarray:
@@ -402,11 +396,27 @@ def beta_grid() -> np.ndarray:
     return np.arange(BETA_STEPS + 1, dtype=np.float64) / BETA_STEPS
 
 
-def precompute(params, task, queries, query_mask):
-    """Splits the stacked head logits ``[mlp | ada]`` [M, 2C] (C = ``task.class_mask`` size)."""
-    del params, query_mask
-    num_classes = task.class_mask.shape[0]
-    return {"mlp": queries[:, :num_classes], "ada": queries[:, num_classes:]}
+def tap_names(spec: ImageSpec, vit_rule: str = "proportional") -> tuple[str, ...]:
+    """LDC's four taps of a CLIP: ``layer1..4``, or the blocks of :func:`vit_tap_blocks`."""
+    if spec.tower == "resnet":
+        return ("layer1", "layer2", "layer3", "layer4")
+    depth = sum(name.startswith("block") for name in spec.tap_names)
+    return tuple(f"block{i}" for i in vit_tap_blocks(depth, vit_rule))
+
+
+@functools.lru_cache(maxsize=64)
+def model_for(spec: ImageSpec, num_classes: int, fusion: str = "fixed", ablation: str = "full",
+              vit_rule: str = "proportional") -> LDCModel:
+    """The :class:`LDCModel` of a CLIP (its taps, widths and frozen projector) for C classes."""
+    switches = dict(fusion=fusion, ablation=ablation)
+    taps = tap_names(spec, vit_rule)
+    if spec.tower == "vit":
+        width = spec.shape(taps[0])[-1]
+        config = vit_config(width, spec.embed_dim, num_classes, **switches)
+    else:
+        config = resnet_config([spec.shape(t) for t in taps], spec.embed_dim, num_classes,
+                               **switches)
+    return LDCModel(config, spec.project)
 
 
 def terms(pre, params, task, hp):
@@ -415,46 +425,80 @@ def terms(pre, params, task, hp):
     return pre["ada"], {"beta": pre["mlp"] - pre["ada"]}
 
 
-def fuse(mlp: jax.Array, ada: jax.Array, beta) -> jax.Array:
-    """The reported logits ``β·mlp + (1 - β)·ada`` (written through :func:`terms`)."""
-    base, residuals = terms({"mlp": mlp, "ada": ada}, None, None, None)
-    return base + beta * residuals["beta"]
+def heads(pre):
+    """The reported heads: zero-shot ``s``, ``mlp``, ``ada``, ``tot`` (each [M, C])."""
+    return {name: pre[name] for name in HEADS}
 
 
-def search_beta(mlp: jax.Array, ada: jax.Array, labels: jax.Array, mask: jax.Array,
-                grid: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Scores every β of ``grid`` on the real rows; the first best wins (official loop order).
+def ldc(fusion: str = "fixed", ablation: str = "full", vit_taps: str = "proportional",
+        bn_stats: str = "official") -> Method:
+    """LDC as an image-input :class:`Method` (module docstring).
 
-    Args:
-      mlp, ada: [M, C] head logits; labels int [M]; mask [M] 1 for real rows; grid [G].
-
-    Returns:
-      (index of the chosen β, int32 correct counts [G]).
+    ``bind(spec)`` builds the model for a CLIP; then ``init`` gives
+    ``{"heads": params, "batch_stats": BatchNorm statistics}``, ``loss`` is
+    the five-term loss (train-mode BatchNorm: ``batch_stats`` are updated by
+    the forward pass), ``precompute`` runs the heads in eval mode on a batch
+    of :class:`~jaxclip_fs.methods.images.ImageInputs`, and ``β`` is searched
+    as a linear hyperparameter. The final epoch is kept (official).
     """
-    base, residuals = terms({"mlp": mlp, "ada": ada}, None, None, None)
-    counts = interval_counts(base, residuals["beta"], jnp.asarray(grid, jnp.float32),
-                             EvalSet(base, labels, mask), jnp.ones(base.shape[-1], jnp.float32))
-    return jnp.argmax(counts), counts
+    values = {"fusion": fusion, "ablation": ablation, "vit_taps": vit_taps, "bn_stats": bn_stats}
 
+    def bind(spec: ImageSpec) -> Method:
+        def model(task) -> LDCModel:
+            return model_for(spec, task.class_mask.shape[0], fusion, ablation, vit_taps)
 
-def ldc() -> Method:
-    """LDC in the registry: its hyperparameters and the β fusion of its head logits.
+        def init(key, task, hp):
+            del hp
+            params, stats = model(task).init(key)
+            return {"heads": params, "batch_stats": stats}
 
-    LDC trains through images (:mod:`jaxclip_fs.train.ldc`, driven by
-    :mod:`jaxclip_fs.sweep.image_methods`); in the Method protocol its
-    "queries" are the per-image head logits concatenated, ``[mlp | ada]``
-    [M, 2C], ``init`` has nothing to compute from features,
-    and ``β`` is searched as a linear hyperparameter.
-    """
-    return Method(
+        def loss(params, task, inputs, labels, weights, hp):
+            del hp
+            value, (_, stats) = model(task).loss(params["heads"], params["batch_stats"],
+                                                 task.frozen["projector"], inputs, labels, weights)
+            return value, {"batch_stats": stats}
+
+        def precompute(params, task, queries, query_mask):
+            del query_mask
+            out, _ = model(task).apply(params["heads"], params["batch_stats"],
+                                       task.frozen["projector"], queries, train=False)
+            return {"s": queries.s.astype(jnp.float32), "mlp": out.mlp, "ada": out.ada,
+                    "tot": out.tot}
+
+        def batch_stats(params, task, inputs, labels, weights, hp):
+            """The batch's own BatchNorm statistics (train mode, momentum 1) of every layer."""
+            del labels, hp
+            m = model(task)
+            exact = LDCModel(dataclasses.replace(m.config, bn=m.config.bn._replace(momentum=1.0)),
+                             m.project)
+            _, stats = exact.apply(params["heads"], params["batch_stats"],
+                                   task.frozen["projector"], inputs, train=True, weights=weights)
+            return {"batch_stats": stats}
+
+        return dataclasses.replace(
+            method, init=init, loss=loss, precompute=precompute, bind=None,
+            state_estimate=batch_stats if bn_stats == "update_bn" else None,
+            taps=tap_names(spec, vit_taps))
+
+    method = Method(
         name="ldc",
         summary="LDC: multi-level adapters + inter-class deconfusion; beta·mlp + (1-beta)·ada",
         hparams=(BETA, *hp_lib.TRAINING),
         defaults=lambda dataset, dim: dict(TRAIN_DEFAULTS),
         grid=lambda dataset: {"beta": beta_grid()},
-        init=lambda key, task, hp: {},
-        precompute=precompute,
+        init=needs_binding,
+        precompute=needs_binding,
         terms=terms,
         linear=("beta",),
-        needs_images=True,
+        trainable=("heads",),
+        state=("batch_stats",),
+        inputs="images",
+        loss=needs_binding,
+        epoch_selection="final",
+        heads=heads,
+        confusion=("s", "ada"),
+        options=OPTIONS,
+        option_values=values,
+        bind=bind,
     )
+    return method

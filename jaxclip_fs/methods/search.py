@@ -141,7 +141,8 @@ def _score_linear(method, base, residuals, hp, grid, searched, task, evalset, ch
 
 
 def grid_search(method: Method, params, task: Task, evalset: EvalSet, hp: Mapping[str, jax.Array],
-                grid: Mapping[str, jax.Array], *, memory_bytes: int = DEFAULT_MEMORY_BYTES) -> dict:
+                grid: Mapping[str, jax.Array], *, pre=None,
+                memory_bytes: int = DEFAULT_MEMORY_BYTES) -> dict:
     """Scores every point of ``grid`` on ``evalset``; picks the first best in official order.
 
     Args:
@@ -151,6 +152,7 @@ def grid_search(method: Method, params, task: Task, evalset: EvalSet, hp: Mappin
       evalset: validation rows (masked rows are ignored).
       hp: values of every hyperparameter not searched (scalars).
       grid: name -> 1-D array of candidate values, for the names to search.
+      pre: ``method.precompute`` of ``evalset``, if already computed.
       memory_bytes: rough bound on the working set of one chunk (static).
 
     Returns:
@@ -162,9 +164,10 @@ def grid_search(method: Method, params, task: Task, evalset: EvalSet, hp: Mappin
     nonlinear = tuple(n for n in order if n not in method.linear)
     linear = tuple(n for n in order if n in method.linear)
     grid = {n: jnp.asarray(grid[n], jnp.float32) for n in order}
-    pre = method.precompute(params, task, evalset.features, evalset.mask)
+    if pre is None:
+        pre = method.precompute(params, task, evalset.features, evalset.mask)
 
-    rows = evalset.features.shape[0]
+    rows = evalset.labels.shape[0]
     num_classes, shots = task.support_mask.shape
     per_logits = _FLOAT_BYTES * rows * num_classes
     # The vmapped name is assumed to touch [K, M, C] per value when it is the

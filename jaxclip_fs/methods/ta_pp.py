@@ -14,9 +14,9 @@ Search (IMO grid, every dataset): α = linspace(0, 20, 200) (outer loop),
 **Paired features.** The method reads both encoders' features side by side:
 every support / query row is ``[adapted | original]`` of width 2E, with
 E = ``task.text.shape[1]`` (:func:`split_paired`);
-:func:`jaxclip_fs.sweep.image_methods.imo_paired_features` builds such a
-set. This is not a feature file of the DESIGN contract (whose rows have the
-text width), which is why the method is marked ``needs_images``.
+the image pipeline's paired provider (``jaxclip_fs.pipelines.paired``)
+builds such a set. It is not a feature file (whose rows have the text
+width), which is why the method declares ``inputs="paired"``.
 
 Deviation: the official code hard-codes ``100 ·`` for ``s``; we use the
 CLIP's ``logit_scale`` (100 for OpenAI's weights), as every other method.
@@ -70,7 +70,7 @@ def precompute(params, task, queries, query_mask):
     """``s`` (original encoder) and the adapted affinities ``f' F'ᵀ`` [K, M, C]."""
     del query_mask
     adapted, _ = split_paired(queries, task.text)
-    return {"zero_shot": zero_shot_original(task, queries),
+    return {"s": zero_shot_original(task, queries),
             "affinity": affinity(l2_normalize(adapted), params["keys"])}
 
 
@@ -87,5 +87,5 @@ def ta_pp() -> Method:
         terms=terms,
         linear=("alpha",),
         neutral={"alpha": 0.0},
-        needs_images=True,
+        inputs="paired",
     )

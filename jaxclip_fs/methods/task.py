@@ -20,7 +20,7 @@ Every method gives, for a padded task, the result of the unpadded one.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -36,13 +36,20 @@ class Task(NamedTuple):
       class_mask: float [C], 1 for real classes.
       text: float [C, D] L2-normalised class embeddings (zero rows for padding).
       logit_scale: float [] CLIP's exp(logit_scale) (100 for OpenAI CLIP).
+      frozen: image methods: the frozen CLIP arrays they read (e.g. the
+        projector's variables); None for feature methods. Shared by every
+        task of a program (never vmapped).
+
+    Image methods have no feature support (``support`` is None): their
+    support images reach them through the trainer as inputs.
     """
 
-    support: jax.Array
+    support: jax.Array | None
     support_mask: jax.Array
     class_mask: jax.Array
     text: jax.Array
     logit_scale: jax.Array
+    frozen: Any = None
 
     @property
     def dim(self) -> int:

@@ -66,14 +66,14 @@ def init(key, task, hp):
 def precompute(params, task, queries, query_mask):
     """``s`` [M, C] and the affinities ``f Fᵀ`` [K, M, C] (hyperparameter-free)."""
     del query_mask
-    return {"zero_shot": zero_shot_logits(task, queries),
+    return {"s": zero_shot_logits(task, queries),
             "affinity": affinity(l2_normalize(queries), params["keys"])}
 
 
 def terms(pre, params, task, hp):
     """``base = s``; residual of α: ``exp(-β (1 - A)) L``."""
     del params
-    return pre["zero_shot"], {"alpha": cache_logits(pre["affinity"], hp["beta"], task.support_mask)}
+    return pre["s"], {"alpha": cache_logits(pre["affinity"], hp["beta"], task.support_mask)}
 
 
 def tip_adapter() -> Method:

@@ -68,14 +68,14 @@ def precompute(params, task, queries, query_mask):
     aff = affinity(normalized, params["keys"])  # [K, M, C]
     valid = (query_mask[None, :, None] > 0) & (task.support_mask.T[:, None, :] > 0)
     rescaled = rescale_to(kl_divergence(normalized, params["keys"], task), aff, valid)
-    return {"zero_shot": zero_shot_logits(task, queries), "affinity": aff,
+    return {"s": zero_shot_logits(task, queries), "affinity": aff,
             "kl_logits": -jnp.sum(jnp.where(valid, rescaled, 0.0), axis=0)}
 
 
 def terms(pre, params, task, hp):
     """``base = s``; residuals: α → ``exp(-β(1-A)) L``, γ → ``-M̃ L``."""
     del params
-    return pre["zero_shot"], {"alpha": cache_logits(pre["affinity"], hp["beta"], task.support_mask),
+    return pre["s"], {"alpha": cache_logits(pre["affinity"], hp["beta"], task.support_mask),
                               "gamma": pre["kl_logits"]}
 
 

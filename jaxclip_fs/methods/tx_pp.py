@@ -42,7 +42,7 @@ def precompute(params, task, queries, query_mask):
     valid = (query_mask[None, :, None] > 0) & (task.support_mask.T[:, None, :] > 0)
     kl = kl_divergence(l2_normalize(original), params["keys_original"], task)
     rescaled = rescale_to(kl, aff, valid)
-    return {"zero_shot": zero_shot_original(task, queries), "affinity": aff,
+    return {"s": zero_shot_original(task, queries), "affinity": aff,
             "kl_logits": -jnp.sum(jnp.where(valid, rescaled, 0.0), axis=0)}
 
 
@@ -59,5 +59,5 @@ def tx_pp() -> Method:
         terms=terms,
         linear=("alpha", "gamma"),
         neutral={"alpha": 0.0, "gamma": 0.0},
-        needs_images=True,
+        inputs="paired",
     )

@@ -17,12 +17,12 @@ def _init(key, task, hp):
 
 def _precompute(params, task, queries, query_mask):
     del params, query_mask
-    return {"zero_shot": zero_shot_logits(task, queries)}
+    return {"s": zero_shot_logits(task, queries)}
 
 
 def _terms(pre, params, task, hp):
     del params, task, hp
-    return pre["zero_shot"], {}
+    return pre["s"], {}
 
 
 def zero_shot() -> Method:

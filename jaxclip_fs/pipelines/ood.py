@@ -46,6 +46,21 @@ class OODSet:
     meta: dict
 
 
+def parent_classes(dataset, num_parent_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """An OOD set's test labels as parent class indices, and its mask over the parent's classes.
+
+    Raises:
+      ConfigError: ``dataset`` is not an out-of-distribution test set.
+    """
+    if not dataset.parent:
+        raise ConfigError(f"--ood {dataset.name}: not an out-of-distribution test set "
+                          "(imagenet_v2, imagenet_sketch, imagenet_a, imagenet_r)")
+    parent_index = np.asarray(dataset.parent_class_index, np.int64)
+    class_mask = np.zeros(num_parent_classes, np.float32)
+    class_mask[parent_index] = 1.0
+    return parent_index[dataset.split("test").labels].astype(np.int32), class_mask
+
+
 def extract_ood(dataset, clip, num_parent_classes: int, *, dtype: str = "float32",
                 batch_size: int = 64, cache_dir=None, use_cache: bool = True,
                 workers: int | None = None, progress: bool = True) -> OODSet:
@@ -53,22 +68,15 @@ def extract_ood(dataset, clip, num_parent_classes: int, *, dtype: str = "float32
     from jaxclip_fs.features.image_encoder import encode_split, make_image_encoder
     from jaxclip_fs.io.records import code_version
 
-    if not dataset.parent:
-        raise ConfigError(f"--ood {dataset.name}: not an out-of-distribution test set "
-                          "(imagenet_v2, imagenet_sketch, imagenet_a, imagenet_r)")
+    labels, class_mask = parent_classes(dataset, num_parent_classes)
     encoder = make_image_encoder(clip, dtype=dtype, batch_size=batch_size)
     encoded = encode_split(encoder, dataset, "test", cache_dir=cache_dir, use_cache=use_cache,
                            workers=workers, progress=progress)
-    parent_index = np.asarray(dataset.parent_class_index, np.int64)
-    class_mask = np.zeros(num_parent_classes, np.float32)
-    class_mask[parent_index] = 1.0
-    labels = parent_index[dataset.split("test").labels]
     meta = {"dataset": dataset.name, "parent": dataset.parent, "backbone": clip.config.name,
             "weights": "random" if clip.is_random else clip.weights_id,
             "split_policy": {"test": dataset.split_origin.get("test", "test split")},
             "dataset_identity": dataset.identity, "dtype": dtype, "code_version": code_version()}
-    return OODSet(dataset.name, dataset.parent, encoded.features[0], labels.astype(np.int32),
-                  class_mask, meta)
+    return OODSet(dataset.name, dataset.parent, encoded.features[0], labels, class_mask, meta)
 
 
 def save_ood(path: str, ood: OODSet) -> None:

@@ -4,7 +4,7 @@
 (``collect``), aggregates them over seeds (mean ± std), lays them out as the
 papers do -- methods × datasets with an average column, one table per shot
 count, and accuracy-vs-shots curves (``tables``, ``plots``) -- and puts the
-published numbers (``published``) beside ours where backbone, dataset and
+published numbers (``jaxclip_fs.catalogue``) beside ours where backbone, dataset and
 shots match. ``write`` ties these together. Records made with random weights
 are labelled as such in every output.
 """

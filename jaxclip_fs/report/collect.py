@@ -21,14 +21,13 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from jaxclip_fs import catalogue
 from jaxclip_fs.errors import ConfigError
 
 REQUIRED_FIELDS = ("method", "dataset", "shots", "seed", "accuracy")
 RANDOM_WEIGHTS = "random"
 
-# Display order: the methods as DESIGN.md lists them, datasets as the papers' tables.
-METHOD_ORDER = ("zero_shot", "tip_adapter", "tip_adapter_f", "tip_x", "ape", "ape_t", "gda",
-                "clip_adapter", "ldc", "ta_pp", "tx_pp")
+# Display order of datasets: as the papers' tables (methods: the catalogue's order).
 DATASET_ORDER = ("imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers",
                  "food101", "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101",
                  "imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r")
@@ -160,7 +159,7 @@ def summarize(records: Iterable[Mapping]) -> list[Cell]:
     cells = [Cell(setting, method, dataset, shots, tuple(sorted(seeds)),
                   tuple(seeds[s][0] for s in sorted(seeds)))
              for (setting, method, dataset, shots), seeds in by_cell.items()]
-    return sorted(cells, key=lambda c: (c.setting, order_key(c.method, METHOD_ORDER),
+    return sorted(cells, key=lambda c: (c.setting, catalogue.order_key(c.method),
                                         order_key(c.dataset, DATASET_ORDER), c.shots))
 
 

@@ -16,7 +16,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from jaxclip_fs.io import atomic
-from jaxclip_fs.report.tables import Table, display_name
+from jaxclip_fs.catalogue import display_name
+from jaxclip_fs.report.tables import Table
 
 
 def plot_curves(table: Table, path: str | os.PathLike, subtitle: str = "",

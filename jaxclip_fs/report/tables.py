@@ -23,14 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from jaxclip_fs.report.collect import Cell, Setting
-from jaxclip_fs.report.published import AVERAGE, published
-
-DISPLAY_NAMES = {
-    "zero_shot": "ZS-CLIP", "tip_adapter": "Tip-Adapter", "tip_adapter_f": "Tip-Adapter-F",
-    "tip_x": "Tip-X", "ape": "APE", "ape_t": "APE-T", "gda": "GDA", "clip_adapter": "CLIP-Adapter",
-    "ldc": "LDC", "ta_pp": "TA++", "tx_pp": "TX++",
-}
-
+from jaxclip_fs.catalogue import AVERAGE, display_name, published
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
@@ -62,10 +55,6 @@ class Table:
     rows: tuple[str, ...]
     columns: tuple[str, ...]
     entries: dict[tuple[str, str], Entry]
-
-
-def display_name(method: str) -> str:
-    return DISPLAY_NAMES.get(method, method)
 
 
 def cell_entry(cell: Cell) -> Entry:

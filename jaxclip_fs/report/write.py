@@ -24,7 +24,7 @@ from typing import Sequence
 
 from jaxclip_fs.errors import ConfigError
 from jaxclip_fs.io import atomic
-from jaxclip_fs.report import published as published_lib
+from jaxclip_fs import catalogue
 from jaxclip_fs.report.collect import Cell, Setting, load_records, summarize
 from jaxclip_fs.report.plots import plot_curves
 from jaxclip_fs.report.tables import (
@@ -97,7 +97,7 @@ def write_report(records_path: str | os.PathLike, out_dir: str | os.PathLike | N
     if random_any:
         doc += [RANDOM_BANNER, ""]
     doc += ["Entries: mean ± std over seeds (top-1 %, std with ddof=0). "
-            f"[x] = published number ({published_lib.SOURCE}).", ""]
+            f"[x] = published number ({catalogue.PUBLISHED_SOURCE}).", ""]
     summary: list[str] = []
     shot_tables: dict[int, list[tuple[Setting, Table]]] = {}
     averages = []
@@ -113,10 +113,10 @@ def write_report(records_path: str | os.PathLike, out_dir: str | os.PathLike | N
             if len(datasets) > 1:
                 summary.append(table_markdown(table))
                 for method in table.rows:
-                    avg = table.entries.get((method, published_lib.AVERAGE))
+                    avg = table.entries.get((method, catalogue.AVERAGE))
                     if avg is not None:
                         averages.append((setting, method, shots, avg))
-        curve_names = datasets + ([published_lib.AVERAGE] if len(datasets) > 1 else [])
+        curve_names = datasets + ([catalogue.AVERAGE] if len(datasets) > 1 else [])
         prefix = "" if len(settings) == 1 else setting_tag(setting) + "_"
         for name in curve_names:
             table = curve_table(cells, setting, name)
@@ -142,14 +142,4 @@ def write_report(records_path: str | os.PathLike, out_dir: str | os.PathLike | N
                        "\n".join(head + summary), tuple(cells))
 
 
-def report_command(args) -> int:
-    """``jaxclip-fs report DIR [--out OUT] [--no-plots]``: writes the files, prints the tables."""
-    files = write_report(args.dir, args.out, plots=not args.no_plots)
-    print(files.summary)
-    print(f"wrote {files.markdown}, {files.results_csv}, "
-          f"{len(files.shot_csvs)} per-shot CSV tables and {len(files.plots)} plots in "
-          f"{files.out_dir}")
-    return 0
-
-
-__all__ = ["ReportFiles", "report_command", "write_report"]
+__all__ = ["ReportFiles", "write_report"]

@@ -4,7 +4,11 @@ All pure functions of arrays (the method, batch size and epoch bound are
 static): ``jax.jit`` them for one run, ``jax.vmap`` them over tasks for a
 sweep -- S seeds (or shot counts, or padded datasets) in one program.
 
-Keys: ``fold_in(key, 0)`` initialises, ``fold_in(key, 1)`` trains.
+Keys: a run's key is :func:`task_key` ``(seed)``; ``fold_in(key, 0)``
+initialises, ``fold_in(key, 1)`` trains. Training on features orders the
+epochs with the training key itself; training through a ``fetch`` with its
+own randomness (image methods: fresh crops every step) splits it into
+``fold_in(., 0)`` for the order and ``fold_in(., 1)`` for the crops.
 """
 
 from __future__ import annotations
@@ -14,12 +18,19 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 
-from jaxclip_fs.methods.base import Method, logits, loss
+from jaxclip_fs.methods.base import Method, logits, logits_from, training_loss
 from jaxclip_fs.methods.search import DEFAULT_MEMORY_BYTES, accuracy, grid_search
 from jaxclip_fs.methods.task import EvalSet, Task
-from jaxclip_fs.train.trainer import TrainData, train
+from jaxclip_fs.train.trainer import Fetch, TrainData, class_major_data, train
 
+ROOT_SEED = 0  # root PRNG key; a run's key is fold_in(key(ROOT_SEED), seed)
 INIT_STREAM, TRAIN_STREAM = 0, 1
+PLAN_STREAM, FETCH_STREAM = 0, 1
+
+
+def task_key(seed) -> jax.Array:
+    """A run's PRNG key: ``fold_in(key(ROOT_SEED), seed)`` (``seed`` may be traced)."""
+    return jax.random.fold_in(jax.random.key(ROOT_SEED), seed)
 
 
 def init_params(method: Method, key, task: Task, hp: Mapping[str, Any]):
@@ -27,28 +38,38 @@ def init_params(method: Method, key, task: Task, hp: Mapping[str, Any]):
     return method.init(jax.random.fold_in(key, INIT_STREAM), task, hp)
 
 
-def train_params(method: Method, params, key, task: Task, val: EvalSet, hp: Mapping[str, Any], *,
-                 batch_size: int, max_epochs: int,
+def train_params(method: Method, params, key, task: Task, data: TrainData, val: EvalSet | None,
+                 hp: Mapping[str, Any], *, batch_size: int, max_epochs: int,
+                 fetch: Fetch | None = None,
                  progress: Callable[[Any, Any], None] | None = None) -> tuple[dict, dict]:
-    """Trains ``method.trainable`` on the task's augmented views; best epoch by validation accuracy.
+    """Trains ``method.trainable`` on ``data``; the epoch kept follows ``method.epoch_selection``.
 
     ``hp`` supplies the method's hyperparameters (the search ones at their
     training values) and ``epochs``, ``lr``, ``eps``, ``weight_decay``.
+    ``val`` is scored after every epoch for ``"validation"`` selection.
     """
+    train_key = jax.random.fold_in(key, TRAIN_STREAM)
+    streams = {}
+    if fetch is not None:
+        streams = dict(fetch=fetch, step_key=jax.random.fold_in(train_key, FETCH_STREAM))
+        train_key = jax.random.fold_in(train_key, PLAN_STREAM)
+    validate = method.epoch_selection == "validation"
+    estimate = (None if method.state_estimate is None else
+                lambda p, x, y, w: method.state_estimate(p, task, x, y, w, hp))
     return train(
-        lambda p, x, y, w: loss(method, p, task, x, y, w, hp),
-        lambda p: accuracy(logits(method, p, task, val.features, hp, val.mask), val),
-        params, method.trainable,
-        TrainData(task.support, task.support_mask * task.class_mask[:, None]),
-        jax.random.fold_in(key, TRAIN_STREAM), hp,
-        batch_size=batch_size, max_epochs=max_epochs, progress=progress,
+        lambda p, x, y, w: training_loss(method, p, task, x, y, w, hp),
+        (lambda p: accuracy(logits(method, p, task, val.features, hp, val.mask), val))
+        if validate else None,
+        params, method.trainable, data, train_key, hp,
+        batch_size=batch_size, max_epochs=max_epochs, aux=method.state,
+        selection=method.epoch_selection, aux_estimate=estimate, progress=progress, **streams,
     )
 
 
 def fit(method: Method, key, task: Task, val: EvalSet, hp: Mapping[str, Any], *,
         batch_size: int = 0, max_epochs: int = 0,
         progress: Callable[[Any, Any], None] | None = None) -> tuple[dict, dict]:
-    """``init``, then training if the method has trainable params.
+    """``init``, then training on the task's support features if the method trains.
 
     Returns:
       ``(params, info)``; ``info`` is the trainer's (empty for training-free methods).
@@ -56,8 +77,33 @@ def fit(method: Method, key, task: Task, val: EvalSet, hp: Mapping[str, Any], *,
     params = init_params(method, key, task, hp)
     if not method.trainable:
         return params, {}
-    return train_params(method, params, key, task, val, hp, batch_size=batch_size,
+    data = class_major_data(task.support, task.support_mask * task.class_mask[:, None])
+    return train_params(method, params, key, task, data, val, hp, batch_size=batch_size,
                         max_epochs=max_epochs, progress=progress)
+
+
+def select(method: Method, params, task: Task, selection: EvalSet, hp: Mapping[str, Any],
+           grid: Mapping[str, jax.Array], *, pre: Any = None,
+           memory_bytes: int = DEFAULT_MEMORY_BYTES) -> dict:
+    """Searches ``grid`` on ``selection`` (or scores ``hp`` as is when the grid is empty).
+
+    Args:
+      pre: ``method.precompute`` on the selection set, when already computed
+        (image methods compute it batch by batch).
+
+    Returns:
+      dict: ``hp`` (values to use), ``val_accuracy`` (in %), and ``index``
+      (name -> grid index of the chosen value) when searched.
+    """
+    if pre is None:
+        pre = method.precompute(params, task, selection.features, selection.mask)
+    if grid:
+        found = grid_search(method, params, task, selection, hp, grid, pre=pre,
+                            memory_bytes=memory_bytes)
+        return {"hp": {**hp, **found["best"]}, "index": found["index"],
+                "val_accuracy": found["accuracy"]}
+    return {"hp": dict(hp),
+            "val_accuracy": accuracy(logits_from(method, pre, params, task, hp), selection)}
 
 
 def fit_select_predict(method: Method, key, task: Task, val: EvalSet, test: EvalSet,
@@ -65,7 +111,7 @@ def fit_select_predict(method: Method, key, task: Task, val: EvalSet, test: Eval
                        batch_size: int = 0, max_epochs: int = 0,
                        memory_bytes: int = DEFAULT_MEMORY_BYTES,
                        progress: Callable[[Any, Any], None] | None = None) -> dict:
-    """One complete run: fit, search ``grid`` on ``val``, score ``test`` once.
+    """One complete run on features: fit, search ``grid`` on ``val``, score ``test`` once.
 
     Args:
       hp: values of all hyperparameters (search ones at their training
@@ -75,21 +121,14 @@ def fit_select_predict(method: Method, key, task: Task, val: EvalSet, test: Eval
       progress: optional host callback ``(epoch, val_accuracy)`` while training.
 
     Returns:
-      dict: ``test_logits`` [T, C], ``hp`` (values used), ``val_accuracy``,
-      ``test_accuracy`` (in %), ``best_epoch`` (-1 if not trained), and
-      ``index`` (name -> grid index of the chosen value) when searched.
+      dict: ``params`` (fitted), ``test_logits`` [T, C], ``hp`` (values used),
+      ``val_accuracy``, ``test_accuracy`` (in %), ``best_epoch`` (-1 if not
+      trained), and ``index`` (name -> grid index of the chosen value) when searched.
     """
     params, info = fit(method, key, task, val, hp, batch_size=batch_size, max_epochs=max_epochs,
                        progress=progress)
-    out: dict = {"best_epoch": info.get("best_epoch", jnp.asarray(-1, jnp.int32))}
-    if grid:
-        found = grid_search(method, params, task, val, hp, grid, memory_bytes=memory_bytes)
-        hp = {**hp, **found["best"]}
-        out["index"] = found["index"]
-        out["val_accuracy"] = found["accuracy"]
-    else:
-        val_logits = logits(method, params, task, val.features, hp, val.mask)
-        out["val_accuracy"] = accuracy(val_logits, val)
-    test_logits = logits(method, params, task, test.features, hp, test.mask)
-    out.update(test_logits=test_logits, hp=dict(hp), test_accuracy=accuracy(test_logits, test))
+    out = select(method, params, task, val, hp, grid, memory_bytes=memory_bytes)
+    test_logits = logits(method, params, task, test.features, out["hp"], test.mask)
+    out.update(params=params, test_logits=test_logits, test_accuracy=accuracy(test_logits, test),
+               best_epoch=info.get("best_epoch", jnp.asarray(-1, jnp.int32)))
     return out

@@ -32,14 +32,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import sys
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from jaxclip_fs.clip.model import abstract_variables, add_adapters, flatten_variables
 from jaxclip_fs.clip.preprocess import CLIP_MEAN, CLIP_STD, preprocess
@@ -47,13 +45,16 @@ from jaxclip_fs.clip.variants import CLIPConfig, architecture_diff
 from jaxclip_fs.errors import CheckpointError, ConfigError
 from jaxclip_fs.features.pipeline import default_workers, ordered_prefetch
 from jaxclip_fs.io import checkpoints
+from jaxclip_fs.io.console import progress_bar
 from jaxclip_fs.io.records import code_version
 from jaxclip_fs.methods.base import cross_entropy
 from jaxclip_fs.methods.ldc_layers import uniform_kernel
+from jaxclip_fs.train.trainer import TrainState, update
 
 CHECKPOINT_KIND = "imo_adapters"
 ADAPTER_KEY = "adapter"
 ADAPTER_STREAM, HEAD_STREAM, DROPOUT_STREAM = 0, 1, 2
+LOSS_DISPLAY_EVERY = 20  # steps between progress-bar loss updates (each one waits on the device)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,20 +183,23 @@ def imo_loss(model, trainable: dict, base: dict, images: jax.Array, labels: jax.
 
 
 def make_step(model, settings: IMOSettings):
-    """The jitted AdamW step ``(trainable, opt_state, base, images, labels, key)``.
+    """The jitted AdamW step ``(state, base, images, labels, key) -> (state, loss)``.
 
-    Returns ``(optimizer, step)``; ``step`` gives (trainable, opt_state, loss).
+    The library's one optimiser step (:func:`~jaxclip_fs.train.trainer.update`)
+    on a :class:`~jaxclip_fs.train.trainer.TrainState` whose ``learned`` are
+    the adapters and head (no auxiliary state). Returns ``(optimizer, step)``.
     """
     optimizer = optax.adamw(settings.lr, b1=0.9, b2=0.999, eps=settings.eps,
                             weight_decay=settings.weight_decay)
-    grad_fn = jax.value_and_grad(imo_loss, argnums=1)
 
-    def step(trainable, opt_state, base, images, labels, key):
-        loss, grads = grad_fn(model, trainable, base, images, labels, key, settings.normalize)
-        updates, opt_state = optimizer.update(grads, opt_state, trainable)
-        return optax.apply_updates(trainable, updates), opt_state, loss
+    def loss_fn(trainable, aux, base, images, labels, key):
+        del aux
+        return imo_loss(model, trainable, base, images, labels, key, settings.normalize), {}
 
-    return optimizer, jax.jit(step, donate_argnums=(0, 1))
+    def step(state, base, images, labels, key):
+        return update(loss_fn, optimizer, state, base, images, labels, key)
+
+    return optimizer, jax.jit(step, donate_argnums=(0,))
 
 
 def epoch_order(num_items: int, seed: int, epoch: int) -> np.ndarray:
@@ -235,15 +239,15 @@ def train_imo(clip, dataset, settings: IMOSettings = IMOSettings(), *, split: st
                  "head": head_init(jax.random.fold_in(root, HEAD_STREAM), config.embed_dim,
                                    dataset.num_classes)}
     optimizer, step = make_step(model, settings)
-    opt_state = optimizer.init(trainable)
+    state = TrainState(trainable, {}, optimizer.init(trainable))
     dropout_root = jax.random.fold_in(root, DROPOUT_STREAM)
     size = config.image_size
     workers = workers or default_workers()
     losses = []
     for epoch in range(settings.epochs):
         order = epoch_order(len(data), settings.seed, epoch)[:steps * settings.batch_size]
-        bar = tqdm(total=steps, desc=f"IMO epoch {epoch + 1}/{settings.epochs}", unit="step",
-                   disable=not progress, file=sys.stderr, leave=False, dynamic_ncols=True)
+        bar = progress_bar(steps, desc=f"IMO epoch {epoch + 1}/{settings.epochs}", unit="step",
+                           disable=not progress, leave=False)
         stream = ordered_prefetch(lambda i: preprocess(data.image(int(i)), size),
                                   order, workers=workers, ahead=2 * settings.batch_size)
         epoch_losses = []
@@ -252,18 +256,18 @@ def train_imo(clip, dataset, settings: IMOSettings = IMOSettings(), *, split: st
                 images = np.stack([next(stream)[1].result() for _ in range(settings.batch_size)])
                 labels = data.labels[order[j * settings.batch_size:(j + 1) * settings.batch_size]]
                 key = jax.random.fold_in(jax.random.fold_in(dropout_root, epoch), j)
-                trainable, opt_state, loss = step(trainable, opt_state, base, images,
-                                                  jnp.asarray(labels, jnp.int32), key)
-                epoch_losses.append(float(loss))
+                state, loss = step(state, base, images, jnp.asarray(labels, jnp.int32), key)
+                epoch_losses.append(loss)  # device scalars: no host wait per step
                 bar.update(1)
-                bar.set_postfix(loss=f"{epoch_losses[-1]:.3f}")
+                if j % LOSS_DISPLAY_EVERY == 0:
+                    bar.set_postfix(loss=f"{float(loss):.3f}")
         finally:
             stream.close()
             bar.close()
-        losses.append(float(np.mean(epoch_losses)))
+        losses.append(float(np.mean(jax.device_get(epoch_losses))))
         if log:
             log(f"IMO epoch {epoch + 1}/{settings.epochs}: mean loss {losses[-1]:.4f}")
-    trained = jax.device_get(trainable)
+    trained = jax.device_get(state.learned)
     metadata = {
         "kind": CHECKPOINT_KIND,
         "backbone": clip.config.name,

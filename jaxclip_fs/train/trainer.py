@@ -1,27 +1,49 @@
-"""A generic optax trainer: ``lax.scan`` over epochs and steps, one pure function.
+"""The one trainer: a train state with an auxiliary slot, one optimiser step, a scanned loop.
 
-``train`` is jit-compilable and ``jax.vmap`` -able over tasks (seeds, shot
-counts, datasets), so S seeds train in one compiled program:
+Every trained head of the library -- the feature methods (Tip-Adapter-F,
+APE-T, CLIP-Adapter), the image methods (LDC, on CLIP taps) and the IMO
+adapters -- trains through the pieces here:
 
-* **Minibatches** come from the support's augmented views: each epoch the
-  real (masked-in) items are put in a random order and cut into batches of
-  ``batch_size`` (the last one partial, like a PyTorch loader with
-  ``shuffle=True, drop_last=False``), and each item gets a random augmented
-  view (as the official loaders draw a fresh augmentation each epoch). The
-  randomness of item ``(c, k)`` in epoch ``e`` is a hash of
-  ``(fold_in(key, e), c, k)`` (:func:`item_hashes`) -- independent of array
-  shapes, so a task padded into a batch draws what it draws alone.
-* **Per-task schedules**: a task with ``n`` real items takes
-  ``ceil(n / batch_size)`` steps per epoch for ``epochs`` epochs; steps past
-  its own count (the batch holds larger tasks) leave params and optimiser
-  state untouched, so a task trained in a batch equals the task trained alone.
-* **Optimiser**: AdamW (PyTorch semantics: decoupled decay, eps outside
-  the square root) with a cosine decay per step over the task's own
-  ``epochs · steps_per_epoch`` (PyTorch ``CosineAnnealingLR``, eta_min 0).
-* **Epoch selection**: after every epoch ``eval_fn`` scores the params on
-  validation; the best epoch's params are carried in the scan with
-  ``jnp.where`` (first best wins) and returned. (The official loops start
-  from ``best_acc = 0``; here the first epoch always counts.)
+* :class:`TrainState` -- ``learned`` (what the optimiser updates), ``aux``
+  (what the forward pass updates: BatchNorm running statistics; ``{}`` if
+  none) and the optimiser state; a plain pytree.
+* :func:`update` -- one step: ``loss_fn(learned, aux, *batch) -> (loss, aux
+  updates)``, its gradient, the optimiser update. IMO's host loop over a
+  streamed image set calls it directly.
+* :func:`train` -- the few-shot loop: ``lax.scan`` over epochs and steps, one
+  pure function, ``jax.vmap`` -able over tasks (seeds, shot counts,
+  datasets), so S seeds train in one compiled program:
+
+  - **Minibatches** come from a *pool* of inputs ``[V, N, ...]`` (V views:
+    feature rows, images, or cached CLIP taps) indexed by the task's
+    class-major support ``index`` [C, K]. Each epoch the real (masked-in)
+    items are put in a random order and cut into batches of ``batch_size``
+    (the last one partial, like a PyTorch loader with ``shuffle=True,
+    drop_last=False``), and each item gets a random augmented view. The
+    randomness of item ``(c, k)`` in epoch ``e`` is a hash of
+    ``(fold_in(plan_key, e), c, k)`` (:func:`item_hashes`) -- independent of
+    array shapes, so a task padded into a batch draws what it draws alone.
+    ``fetch(key, rows)`` turns the gathered rows into the loss's inputs
+    (identity for features; the frozen CLIP trunk for images), with key
+    ``fold_in(fold_in(step_key, e), j)`` at step j of epoch e.
+  - **Per-task schedules**: a task with ``n`` real items takes
+    ``ceil(n / batch_size)`` steps per epoch for ``epochs`` epochs; steps
+    past its own count leave the whole train state untouched, so a task
+    trained in a batch equals the task trained alone.
+  - **Optimiser**: AdamW (PyTorch semantics: decoupled decay, eps outside
+    the square root) with a cosine decay per step over the task's own
+    ``epochs · steps_per_epoch`` (PyTorch ``CosineAnnealingLR``, eta_min 0).
+  - **Epoch selection**: ``"validation"`` scores the params on validation
+    after every epoch (``eval_fn``) and returns the best epoch's (first best
+    wins; the official loops start from ``best_acc = 0``, here the first
+    epoch always counts); ``"final"`` returns the last epoch's (LDC's
+    official loop), with no evaluation.
+  - **Re-estimated auxiliary state** (optional ``aux_estimate``): after
+    training, the auxiliary state is replaced by the mean, over the batches
+    of one more epoch (epoch ``epochs``: same loader, fresh order and views),
+    of each batch's own statistics -- PyTorch's
+    ``torch.optim.swa_utils.update_bn`` (running statistics reset, momentum
+    ``None``, one train-mode pass, weights untouched).
 """
 
 from __future__ import annotations
@@ -33,17 +55,60 @@ import jax
 import jax.numpy as jnp
 import optax
 
+#: ``loss_fn(params, inputs [B, ...], labels int [B], weights [B]) -> (loss, aux updates)``.
+LossFn = Callable[[Any, Any, jax.Array, jax.Array], tuple[jax.Array, dict]]
+#: ``fetch(key, rows) -> inputs``: the pool rows of a batch (leaves [B, ...]) made loss inputs.
+Fetch = Callable[[jax.Array, Any], Any]
+SELECTIONS = ("validation", "final")
+
 
 class TrainData(NamedTuple):
-    """The items to train on, class-major.
+    """The items to train on.
 
     Attributes:
-      inputs: [V, C, K, ...] one slab per view (view 0 un-augmented).
-      mask: [C, K] 1 for real items; item ``(c, k)`` has label ``c``.
+      pool: pytree, leaves [V, N, ...] (view 0 un-augmented when V > 1).
+      index: int [C, K] pool row of item (c, k); item (c, k) has label c.
+      mask: [C, K] 1 for real items (nested shots: the first ``shots`` columns).
     """
 
-    inputs: jax.Array
+    pool: Any
+    index: jax.Array
     mask: jax.Array
+
+
+def class_major_data(support: jax.Array, mask: jax.Array) -> TrainData:
+    """:class:`TrainData` of a class-major support ``[V, C, K, ...]``: pool ``[V, C·K, ...]``."""
+    num_views, num_classes, shots = support.shape[:3]
+    pool = support.reshape((num_views, num_classes * shots) + support.shape[3:])
+    return TrainData(pool, jnp.arange(num_classes * shots).reshape(num_classes, shots), mask)
+
+
+class TrainState(NamedTuple):
+    """What one optimiser step changes.
+
+    Attributes:
+      learned: the params the optimiser updates.
+      aux: state the forward pass updates (BatchNorm statistics); ``{}`` if none.
+      opt_state: the optimiser's state.
+    """
+
+    learned: Any
+    aux: Any
+    opt_state: Any
+
+
+def update(loss_fn: Callable[..., tuple[jax.Array, dict]], optimizer: optax.GradientTransformation,
+           state: TrainState, *batch) -> tuple[TrainState, jax.Array]:
+    """One step: ``(loss, aux updates) = loss_fn(learned, aux, *batch)``, gradient, optimiser.
+
+    Returns:
+      (the new :class:`TrainState`, the batch loss).
+    """
+    (loss, aux_updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.learned, state.aux, *batch)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.learned)
+    return TrainState(optax.apply_updates(state.learned, updates), {**state.aux, **aux_updates},
+                      opt_state), loss
 
 
 def first_augmented_view(num_views: int) -> int:
@@ -127,88 +192,147 @@ def select_tree(flag, new, old):
     return jax.tree.map(lambda n, o: jnp.where(flag, n, o), new, old)
 
 
+def _estimate_aux(aux_estimate, params, batch, steps_scanned, steps):
+    """The mean over one epoch's real batches of ``aux_estimate`` (module docstring)."""
+    def step(total, j):
+        inputs, labels, weights = batch(j)
+        found = aux_estimate(params, inputs, labels, weights)
+        active = j < steps
+        return jax.tree.map(lambda t, b: t + jnp.where(active, b, 0.0), total, found), None
+
+    template = jax.eval_shape(lambda: aux_estimate(params, *batch(0)))
+    zeros = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), template)
+    total, _ = jax.lax.scan(step, zeros, jnp.arange(steps_scanned))
+    return jax.tree.map(lambda t: t / jnp.maximum(steps, 1).astype(t.dtype), total)
+
+
+def _identity_fetch(key, rows):
+    del key
+    return rows
+
+
 def train(
-    loss_fn: Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array],
-    eval_fn: Callable[[Any], jax.Array],
+    loss_fn: LossFn,
+    eval_fn: Callable[[Any], jax.Array] | None,
     params: Mapping[str, Any],
     trainable: tuple[str, ...],
     data: TrainData,
-    key: jax.Array,
+    plan_key: jax.Array,
     settings: Mapping[str, jax.Array],
     *,
     batch_size: int,
     max_epochs: int,
+    aux: tuple[str, ...] = (),
+    fetch: Fetch = _identity_fetch,
+    step_key: jax.Array | None = None,
+    selection: str = "validation",
+    aux_estimate: Callable[[Any, Any, jax.Array, jax.Array], dict] | None = None,
     progress: Callable[[Any, Any], None] | None = None,
 ) -> tuple[dict, dict]:
-    """Trains ``params[trainable]`` and returns the best-on-validation params.
+    """Trains ``params[trainable]`` (module docstring) and returns the selected epoch's params.
 
     Args:
-      loss_fn: ``(params, inputs [B, ...], labels int [B], weights [B]) -> scalar``;
-        ``weights`` is 0 for the padding rows of a partial batch.
-      eval_fn: ``params -> scalar`` validation score, higher is better.
-      params: dict of arrays; keys not in ``trainable`` stay fixed.
-      trainable: the keys of ``params`` to learn.
-      data: the support items and their mask.
-      key: PRNG key of this run.
+      loss_fn: ``(params, inputs, labels int [B], weights [B]) -> (loss, aux updates)``;
+        ``weights`` is 0 for the padding rows of a partial batch; ``params``
+        is the whole dict (learned, aux and fixed entries).
+      eval_fn: ``params -> scalar`` validation score, higher is better
+        (``selection="validation"``; None with ``"final"``).
+      params: dict of arrays; keys neither in ``trainable`` nor ``aux`` stay fixed.
+      trainable: the keys of ``params`` the optimiser learns.
+      data: the pool, the support index and its mask.
+      plan_key: key of the per-epoch item order and view choice.
       settings: ``epochs`` (≤ ``max_epochs``), ``lr``, ``eps``, ``weight_decay`` (scalars,
         may be traced).
       batch_size: static minibatch size.
       max_epochs: static number of epochs scanned (tasks with fewer
         ``epochs`` idle through the rest).
+      aux: the keys of ``params`` the forward pass updates (returned by ``loss_fn``).
+      fetch: ``(key, rows) -> inputs`` (default: the rows themselves).
+      step_key: key of ``fetch``'s per-step randomness (default ``plan_key``).
+      selection: ``"validation"`` or ``"final"``.
+      aux_estimate: ``(params, inputs, labels, weights) -> aux`` the batch's own
+        auxiliary state (module docstring), or None to keep the trained one.
       progress: optional host callback ``(epoch, score)`` after every epoch.
 
     Returns:
-      ``(best_params, info)`` with ``info`` = ``best_epoch`` (int),
-      ``best_score``, ``scores`` [max_epochs] (NaN past the task's epochs),
-      ``losses`` [max_epochs] mean training loss per epoch.
+      ``(params, info)``: ``info`` has ``best_epoch`` (int; the last trained
+      epoch with ``"final"``), ``best_score``, ``scores`` [max_epochs] (NaN
+      past the task's epochs, and everywhere with ``"final"``), ``losses``
+      [max_epochs] the mean training loss per epoch.
     """
-    frozen = {k: v for k, v in params.items() if k not in trainable}
-    learn = {k: params[k] for k in trainable}
-    num_views, num_classes, shots = data.inputs.shape[:3]
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got '{selection}'")
+    fixed = {k: v for k, v in params.items() if k not in trainable and k not in aux}
+    num_views = jax.tree.leaves(data.pool)[0].shape[0]
+    num_classes, shots = data.mask.shape
     items = num_classes * shots
     steps_scanned, num_real, steps_per_epoch, epochs, optimizer = schedule(
         data.mask, batch_size, settings)
+    step_key = plan_key if step_key is None else step_key
+    validate = selection == "validation"
 
-    def batch_loss(learned, inputs, labels, weights):
-        return loss_fn({**frozen, **learned}, inputs, labels, weights)
+    def batch_loss(learned, state, inputs, labels, weights):
+        return loss_fn({**fixed, **learned, **state}, inputs, labels, weights)
 
-    grad_fn = jax.value_and_grad(batch_loss)
+    def whole(state: TrainState) -> dict:
+        return {**fixed, **state.learned, **state.aux}
 
-    def run_epoch(carry, epoch):
-        learned, opt_state, best, best_score, best_epoch = carry
-        order, views = epoch_plan(key, data.mask, num_views, epoch)
-        epoch_active = epoch < epochs
+    def loader(epoch):
+        """Epoch ``epoch``'s batches: ``j -> (inputs, labels [B], weights [B] 1 real / 0 pad)``."""
+        order, views = epoch_plan(plan_key, data.mask, num_views, epoch)
+        epoch_key = jax.random.fold_in(step_key, epoch)
 
-        def step(state, j):
-            learned, opt_state = state
+        def batch(j):
             position = j * batch_size + jnp.arange(batch_size)
             flat = order[jnp.minimum(position, items - 1)]
             labels = flat // shots
-            inputs = data.inputs[views[flat], labels, flat % shots]
-            weights = (position < num_real).astype(jnp.float32)
-            loss, grads = grad_fn(learned, inputs, labels, weights)
-            updates, new_opt_state = optimizer.update(grads, opt_state, learned)
-            active = epoch_active & (j < steps_per_epoch)
-            new_state = (optax.apply_updates(learned, updates), new_opt_state)
-            return select_tree(active, new_state, (learned, opt_state)), (loss, active)
+            rows = jax.tree.map(lambda leaf: leaf[views[flat], data.index[labels, flat % shots]],
+                                data.pool)
+            inputs = fetch(jax.random.fold_in(epoch_key, j), rows)
+            return inputs, labels, (position < num_real).astype(jnp.float32)
+        return batch
 
-        (learned, opt_state), (losses, active) = jax.lax.scan(
-            step, (learned, opt_state), jnp.arange(steps_scanned))
-        score = jnp.asarray(eval_fn({**frozen, **learned}), jnp.float32)
-        improved = epoch_active & (score > best_score)
-        best = select_tree(improved, learned, best)
-        best_score = jnp.where(improved, score, best_score)
-        best_epoch = jnp.where(improved, epoch, best_epoch)
-        if progress is not None:
-            jax.debug.callback(progress, epoch, score)
+    def run_epoch(carry, epoch):
+        state, best, best_score, best_epoch = carry
+        epoch_active = epoch < epochs
+        batch = loader(epoch)
+
+        def step(state, j):
+            inputs, labels, weights = batch(j)
+            new_state, loss = update(batch_loss, optimizer, state, inputs, labels, weights)
+            active = epoch_active & (j < steps_per_epoch)
+            return select_tree(active, new_state, state), (loss, active)
+
+        state, (losses, active) = jax.lax.scan(step, state, jnp.arange(steps_scanned))
         mean_loss = jnp.sum(jnp.where(active, losses, 0.0)) / jnp.maximum(jnp.sum(active), 1)
+        if validate:
+            score = jnp.asarray(eval_fn(whole(state)), jnp.float32)
+            improved = epoch_active & (score > best_score)
+            best = select_tree(improved, (state.learned, state.aux), best)
+            best_score = jnp.where(improved, score, best_score)
+            best_epoch = jnp.where(improved, epoch, best_epoch)
+            if progress is not None:
+                jax.debug.callback(progress, epoch, score)
+        else:
+            score = jnp.asarray(jnp.nan, jnp.float32)
         record = (jnp.where(epoch_active, score, jnp.nan),
                   jnp.where(epoch_active, mean_loss, jnp.nan))
-        return (learned, opt_state, best, best_score, best_epoch), record
+        return (state, best, best_score, best_epoch), record
 
-    init = (learn, optimizer.init(learn), learn, jnp.asarray(-jnp.inf, jnp.float32),
+    learned = {k: params[k] for k in trainable}
+    state0 = TrainState(learned, {k: params[k] for k in aux}, optimizer.init(learned))
+    init = (state0, (state0.learned, state0.aux) if validate else (), jnp.asarray(-jnp.inf, jnp.float32),
             jnp.asarray(0, jnp.int32))
-    (_, _, best, best_score, best_epoch), (scores, losses) = jax.lax.scan(
+    (state, best, best_score, best_epoch), (scores, losses) = jax.lax.scan(
         run_epoch, init, jnp.arange(max_epochs))
-    info = {"best_epoch": best_epoch, "best_score": best_score, "scores": scores, "losses": losses}
-    return {**frozen, **best}, info
+    if validate:
+        learned, aux_state = best
+    else:
+        learned, aux_state = state.learned, state.aux
+        best_epoch = epochs - 1
+    if aux_estimate is not None:
+        aux_state = _estimate_aux(aux_estimate, {**fixed, **learned, **aux_state}, loader(epochs),
+                                  steps_scanned, steps_per_epoch)
+    info = {"best_epoch": best_epoch, "best_score": best_score, "scores": scores,
+            "losses": losses}
+    return {**fixed, **learned, **aux_state}, info

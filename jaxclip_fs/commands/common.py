@@ -1,0 +1,281 @@
+"""Flags shared by several commands, and turning flags into an experiment config.
+
+Every command module (``jaxclip_fs.commands.<name>``) defines ``NAME``,
+``HELP``, ``DESCRIPTION``, ``add_arguments(parser)`` and ``run(args)``;
+``cli.py`` only parses and dispatches. The flags that several commands
+share are declared once here, and :func:`experiment_config` turns the
+``run`` / ``evaluate`` / ``demo`` flags into one
+:class:`~jaxclip_fs.experiment.config.ExperimentConfig`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+from jaxclip_fs.errors import ConfigError
+from jaxclip_fs.experiment import config as config_lib
+
+WEIGHTS_HELP = "local checkpoint path, hub id, 'openai', or 'random' (see `jaxclip-fs embed -h`)"
+
+
+# --- argument groups ---------------------------------------------------------------------------
+
+
+def add_data_arguments(group) -> None:
+    """``--data-root``, ``--source``."""
+    group.add_argument("--data-root", metavar="DIR",
+                       help="CoOp-layout data root (default $JAXCLIP_FS_DATA), or the TFDS data dir")
+    group.add_argument("--source", choices=config_lib.SOURCES, default="coop",
+                       help="where the benchmark sets come from (default: coop)")
+
+
+def add_model_arguments(group, required: bool = False) -> None:
+    """``--backbone``, ``--weights``."""
+    group.add_argument("--backbone", required=required,
+                       help="variant name, e.g. RN50, ViT-B/16 (tiny-vit, tiny-rn for tests)")
+    group.add_argument("--weights", required=required, help=WEIGHTS_HELP)
+
+
+def add_cache_arguments(group) -> None:
+    """``--cache-dir``, ``--no-cache``, ``--workers``."""
+    group.add_argument("--cache-dir", metavar="DIR",
+                       help="feature cache (default $JAXCLIP_FS_CACHE or ~/.cache/jaxclip-fs)")
+    group.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    group.add_argument("--workers", type=int, metavar="N",
+                       help="image loading threads (default: CPU count)")
+
+
+def add_quiet_argument(parser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+
+
+def add_extraction_arguments(group, views_default: int = 10) -> None:
+    """``--views``, ``--aug-scale``, ``--aug-seed``, ``--dtype``, ``--batch-size``."""
+    group.add_argument("--views", type=int, default=views_default, metavar="V",
+                       help=f"views per train image, view 0 un-augmented (default {views_default})")
+    group.add_argument("--aug-scale", default="0.5,1", metavar="LOW,HIGH",
+                       help="RandomResizedCrop area range of the views (default 0.5,1)")
+    group.add_argument("--aug-seed", type=int, default=0, help="augmentation seed (default 0)")
+    group.add_argument("--dtype", choices=config_lib.DTYPES, default="float32",
+                       help="CLIP compute dtype (features are stored as float32)")
+    group.add_argument("--batch-size", type=int, default=64, metavar="B",
+                       help="images per compiled encoding batch (default 64)")
+
+
+def add_method_arguments(group, methods_help: str) -> None:
+    """``--method``, ``--option``, ``--hp``."""
+    group.add_argument("--method", default="all", metavar="M1,M2,...", help=methods_help)
+    group.add_argument("--option", nargs="+", action="extend", default=[],
+                       metavar="METHOD.NAME=V1[,V2]",
+                       help="a method's structural option; several values sweep it, e.g. "
+                            "ldc.fusion=fixed,concat ldc.ablation=full,maf_only (see "
+                            "`jaxclip-fs methods`)")
+    group.add_argument("--hp", nargs="+", action="extend", default=[], metavar="NAME=VALUE",
+                       help="fix a hyperparameter for every method that has it (repeatable; "
+                            "each takes one or more NAME=VALUE; METHOD.NAME=VALUE for one method)")
+
+
+def add_protocol_arguments(group) -> None:
+    """``--val-policy``, ``--select-on-test``."""
+    group.add_argument("--val-policy", choices=config_lib.VAL_POLICIES, default="coop",
+                       help="validation images: coop = min(K, 4) per class (default), "
+                            "full = whole split")
+    group.add_argument("--select-on-test", action="store_true",
+                       help="choose epochs and hyperparameters on the TEST set, as the official "
+                            "Tip-Adapter-F code does (optimistic; recorded)")
+
+
+def add_images_arguments(group) -> None:
+    """The image methods' input pipeline (LDC)."""
+    group.add_argument("--train-path", choices=config_lib.TRAIN_PATHS, default="auto",
+                       help="image methods: run the frozen trunk in each step, or cache the "
+                            "support taps (auto: cache when it fits --tap-cache-budget)")
+    group.add_argument("--tap-cache-budget", type=float, default=4.0, metavar="GiB",
+                       help="memory the tap cache may take (default 4)")
+    group.add_argument("--tap-cache-views", type=int, metavar="V",
+                       help="tap cache: views per support image, view 0 clean (default: --views)")
+    group.add_argument("--imo-adapters", metavar="DIR",
+                       help="IMO adapters from `jaxclip-fs train-imo` (paired-feature methods: "
+                            "TA++, TX++)")
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+def parse_int_list(text: str | Sequence[int], flag: str, minimum: int) -> tuple[int, ...]:
+    """``"1,2,4"`` -> (1, 2, 4), sorted and distinct.
+
+    Raises:
+      ConfigError: not integers, empty, or below ``minimum`` (names ``flag``).
+    """
+    if isinstance(text, str):
+        try:
+            values = [int(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise ConfigError(f"{flag} must be a comma list of integers, got '{text}'") from None
+    else:
+        values = [int(v) for v in text]
+    if not values:
+        raise ConfigError(f"{flag} must name at least one value")
+    if min(values) < minimum:
+        raise ConfigError(f"{flag} values must be >= {minimum}, got {min(values)}")
+    return tuple(sorted(set(values)))
+
+
+def parse_names(text: str | Sequence[str], flag: str) -> tuple[str, ...]:
+    """``"a,b"`` -> ("a", "b") in the order given, without repeats.
+
+    Raises:
+      ConfigError: empty (names ``flag``).
+    """
+    parts = text.split(",") if isinstance(text, str) else text
+    names = [str(p).strip() for p in parts if str(p).strip()]
+    if not names:
+        raise ConfigError(f"{flag} must name at least one value")
+    return tuple(dict.fromkeys(names))
+
+
+def parse_scale(text: str, flag: str = "--aug-scale") -> tuple[float, float]:
+    """``"0.5,1"`` -> (0.5, 1.0); ConfigError naming ``flag`` otherwise."""
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{flag} must be LOW,HIGH (e.g. 0.5,1), got '{text}'") from None
+    return low, high
+
+
+def split_assignment(text: str, flag: str) -> tuple[str, str]:
+    """``"NAME=VALUE"`` -> (NAME, VALUE); ConfigError naming ``flag`` otherwise."""
+    name, sep, value = str(text).partition("=")
+    if not sep or not name.strip() or not value.strip():
+        raise ConfigError(f"{flag} expects NAME=VALUE, got '{text}'")
+    return name.strip(), value.strip()
+
+
+def parse_hp(items: Sequence[str], methods: Sequence[str]) -> tuple[dict, dict]:
+    """``--hp`` items -> (shared ``{name: value}``, per method ``{method: {name: value}}``).
+
+    ``NAME=VALUE`` applies to every method that declares NAME (checked later,
+    against the registry); ``METHOD.NAME=VALUE`` to that method only.
+
+    Raises:
+      ConfigError: malformed item, a non-numeric value, a name given twice, or
+        a METHOD not among ``methods``.
+    """
+    shared: dict[str, float] = {}
+    own: dict[str, dict[str, float]] = {}
+    for item in items:
+        name, value = split_assignment(item, "--hp")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"hyperparameter '{name}' needs a number, got '{value}'") from None
+        method, dot, hp_name = name.rpartition(".")
+        target = own.setdefault(method, {}) if dot else shared
+        key = hp_name if dot else name
+        if dot and method not in methods:
+            raise ConfigError(f"--hp {item}: method '{method}' is not among --method "
+                              f"({', '.join(methods)})")
+        if key in target:
+            raise ConfigError(f"hyperparameter '{name}' given twice")
+        target[key] = number
+    return shared, own
+
+
+def parse_options(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict[str, list]]:
+    """``--option METHOD.NAME=V1,V2`` items -> ``{method: {name: [values]}}``.
+
+    Raises:
+      ConfigError: malformed item, or a METHOD not among ``methods``.
+    """
+    found: dict[str, dict[str, list]] = {}
+    for item in items:
+        name, value = split_assignment(item, "--option")
+        method, dot, option = name.partition(".")
+        if not dot or not option:
+            raise ConfigError(f"--option expects METHOD.NAME=VALUE[,VALUE...], got '{item}'")
+        if method not in methods:
+            raise ConfigError(f"--option {item}: method '{method}' is not among --method "
+                              f"({', '.join(methods)})")
+        found.setdefault(method, {})[option] = list(parse_names(value, f"--option {name}"))
+    return found
+
+
+def selected_methods(text: str, kinds: Sequence[str]) -> tuple[str, ...]:
+    """``--method`` -> names; ``all`` = every registered method whose inputs are available.
+
+    Args:
+      kinds: the input kinds these inputs provide (``features``, ``paired``, ``images``).
+
+    Raises:
+      ConfigError: empty, or an unknown method.
+    """
+    from jaxclip_fs import methods as methods_lib
+
+    if text.strip() != "all":
+        names = parse_names(text, "--method")
+        for name in names:
+            methods_lib.get(name)  # unknown names fail here, before any work
+        return names
+    return tuple(n for n in methods_lib.names() if methods_lib.get(n).inputs in kinds)
+
+
+def input_kinds(features_files: bool, imo_adapters: bool) -> tuple[str, ...]:
+    """The input kinds a run can provide: feature files give features only."""
+    if features_files:
+        return ("features",)
+    return ("features", "images") + (("paired",) if imo_adapters else ())
+
+
+def method_configs(names: Sequence[str], option_items: Sequence[str],
+                   hp_items: Sequence[str]) -> tuple[tuple[config_lib.MethodConfig, ...], dict]:
+    """``--method`` names, ``--option`` and ``--hp`` -> (method configs, shared hp)."""
+    options = parse_options(option_items, names)
+    shared, own = parse_hp(hp_items, names)
+    return tuple(config_lib.MethodConfig(n, options.get(n, {}), own.get(n, {}))
+                 for n in names), shared
+
+
+def experiment_config(args: argparse.Namespace, *, datasets: Sequence[str] = (),
+                      features: Sequence[str] = (), methods: Sequence[str],
+                      shots: Sequence[int], seeds: Sequence[int],
+                      ood: Sequence[str] = ()) -> config_lib.ExperimentConfig:
+    """The experiment config of ``run`` / ``evaluate`` flags (absent flags keep defaults)."""
+    get = lambda name, default=None: getattr(args, name, default)  # noqa: E731
+    method_list, shared = method_configs(methods, get("option", []), get("hp", []))
+    backbone = get("backbone")
+    if backbone:
+        from jaxclip_fs.clip.variants import canonical_name
+
+        backbone = canonical_name(backbone)
+    defaults = config_lib.ExtractionConfig()
+    images = config_lib.ImagesConfig()
+    return config_lib.check(config_lib.ExperimentConfig(
+        methods=method_list,
+        data=config_lib.DataConfig(datasets=tuple(datasets), features=tuple(features),
+                                   ood=tuple(ood), data_root=get("data_root"),
+                                   source=get("source", "coop")),
+        model=config_lib.ModelConfig(backbone=backbone, weights=get("weights"),
+                                     imo_adapters=get("imo_adapters")),
+        extraction=config_lib.ExtractionConfig(
+            views=get("views", defaults.views),
+            aug_scale=parse_scale(get("aug_scale", "0.5,1")),
+            aug_seed=get("aug_seed", defaults.aug_seed), dtype=get("dtype", defaults.dtype),
+            batch_size=get("batch_size", defaults.batch_size)),
+        images=config_lib.ImagesConfig(
+            train_path=get("train_path", images.train_path),
+            tap_cache_views=get("tap_cache_views", images.tap_cache_views),
+            tap_cache_budget_gib=get("tap_cache_budget", images.tap_cache_budget_gib)),
+        protocol=config_lib.ProtocolConfig(val_policy=get("val_policy", "coop"),
+                                           select_on_test=bool(get("select_on_test", False))),
+        hp=shared,
+        grid=config_lib.GridConfig(shots=tuple(shots), seeds=tuple(seeds)),
+        execution=config_lib.ExecutionConfig(
+            devices=get("devices"), fuse_datasets=bool(get("fuse_datasets", False)),
+            program_per_shots=bool(get("program_per_shots", False)),
+            save_params=get("save_params", "trained"), cache_dir=get("cache_dir"),
+            use_cache=not get("no_cache", False), workers=get("workers"),
+            stall_timeout=get("stall_timeout", 300.0),
+            program_timeout=get("program_timeout", 0.0)),
+    ))

@@ -1,0 +1,174 @@
+"""``jaxclip-fs run``: flags (or ``--config FILE``) -> experiment config -> engine -> report."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+
+from jaxclip_fs.commands import common
+from jaxclip_fs.errors import ConfigError
+
+NAME = "run"
+HELP = "sweep methods x datasets x shots x seeds: extract, compiled programs, records, report"
+DESCRIPTION = """\
+Extract features (cached) and run every method on every (dataset, shots, seed) cell.
+Each method variant runs all its seeds and shots -- and with --fuse-datasets several
+datasets, padded and masked -- as ONE compiled program, its cell axis spread over all
+devices (jax.sharding Mesh + NamedSharding; same records as one device). Hyperparameters and
+epochs are chosen on validation (CoOp: min(K, 4) images per class), test scored once.
+
+DIR gets config.json (the experiment config; `run --config DIR/config.json` repeats it),
+manifest.json, features/<dataset>.npz, records/<method>/<dataset>/shots<K>_seed<S>.json
+(one result record per cell, written as each program finishes), params/ (orbax checkpoints
+of trained params), confusion/ (class-confusion analyses of methods that report them) and
+report/ (tables and plots, see `jaxclip-fs report`). A rerun skips finished cells, so an
+interrupted sweep resumes by repeating the command; more methods / datasets / shots / seeds
+extend DIR, other settings are refused.
+
+--option sweeps a method's structural options: `--option ldc.fusion=fixed,concat
+ldc.ablation=full,maf_only` runs the four LDC variants, each recorded as its own method
+(`ldc[ablation=maf_only,fusion=concat]`). --ood scores every fit on shifted test sets.
+
+--distributed starts multi-host JAX (TPU pods, multi-GPU clusters): run the same command
+on every host; coordinator and process ids come from the environment on Cloud TPU and
+SLURM, or from --coordinator/--num-processes/--process-id. Process 0 writes.
+
+examples:
+  jaxclip-fs run --dataset digits --method all --shots 1,2,4,8,16 --seeds 1,2,3 \\
+      --backbone tiny-vit --weights random --out runs/digits
+  jaxclip-fs run --dataset caltech101,dtd,eurosat --data-root /data --backbone RN50 \\
+      --weights openai --method tip_adapter,ape,gda --fuse-datasets --out runs/rn50
+  jaxclip-fs run --features pets.npz dtd.npz --method tip_adapter_f --out runs/byo
+  jaxclip-fs run --dataset digits --backbone tiny-rn --weights random --method ldc \\
+      --option ldc.fusion=fixed,concat --shots 4 --seeds 1 --out runs/ldc_fusions
+  jaxclip-fs run --config runs/digits/config.json --out runs/digits_again"""
+
+#: Flags that may accompany --config (where things go and how they run; no number changes).
+CONFIG_OVERRIDES = ("--config", "--out", "--devices", "--quiet", "--no-report", "--distributed",
+                    "--coordinator", "--num-processes", "--process-id", "--cache-dir",
+                    "--no-cache", "--workers", "--data-root", "--stall-timeout",
+                    "--program-timeout")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    what = p.add_argument_group("the grid")
+    what.add_argument("--config", metavar="FILE.json",
+                      help="an experiment config (e.g. DIR/config.json of an earlier run); "
+                           "flags that change numbers may not be given with it")
+    what.add_argument("--dataset", metavar="D1,D2,...", help="registry names or folder:PATH")
+    what.add_argument("--features", nargs="+", metavar="FILE.npz",
+                      help="use these feature files instead of extracting (dataset from their meta)")
+    common.add_method_arguments(
+        what, "method names, or 'all' (default): every method the inputs allow (image methods "
+              "need --dataset; paired-feature methods also --imo-adapters)")
+    what.add_argument("--shots", default="1,2,4,8,16", metavar="K1,K2,...", help="default 1,2,4,8,16")
+    what.add_argument("--seeds", default="1,2,3", metavar="S1,S2,...", help="default 1,2,3")
+    what.add_argument("--ood", metavar="D1,D2,...",
+                      help="out-of-distribution test sets scored with the fits on their parent "
+                           "(imagenet_v2, imagenet_sketch, imagenet_a, imagenet_r; needs --dataset "
+                           "imagenet)")
+    what.add_argument("--out", required=True, metavar="DIR", help="run directory (resumable)")
+    model = p.add_argument_group("features and images (with --dataset)")
+    common.add_model_arguments(model)
+    common.add_data_arguments(model)
+    common.add_extraction_arguments(model)
+    common.add_cache_arguments(model)
+    common.add_images_arguments(model)
+    common.add_protocol_arguments(p.add_argument_group("selection"))
+    run = p.add_argument_group("execution")
+    run.add_argument("--fuse-datasets", action="store_true",
+                     help="run compatible datasets in one program per method (padded classes and "
+                          "samples, masked; same records as separate programs)")
+    run.add_argument("--program-per-shots", action="store_true",
+                     help="one program per shot count too: no work padding small-shot cells to "
+                          "the largest (faster on CPUs; same records)")
+    run.add_argument("--devices", type=int, metavar="N", help="use the first N devices (default: all)")
+    run.add_argument("--save-params", choices=["trained", "all", "none"], default="trained",
+                     help="orbax checkpoints of fitted params: methods that train (default), all, none")
+    run.add_argument("--distributed", action="store_true",
+                     help="multi-host: call jax.distributed.initialize() first")
+    run.add_argument("--coordinator", metavar="HOST:PORT", help="with --distributed (default: auto)")
+    run.add_argument("--num-processes", type=int, metavar="N", help="with --distributed (default: auto)")
+    run.add_argument("--process-id", type=int, metavar="I", help="with --distributed (default: auto)")
+    run.add_argument("--stall-timeout", type=float, default=300.0, metavar="SECONDS",
+                     help="stop with an error (status 3) when a program leaves the CPU idle this "
+                          "long on a CPU backend: XLA is deadlocked (default 300; 0: off)")
+    run.add_argument("--program-timeout", type=float, default=0.0, metavar="SECONDS",
+                     help="stop with an error (status 3) when one program runs longer "
+                          "(default 0: no limit)")
+    run.add_argument("--no-report", action="store_true", help="do not write DIR/report at the end")
+    run.add_argument("--quiet", action="store_true", help="no progress bars (messages stay)")
+
+
+def start_distributed(args) -> None:
+    """``--distributed``: multi-host JAX before anything touches the devices."""
+    if args.distributed:
+        from jaxclip_fs.engine.sharding import initialize_distributed
+
+        initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    elif args.coordinator or args.num_processes is not None or args.process_id is not None:
+        raise ConfigError("--coordinator / --num-processes / --process-id need --distributed")
+
+
+def given_flags(argv) -> set[str]:
+    """The ``--flags`` present on a command line (``--flag=value`` included)."""
+    return {a.split("=", 1)[0] for a in argv or () if a.startswith("--")}
+
+
+def config_from_args(args: argparse.Namespace):
+    """The experiment config of ``run``'s flags, or of ``--config`` (with its allowed overrides)."""
+    from jaxclip_fs.experiment import config as config_lib
+
+    if args.config:
+        conflicting = sorted(given_flags(getattr(args, "argv", ())) - set(CONFIG_OVERRIDES))
+        if conflicting:
+            raise ConfigError(f"{conflicting[0]} cannot be combined with --config: edit "
+                              f"{args.config} instead (or drop --config)")
+        loaded = config_lib.load(args.config)
+        given = given_flags(getattr(args, "argv", ()))
+        flag = lambda name: "--" + name.replace("_", "-")  # noqa: E731
+        execution = dataclasses.replace(
+            loaded.execution, **{k: getattr(args, k) for k in ("devices", "cache_dir", "workers",
+                                                                "stall_timeout", "program_timeout")
+                                 if flag(k) in given},
+            **({"use_cache": False} if "--no-cache" in given else {}))
+        data = (dataclasses.replace(loaded.data, data_root=args.data_root)
+                if "--data-root" in given else loaded.data)
+        return config_lib.check(loaded.replace(execution=execution, data=data))
+    if bool(args.dataset) == bool(args.features):
+        raise ConfigError("give either --dataset (extract here) or --features FILE.npz ...")
+    if args.dataset and not (args.backbone and args.weights):
+        raise ConfigError("--dataset needs --backbone and --weights (or use --features)")
+    kinds = common.input_kinds(bool(args.features), bool(args.imo_adapters))
+    return common.experiment_config(
+        args, datasets=common.parse_names(args.dataset, "--dataset") if args.dataset else (),
+        features=args.features or (), methods=common.selected_methods(args.method, kinds),
+        shots=common.parse_int_list(args.shots, "--shots", 1),
+        seeds=common.parse_int_list(args.seeds, "--seeds", 0),
+        ood=common.parse_names(args.ood, "--ood") if args.ood else ())
+
+
+def run(args: argparse.Namespace) -> int:
+    start_distributed(args)
+    from jaxclip_fs.engine import sharding
+    from jaxclip_fs.engine.run import RunDir, run_experiment
+    from jaxclip_fs.io.console import stderr_log
+
+    config = config_from_args(args)
+    writer = sharding.is_writer()
+    sink = RunDir(args.out, writer=writer, argv=args.argv)
+    run_experiment(config, sink, progress=not args.quiet, log=stderr_log)
+    if writer and not args.no_report:
+        print_report(args.out)
+    return 0
+
+
+def print_report(out_dir: str) -> None:
+    """Writes ``DIR/report`` and prints its main tables."""
+    from jaxclip_fs.report.write import write_report
+
+    files = write_report(out_dir)
+    print(files.summary)
+    print(f"report: {files.markdown} ({len(files.plots)} plots in {files.out_dir}); "
+          f"config: {os.path.join(out_dir, 'config.json')}")

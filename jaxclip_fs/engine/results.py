@@ -1,0 +1,125 @@
+"""What a cell computed, and its result record -- built in one place for every program kind.
+
+Both program kinds (:mod:`~jaxclip_fs.engine.feature_program`,
+:mod:`~jaxclip_fs.engine.image_program`) report a cell as a
+:class:`CellResult`; :func:`cell_records` turns it into the record of the
+cell and one record per OOD set (``io/records.py`` fields first: method
+variant, backbone, weights, dataset, split policy, shots, seed,
+hyperparameters, code version; then the results and where they came from).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from jaxclip_fs.experiment.plan import Cell, Program
+from jaxclip_fs.io import records
+from jaxclip_fs.methods.base import Method
+
+
+@dataclasses.dataclass(frozen=True)
+class OODResult:
+    """A cell's fit scored on an out-of-distribution test set."""
+
+    name: str
+    accuracy: float
+    num_classes: int
+    test_size: int
+    meta: Mapping[str, Any]
+
+
+@dataclasses.dataclass
+class CellResult:
+    """Everything a cell's record holds (see :func:`cell_records`).
+
+    Attributes:
+      cell: the cell (``cell.method`` is the variant label).
+      method: the method (variant) that computed it.
+      provenance: ``backbone``, ``weights``, ``dataset``, ``split_policy`` and
+        further facts of the inputs (e.g. the IMO adapters of paired features).
+      hyperparameters: the values used (searched ones as chosen).
+      searched: the names chosen by search.
+      accuracy, val_accuracy: test and selection accuracy in %.
+      val_size, test_size, num_classes: sizes.
+      best_epoch: trained methods: the epoch kept (0-based), else None.
+      epoch_losses: trained methods: mean training loss per epoch.
+      heads: test accuracy of each head the method reports.
+      inputs: how the inputs were made (image methods: taps, training path ...).
+      ood: the OOD sets scored with this fit.
+      test_logits: [M, C] when kept (``evaluate``).
+      confusion: the class-confusion analysis, for methods that name two heads.
+      params_row: ``[g, t]`` of the cell in its program's params checkpoint.
+    """
+
+    cell: Cell
+    method: Method
+    provenance: Mapping[str, Any]
+    hyperparameters: Mapping[str, Any]
+    searched: Sequence[str]
+    accuracy: float
+    val_accuracy: float
+    val_size: int
+    test_size: int
+    num_classes: int
+    best_epoch: int | None = None
+    epoch_losses: Sequence[float] | None = None
+    heads: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    inputs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    ood: Sequence[OODResult] = ()
+    test_logits: np.ndarray | None = None
+    confusion: dict | None = None
+    params_row: Sequence[int] | None = None
+
+
+def losses_of(values) -> list[float]:
+    """Per-epoch losses of the epochs that ran (NaN marks epochs past the cell's own)."""
+    return [float(x) for x in np.asarray(values) if np.isfinite(x)]
+
+
+def cell_records(result: CellResult, *, program: Program, val_policy: str, select_on_test: bool,
+                 seconds: float, devices: int,
+                 params_dir: str | None) -> list[tuple[Cell, dict]]:
+    """The record of a cell and of each of its OOD sets."""
+    method = result.method
+    cell = result.cell
+    common = dict(
+        method_name=method.name, options=dict(method.option_values), inputs=method.inputs,
+        searched=list(result.searched), val_policy=val_policy,
+        selection="test" if select_on_test else "validation")
+    results = dict(
+        val_accuracy=float(result.val_accuracy), best_epoch=result.best_epoch,
+        epoch_selection=method.epoch_selection if method.trainable else None,
+        val_size=int(result.val_size),
+        seconds=round(seconds / len(program.cells), 4),
+        program=program.name, program_cells=len(program.cells),
+        program_seconds=round(seconds, 3), fused_datasets=list(program.datasets),
+        devices=int(devices), params_checkpoint=params_dir,
+        params_row=list(result.params_row) if params_dir and result.params_row else None)
+    if result.epoch_losses is not None:
+        results["epoch_losses"] = list(result.epoch_losses)
+    if result.heads:
+        results["head_accuracies"] = {k: float(v) for k, v in result.heads.items()}
+    if result.inputs:
+        results["input_details"] = dict(result.inputs)
+    extra = {k: v for k, v in result.provenance.items()
+             if k not in records.PROVENANCE_FIELDS and k in RECORDED_META}
+    out = [(cell, records.build_record(
+        method=cell.method, shots=cell.shots, seed=cell.seed,
+        hyperparameters=result.hyperparameters, provenance=result.provenance, **common,
+        accuracy=float(result.accuracy), num_classes=int(result.num_classes),
+        test_size=int(result.test_size), **results, **extra))]
+    for ood in result.ood:
+        out.append((Cell(cell.method, ood.name, cell.shots, cell.seed), records.build_record(
+            method=cell.method, shots=cell.shots, seed=cell.seed,
+            hyperparameters=result.hyperparameters,
+            provenance={**ood.meta, "dataset": ood.name}, **common,
+            accuracy=float(ood.accuracy), trained_on=cell.dataset,
+            num_classes=int(ood.num_classes), test_size=int(ood.test_size), **results, **extra)))
+    return out
+
+
+#: Facts of the inputs' provenance copied into records (besides the required fields).
+RECORDED_META = ("imo_adapters", "imo_weights_id", "feature_file")

@@ -1,0 +1,423 @@
+"""One experiment, one typed config: what ``run``, ``evaluate`` and ``demo`` compute.
+
+An :class:`ExperimentConfig` holds everything that defines a sweep -- the
+data, the CLIP, how features are extracted, how image methods get their
+inputs, the protocol, the methods (with options and hyperparameters), the
+grid, and how it is executed. Flags build it (``jaxclip_fs.commands``),
+``run --config FILE`` loads it, the run directory stores it
+(``DIR/config.json``; the manifest compares it), and the paper
+reproductions are such files. Like big_vision's ``ConfigDict`` /
+flax's ``get_config()``: the trainer reads the config whole.
+
+Sections, and what a rerun into the same directory may change:
+
+========== ============================================================ =========
+section     fields                                                       on rerun
+========== ============================================================ =========
+methods     name, options (each a value or a list: a sweep axis), hp    may grow
+data        datasets, features (files), ood; data_root, source           may grow
+model       backbone, weights, imo_adapters                              fixed
+extraction  views, aug_scale, aug_seed, dtype, batch_size               fixed
+images      train_path, tap_cache_views, aug_scale; tap_cache_budget_gib fixed
+protocol    val_policy, select_on_test                                   fixed
+hp          NAME -> value for every method declaring NAME                 fixed
+grid        shots, seeds                                                 may grow
+execution   devices, plan, fuse_datasets, save_params, cache, workers    free
+========== ============================================================ =========
+
+JSON round trip: :meth:`ExperimentConfig.to_dict` / :func:`from_dict`
+(unknown keys are refused with the key's path), :func:`save` / :func:`load`.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import json
+import os
+import types
+import typing
+from typing import Any, Mapping
+
+from jaxclip_fs.errors import ConfigError
+from jaxclip_fs.io import atomic
+
+FORMAT = "jaxclip-fs experiment"
+FORMAT_VERSION = 1
+VAL_POLICIES = ("coop", "full")
+SOURCES = ("coop", "tfds")
+DTYPES = ("float32", "bfloat16")
+SAVE_PARAMS = ("trained", "all", "none")
+TRAIN_PATHS = ("auto", "trunk", "cache")
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodConfig:
+    """A method and its settings.
+
+    Attributes:
+      name: registry name.
+      options: option -> value, or a list of values (one variant each).
+      hp: hyperparameters fixed for this method (``NAME -> value``).
+    """
+
+    name: str
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    hp: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+    def variants(self) -> list[dict[str, str]]:
+        """Every combination of the option values (an option's list is a sweep axis)."""
+        combos: list[dict[str, str]] = [{}]
+        for key in sorted(self.options):
+            values = self.options[key]
+            values = [values] if isinstance(values, str) else list(values)
+            combos = [{**c, key: str(v)} for c in combos for v in values]
+        return combos
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the images or features come from.
+
+    Attributes:
+      datasets: registry names (or ``folder:PATH``) to extract from images.
+      features: feature files to use instead (bring your own; dataset from their meta).
+      ood: out-of-distribution test sets scored with their parent's fits.
+      data_root: CoOp-layout data root or TFDS data dir (default ``$JAXCLIP_FS_DATA``).
+      source: ``coop`` or ``tfds``.
+    """
+
+    datasets: tuple[str, ...] = ()
+    features: tuple[str, ...] = ()
+    ood: tuple[str, ...] = ()
+    data_root: str | None = None
+    source: str = "coop"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The CLIP: variant, weights (``random`` for random init) and optional IMO adapters."""
+
+    backbone: str | None = None
+    weights: str | None = None
+    imo_adapters: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractionConfig:
+    """How image features are computed.
+
+    Attributes:
+      views: views per train image, view 0 un-augmented.
+      aug_scale: RandomResizedCrop area range of the augmented views.
+      aug_seed: seed of the augmented views.
+      dtype: CLIP compute dtype (features are stored as float32).
+      batch_size: images per compiled encoding batch.
+    """
+
+    views: int = 10
+    aug_scale: tuple[float, float] = (0.5, 1.0)
+    aug_seed: int = 0
+    dtype: str = "float32"
+    batch_size: int = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagesConfig:
+    """How image methods (LDC) train: the frozen trunk in each step, or a tap cache.
+
+    Attributes:
+      train_path: ``auto`` (cache when it fits the budget), ``trunk`` or ``cache``.
+      tap_cache_views: views per support image in the tap cache (view 0 clean;
+        default: ``extraction.views``).
+      tap_cache_budget_gib: memory the tap cache may take with ``auto``.
+      aug_scale: RandomResizedCrop area range of the training crops (LDC: 0.8-1).
+    """
+
+    train_path: str = "auto"
+    tap_cache_views: int | None = None
+    tap_cache_budget_gib: float = 4.0
+    aug_scale: tuple[float, float] = (0.8, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtocolConfig:
+    """What selection sees.
+
+    Attributes:
+      val_policy: ``coop`` (min(K, 4) per class of the val split) or ``full``.
+      select_on_test: choose epochs and hyperparameters on the TEST set (the
+        official Tip-Adapter-F protocol; optimistic, labelled in every record).
+    """
+
+    val_policy: str = "coop"
+    select_on_test: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class GridConfig:
+    """Shot counts and seeds: every method x dataset x shots x seeds is one cell."""
+
+    shots: tuple[int, ...] = (1, 2, 4, 8, 16)
+    seeds: tuple[int, ...] = (1, 2, 3)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecutionConfig:
+    """How the work is laid out; changes no number.
+
+    Attributes:
+      devices: use the first N devices (default: all).
+      fuse_datasets: compatible datasets share a program (padded, masked).
+      program_per_shots: one program per shot count (no padding work; for CPUs).
+      save_params: orbax checkpoints of fitted params: ``trained``, ``all`` or ``none``.
+      cache_dir, use_cache: the feature cache.
+      workers: image loading threads.
+      stall_timeout: seconds a program may leave the CPU idle on a CPU backend
+        before it counts as deadlocked (an error; 0: no check).
+      program_timeout: seconds any one program may take (0: no limit).
+    """
+
+    devices: int | None = None
+    fuse_datasets: bool = False
+    program_per_shots: bool = False
+    save_params: str = "trained"
+    cache_dir: str | None = None
+    use_cache: bool = True
+    workers: int | None = None
+    stall_timeout: float = 300.0
+    program_timeout: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """A whole experiment (module docstring)."""
+
+    methods: tuple[MethodConfig, ...] = ()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    extraction: ExtractionConfig = ExtractionConfig()
+    images: ImagesConfig = ImagesConfig()
+    protocol: ProtocolConfig = ProtocolConfig()
+    hp: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    grid: GridConfig = GridConfig()
+    execution: ExecutionConfig = ExecutionConfig()
+
+    # --- derived views ------------------------------------------------------------------
+
+    def variants(self) -> list[tuple[str, MethodConfig, dict[str, str]]]:
+        """``(label, method config, options)`` of every method variant, in config order.
+
+        The label names the options that differ from the method's defaults
+        (``ldc[fusion=concat]``; plain ``ldc`` for the defaults).
+
+        Raises:
+          ConfigError: unknown method, option or value.
+        """
+        from jaxclip_fs import methods as registry
+
+        out = []
+        for method in self.methods:
+            for options in method.variants():
+                out.append((registry.get(method.name, **options).label, method, options))
+        return out
+
+    def labels(self) -> tuple[str, ...]:
+        return tuple(label for label, _, _ in self.variants())
+
+    def fixed_settings(self) -> dict:
+        """The fields a rerun into the same directory must repeat (they shape every number)."""
+        return {"model": dataclasses.asdict(self.model),
+                "extraction": _jsonable(dataclasses.asdict(self.extraction)),
+                "images": {k: v for k, v in dataclasses.asdict(self.images).items()
+                           if k != "tap_cache_budget_gib"},
+                "protocol": dataclasses.asdict(self.protocol),
+                "hp": dict(sorted(self.hp.items())),
+                "source": self.data.source}
+
+    def grid_lists(self) -> dict:
+        """The axes a rerun may extend."""
+        return {"methods": list(self.labels()),
+                "datasets": list(self.data.datasets) or list(self.data.features),
+                "shots": list(self.grid.shots), "seeds": list(self.grid.seeds),
+                "ood": list(self.data.ood)}
+
+    def method_hp(self) -> dict[str, dict[str, float]]:
+        """variant label -> its own fixed hyperparameters (compared per label on rerun)."""
+        return {label: dict(sorted(method.hp.items())) for label, method, _ in self.variants()}
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "format_version": FORMAT_VERSION,
+                **_jsonable(dataclasses.asdict(self))}
+
+    def replace(self, **sections) -> "ExperimentConfig":
+        """A copy with whole sections or fields replaced (``execution=...``)."""
+        return dataclasses.replace(self, **sections)
+
+
+# --- validation -------------------------------------------------------------------------------
+
+
+def check(config: ExperimentConfig) -> ExperimentConfig:
+    """Validates values that need no registry (names the field); returns the config.
+
+    Method names, options and hyperparameter names are checked where the
+    registry is at hand (:func:`jaxclip_fs.experiment.plan.resolve_variants`).
+
+    Raises:
+      ConfigError: one line naming the field and the rule.
+    """
+    def choose(field: str, value, allowed):
+        if value not in allowed:
+            raise ConfigError(f"{field} must be one of {', '.join(allowed)}, got '{value}'")
+
+    if not config.methods:
+        raise ConfigError("methods: name at least one method")
+    if bool(config.data.datasets) == bool(config.data.features):
+        raise ConfigError("data: give either datasets (extracted here) or features (files)")
+    choose("data.source", config.data.source, SOURCES)
+    choose("extraction.dtype", config.extraction.dtype, DTYPES)
+    choose("protocol.val_policy", config.protocol.val_policy, VAL_POLICIES)
+    choose("images.train_path", config.images.train_path, TRAIN_PATHS)
+    choose("execution.save_params", config.execution.save_params, SAVE_PARAMS)
+    for name, value, low in (("grid.shots", config.grid.shots, 1),
+                             ("grid.seeds", config.grid.seeds, 0)):
+        if not value:
+            raise ConfigError(f"{name} must name at least one value")
+        if min(value) < low:
+            raise ConfigError(f"{name} values must be >= {low}, got {min(value)}")
+    for name, value in (("extraction.views", config.extraction.views),
+                        ("extraction.batch_size", config.extraction.batch_size),
+                        ("images.tap_cache_views", config.images.tap_cache_views or 1)):
+        if value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}")
+    low, high = config.extraction.aug_scale
+    if not 0 < low <= high <= 1:
+        raise ConfigError(f"extraction.aug_scale must satisfy 0 < low <= high <= 1, "
+                          f"got {low},{high}")
+    for name in ("stall_timeout", "program_timeout"):
+        if getattr(config.execution, name) < 0:
+            raise ConfigError(f"execution.{name} must be >= 0 seconds (0: off)")
+    if config.execution.devices is not None and config.execution.devices < 1:
+        raise ConfigError(f"execution.devices must be >= 1, got {config.execution.devices}")
+    if config.data.ood and config.data.features:
+        raise ConfigError("data.ood needs datasets (the OOD test sets are extracted here)")
+    labels = config.labels()
+    if len(set(labels)) != len(labels):
+        raise ConfigError("methods: a method variant is listed twice")
+    return config
+
+
+# --- JSON -------------------------------------------------------------------------------------
+
+
+def from_dict(raw: Mapping[str, Any], where: str = "config") -> ExperimentConfig:
+    """The config of a JSON object (as :meth:`ExperimentConfig.to_dict` writes).
+
+    Raises:
+      ConfigError: an unknown key, a missing required one, or a value of the
+        wrong type (names its path, e.g. ``config.grid.shots``).
+    """
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where} must be a JSON object")
+    raw = dict(raw)
+    fmt = raw.pop("format", FORMAT)
+    version = raw.pop("format_version", FORMAT_VERSION)
+    if fmt != FORMAT or version != FORMAT_VERSION:
+        raise ConfigError(f"{where}: not a {FORMAT} v{FORMAT_VERSION} config "
+                          f"(format {fmt!r} v{version})")
+    return check(_build(ExperimentConfig, raw, where))
+
+
+def _build(cls, raw: Mapping[str, Any], where: str):
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where} must be a JSON object")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(fields)})")
+    values = {}
+    for name, value in raw.items():
+        values[name] = _convert(hints[name], value, f"{where}.{name}")
+    missing = [n for n, f in fields.items() if n not in values
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{where}.{missing[0]}: required")
+    return cls(**values)
+
+
+def _convert(hint, value, where: str):
+    """``value`` as type ``hint`` (dataclasses, tuples, optionals, mappings, scalars)."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is MethodConfig and isinstance(value, str):
+        return MethodConfig(value)  # a method with its defaults may be given by name alone
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if origin is typing.Union or origin is types.UnionType:
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where} must have {len(args)} entries")
+        return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if origin in (collections.abc.Mapping, dict):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where} must be a JSON object")
+        value_type = args[1] if len(args) == 2 else Any
+        return {str(k): _convert(value_type, v, f"{where}.{k}") for k, v in value.items()}
+    if hint is Any:
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false")
+        return value
+    if hint in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number")
+        if hint is int and value != int(value):
+            raise ConfigError(f"{where} must be a whole number")
+        return hint(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string")
+        return value
+    raise TypeError(f"{where}: unsupported config type {hint}")
+
+
+def _jsonable(value):
+    """Tuples -> lists, recursively (JSON's own types)."""
+    if isinstance(value, Mapping):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def save(path: str | os.PathLike, config: ExperimentConfig) -> None:
+    """Writes the config as JSON (atomically)."""
+    atomic.write_json(path, config.to_dict())
+
+
+def load(path: str | os.PathLike) -> ExperimentConfig:
+    """Reads a config file written by :func:`save` (or by hand).
+
+    Raises:
+      ConfigError: unreadable file, not JSON, or an invalid config (names the key).
+    """
+    path = os.fspath(path)
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config ({exc.strerror})") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not JSON ({exc.msg}, line {exc.lineno})") from None
+    return from_dict(raw, where=os.path.basename(path))

@@ -1,0 +1,197 @@
+"""From a config to work: method variants, hyperparameters, cells, and programs (no jax).
+
+A sweep is the grid (method variant) × dataset × shots × seed; each point is
+a :class:`Cell` and gets one result record. Cells are computed by
+**programs**: one compiled, vmapped computation per method variant and
+dataset -- or, with fusion, per variant and *group* of datasets whose arrays
+can be padded into one batch (same feature width and view count, same
+static training settings, same search-grid lengths: :func:`fusion_groups`)
+-- optionally one per shot count too (:func:`plan_programs`).
+
+Hyperparameters are resolved in one place, :meth:`Variant.resolve`: the
+method's per-dataset defaults, then the config's global ``hp`` (for the
+names the method declares), then the method's own ``hp``; the searched ones
+not fixed keep their grids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Callable, Hashable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from jaxclip_fs import methods as methods_lib
+from jaxclip_fs.errors import ConfigError
+from jaxclip_fs.experiment.config import ExperimentConfig
+from jaxclip_fs.methods import hparams as hparams_lib
+from jaxclip_fs.methods.base import Method
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Cell:
+    """One result record: a method variant on one dataset's (shots, seed) few-shot task."""
+
+    method: str
+    dataset: str
+    shots: int
+    seed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    """A method's hyperparameters on one dataset: values (defaults + fixed), grids to search."""
+
+    values: dict[str, float]
+    grid: dict[str, np.ndarray]
+
+    def static(self, method: Method) -> tuple[int, int]:
+        """(batch_size, epochs): the shape-setting training settings; (0, 0) without training."""
+        if not method.trainable:
+            return 0, 0
+        return int(self.values["batch_size"]), int(self.values["epochs"])
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A method built with its options, and the hyperparameters the config fixes for it."""
+
+    label: str
+    method: Method
+    fixed: Mapping[str, float]
+
+    def resolve(self, dataset: str | None, dim: int) -> Resolved:
+        """The variant's settings on ``dataset`` (registry name) at feature width ``dim``."""
+        values, grid = self.method.resolve(dataset, dim, dict(self.fixed))
+        return Resolved(values, grid)
+
+
+def resolve_variants(config: ExperimentConfig) -> list[Variant]:
+    """The config's method variants, built and checked against the registry.
+
+    Raises:
+      ConfigError: unknown method, option or value, or a hyperparameter no
+        method declares (names it and the valid ones).
+    """
+    variants = []
+    declared: dict[str, None] = {}  # every declared name, in declaration order
+    for label, method_config, options in config.variants():
+        method = methods_lib.get(method_config.name, **options)
+        specs = method.hparam_specs
+        declared.update(dict.fromkeys(specs))
+        own = hparams_lib.parse_assignments(method_config.hp, specs, method_config.name)
+        shared = {k: float(v) for k, v in config.hp.items() if k in specs}
+        variants.append(Variant(label, method, {**shared, **own}))
+    unknown = sorted(set(config.hp) - set(declared))
+    if unknown:
+        raise ConfigError(
+            f"unknown hyperparameter '{unknown[0]}' for methods "
+            f"{', '.join(m.name for m in config.methods)}; valid names: "
+            f"{', '.join(declared) or '(none)'}")
+    return variants
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """Cells computed by one compiled program: one variant, one or more (fused) datasets.
+
+    Attributes:
+      method: variant label.
+      datasets: the datasets, in sweep order (several when fused).
+      cells: the cells to compute, dataset-major, then seed, then shots.
+    """
+
+    method: str
+    datasets: tuple[str, ...]
+    cells: tuple[Cell, ...]
+
+    @property
+    def name(self) -> str:
+        """``method/dataset`` or ``method/dataset1+dataset2`` (for messages)."""
+        return f"{self.method}/{'+'.join(self.datasets)}"
+
+    @property
+    def key(self) -> str:
+        """A file-name-safe identity: the datasets and a digest of the cell list."""
+        digest = hashlib.sha256(repr(self.cells).encode()).hexdigest()[:10]
+        return f"{'+'.join(d.replace('/', '_').replace(':', '_') for d in self.datasets)}-{digest}"
+
+    @property
+    def shots(self) -> tuple[int, ...]:
+        return tuple(sorted({c.shots for c in self.cells}))
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(sorted({c.seed for c in self.cells}))
+
+    def cells_of(self, dataset: str) -> tuple[Cell, ...]:
+        return tuple(c for c in self.cells if c.dataset == dataset)
+
+
+def all_cells(labels: Sequence[str], datasets: Sequence[str], shots: Sequence[int],
+              seeds: Sequence[int]) -> list[Cell]:
+    """The full grid, method-major, then dataset, seed, shots."""
+    return [Cell(m, d, k, s) for m in labels for d in datasets for s in seeds for k in shots]
+
+
+def fusion_groups(datasets: Sequence[str], signature: Callable[[str], Hashable],
+                  fuse: bool) -> list[tuple[str, ...]]:
+    """Datasets that may share a program: equal ``signature`` (with ``fuse``), else one each.
+
+    Groups keep the order of ``datasets`` (by first member).
+    """
+    if not fuse:
+        return [(d,) for d in datasets]
+    groups: dict[Hashable, list[str]] = {}
+    for d in datasets:
+        groups.setdefault(signature(d), []).append(d)
+    return [tuple(g) for g in groups.values()]
+
+
+def plan_programs(pending: Iterable[Cell], labels: Sequence[str],
+                  groups_of: Callable[[str, Sequence[str]], list[tuple[str, ...]]],
+                  per_shots: bool = False) -> list[Program]:
+    """Programs covering the ``pending`` cells: per variant, per dataset group.
+
+    Args:
+      pending: cells still to compute.
+      labels: variant order.
+      groups_of: ``(label, datasets with pending cells) -> dataset groups``.
+      per_shots: one program per shot count as well. A program pads every
+        cell to its largest shot count (a 1-shot cell trains as many scanned
+        steps as the 16-shot one), which costs nothing on hardware that runs
+        the cells in parallel but, for shots 1-16, 80 units of work where a
+        loop does 31 on a saturated CPU; per-shot programs do no padding
+        work. Same records either way.
+    """
+    by_label: dict[str, list[Cell]] = {}
+    for cell in pending:
+        by_label.setdefault(cell.method, []).append(cell)
+    programs = []
+    for label in labels:
+        cells = by_label.get(label, [])
+        datasets = list(dict.fromkeys(c.dataset for c in cells))
+        for group in groups_of(label, datasets) if datasets else ():
+            mine = sorted((c for c in cells if c.dataset in group),
+                          key=lambda c: (group.index(c.dataset), c.seed, c.shots))
+            parts = ([[c for c in mine if c.shots == k] for k in sorted({c.shots for c in mine})]
+                     if per_shots else [mine])
+            programs.extend(Program(label, tuple(group), tuple(part)) for part in parts)
+    return programs
+
+
+def ood_parents(config: ExperimentConfig, parent_of: Callable[[str], str]) -> dict[str, tuple]:
+    """dataset -> the OOD sets scored with its fits.
+
+    Raises:
+      ConfigError: an OOD set whose parent is not among the datasets.
+    """
+    found: dict[str, tuple[str, ...]] = {d: () for d in config.data.datasets}
+    for name in config.data.ood:
+        parent = parent_of(name)
+        if parent not in found:
+            raise ConfigError(f"ood set {name} is scored with fits on '{parent}': "
+                              "add it to the datasets")
+        found[parent] += (name,)
+    return found

@@ -1,0 +1,386 @@
+"""The ``images`` input: image methods train and predict on a frozen CLIP's outputs.
+
+An image method (LDC; ``Method.inputs == "images"``) reads, per image,
+:class:`~jaxclip_fs.methods.images.ImageInputs` -- the taps it asked for
+(``Method.taps`` once bound to the CLIP's :class:`ImageSpec`), the
+zero-shot logits ``s`` and the embedding ``f``. :class:`ImageSource` gives:
+
+* :meth:`ImageSource.spec` -- the CLIP's shape facts and frozen projector;
+* :meth:`ImageSource.prepare` -- a dataset's :class:`ImageData`: the
+  support *pool* (the union of the seeds' nested few-shot sets) on one of
+  two training paths, the frozen arrays, and :meth:`ImageData.stream`,
+  which runs val / test / OOD images through the frozen trunk in fixed
+  batches and applies a function to their inputs.
+
+Two training paths give the trainer's ``fetch(key, rows)`` the same inputs:
+
+* **trunk** (:func:`trunk_fetch`): the support images live on device as
+  uint8 [V, N, S, S, 3] (CLIP's evaluation transform, exactly invertible to
+  bytes); each step crops them afresh with
+  :func:`~jaxclip_fs.features.augment.jax_random_resized_crop`
+  (``images.aug_scale``, LDC: 0.8-1; ratio 3/4-4/3, flip, bicubic),
+  normalises them and runs the frozen CLIP to the taps inside the compiled
+  step (``stop_gradient``). Memory: the images only. Deviation: the crop is
+  taken from the preprocessed S x S centre square, not the original image.
+* **cache** (:func:`cache_fetch`): V views per support image (view 0
+  un-augmented, views 1..V-1 the features package's host-side
+  RandomResizedCrop + flip) encoded once with taps through the
+  content-addressed feature cache; minibatches index into them. Memory:
+  :func:`tap_cache_bytes`.
+
+:func:`choose_train_path` picks ``cache`` when it fits a byte budget (else
+``trunk``), unless told. Given the same views (trunk path with augmentation
+off on the V cached views), both paths compute the same numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxclip_fs.clip.preprocess import CLIP_MEAN, CLIP_STD
+from jaxclip_fs.errors import ConfigError
+from jaxclip_fs.experiment.config import TRAIN_PATHS, ImagesConfig
+from jaxclip_fs.features import augment
+from jaxclip_fs.features.encode import FixedBatchEncoder, encode_items
+from jaxclip_fs.features.extract import select_train_pool
+from jaxclip_fs.features.image_encoder import encode_split, load_views, make_image_encoder
+from jaxclip_fs.features.pipeline import default_workers, ordered_prefetch
+from jaxclip_fs.features.taps import TAP_ITEMSIZE, tap_nbytes, tap_shape
+from jaxclip_fs.methods.cache import l2_normalize
+from jaxclip_fs.methods.images import ImageInputs, ImageSpec
+from jaxclip_fs.pipelines import ood as ood_lib
+from jaxclip_fs.pipelines.session import ClipSession
+
+_MEAN = np.asarray(CLIP_MEAN, np.float32)
+_STD = np.asarray(CLIP_STD, np.float32)
+
+
+# --- the CLIP as image methods see it ------------------------------------------------------
+
+
+def image_spec(clip) -> ImageSpec:
+    """The :class:`ImageSpec` of a loaded CLIP: its taps in depth order, E, the projector."""
+    config = clip.config
+    if config.is_vit:
+        names = [f"block{i}" for i in range(1, config.vision_layers + 1)]
+        projector = _projector(clip.model, "proj")
+    else:
+        names = ["layer1", "layer2", "layer3", "layer4"]
+        projector = _projector(clip.model, "attnpool")
+    return ImageSpec(tower="vit" if config.is_vit else "resnet",
+                     taps=tuple((n, tuple(tap_shape(config, n))) for n in names),
+                     embed_dim=config.embed_dim, project=projector)
+
+
+@functools.lru_cache(maxsize=32)
+def _projector(model, method: str):
+    """``project(variables, x)``; cached so equal models give the same (hashable) function."""
+    def project(variables, x):
+        return model.apply(variables, x, method=method)
+    return project
+
+
+def frozen_arrays(clip, text: np.ndarray) -> dict:
+    """The frozen arguments of a fetch: CLIP variables, classifier W [C, E], exp(logit_scale)."""
+    return {"clip": clip.params, "text": jnp.asarray(text, jnp.float32),
+            "logit_scale": jnp.exp(clip.params["params"]["logit_scale"])}
+
+
+def zero_shot(features: jax.Array, text: jax.Array, logit_scale: jax.Array) -> jax.Array:
+    """``s = logit_scale · f̂ Wᵀ`` → [B, C] (``methods.cache.zero_shot_logits`` without a Task)."""
+    return logit_scale * l2_normalize(features.astype(jnp.float32)) @ text.T
+
+
+# --- the two training paths ----------------------------------------------------------------
+
+
+def to_pixels(clip_arrays: np.ndarray) -> np.ndarray:
+    """CLIP-normalised float32 images → the uint8 pixels they came from (exact).
+
+    ``preprocess`` / ``augmented_view`` compute ``(p / 255 - mean) / std`` in
+    float32 from uint8 ``p``; ``round((x·std + mean)·255)`` recovers ``p``
+    (the float error is ~1e-5 of a grey level).
+    """
+    return np.clip(np.rint((clip_arrays * _STD + _MEAN) * 255.0), 0, 255).astype(np.uint8)
+
+
+def normalize_pixels(pixels: jax.Array) -> jax.Array:
+    """uint8 (or float 0..255) [..., 3] → CLIP-normalised float32, as ``to_clip_array``."""
+    return (pixels.astype(jnp.float32) / jnp.float32(255.0) - _MEAN) / _STD
+
+
+def trunk_fetch(model, tap_names: Sequence[str], *, augment_views: bool,
+                scale: tuple[float, float] = augment.LDC_SCALE):
+    """``fetch(frozen, key, pixels [B, S, S, 3] uint8) -> ImageInputs`` running the frozen trunk.
+
+    With ``augment_views`` each image gets a fresh RandomResizedCrop(``scale``)
+    + flip from ``key``; without, the pixels are used as they are (fixed views).
+    Equal arguments return the same function (so compiled programs are reused).
+    """
+    return _trunk_fetch(model, tuple(tap_names), bool(augment_views), tuple(scale))
+
+
+@functools.lru_cache(maxsize=32)
+def _trunk_fetch(model, tap_names: tuple[str, ...], augment_views: bool,
+                 scale: tuple[float, float]):
+    unique = tuple(dict.fromkeys(tap_names))
+    size = model.config.image_size
+
+    def fetch(frozen, key, pixels):
+        if augment_views:
+            pixels = augment.jax_random_resized_crop(key, pixels, size, scale=scale)
+        emb, taps = model.apply(frozen["clip"], normalize_pixels(pixels), taps=unique,
+                                method="encode_image")
+        emb, taps = jax.lax.stop_gradient((emb, taps))
+        return ImageInputs(tuple(taps[t] for t in tap_names),
+                           zero_shot(emb, frozen["text"], frozen["logit_scale"]), emb)
+
+    return fetch
+
+
+def cache_fetch(frozen, key, rows) -> ImageInputs:
+    """``fetch`` of the tap-cache path: rows ``{"taps": (arrays), "features": [B, E]}``."""
+    del key
+    features = rows["features"]
+    return ImageInputs(tuple(rows["taps"]), zero_shot(features, frozen["text"],
+                                                      frozen["logit_scale"]), features)
+
+
+def tap_cache_bytes(clip_config, tap_names: Sequence[str], num_images: int, views: int) -> int:
+    """Bytes of a tap cache: the distinct taps plus the embeddings, float32, V x N."""
+    unique = tuple(dict.fromkeys(tap_names))
+    taps = sum(tap_nbytes(clip_config, unique, num_images, views).values())
+    return taps + clip_config.embed_dim * TAP_ITEMSIZE * num_images * views
+
+
+def choose_train_path(requested: str, needed_bytes: int, budget_bytes: int) -> str:
+    """The training path: ``"cache"`` when asked, or on ``"auto"`` if it fits the budget.
+
+    ``"auto"`` gives ``"cache"`` when ``needed_bytes <= budget_bytes``, else ``"trunk"``.
+
+    Raises:
+      ConfigError: unknown path name.
+    """
+    if requested not in TRAIN_PATHS:
+        raise ConfigError(
+            f"--train-path must be one of {', '.join(TRAIN_PATHS)}, got '{requested}'")
+    if requested != "auto":
+        return requested
+    return "cache" if needed_bytes <= budget_bytes else "trunk"
+
+
+def support_pixels(dataset, indices: np.ndarray, size: int, *, views: int = 1, aug_seed: int = 0,
+                   aug_scale: tuple[float, float] = augment.LDC_SCALE,
+                   workers: int | None = None) -> np.ndarray:
+    """uint8 [V, N, S, S, 3]: the views of train images ``indices`` (view 0 = eval transform).
+
+    Views v >= 1 are the features package's augmented views, so these pixels
+    are exactly what the tap cache with the same ``views``/``aug_seed`` encodes.
+    """
+    split = dataset.split("train")
+    out = np.empty((views, len(indices), size, size, 3), np.uint8)
+
+    def load(position):
+        return load_views(split, int(indices[position]), size, views, aug_seed, tuple(aug_scale))
+
+    stream = ordered_prefetch(load, range(len(indices)), workers=workers or default_workers(),
+                              ahead=8)
+    for position, future in stream:
+        out[:, position] = to_pixels(future.result())
+    return out
+
+
+def tap_cache_pool(clip, dataset, indices: np.ndarray, tap_names: Sequence[str], *, views: int,
+                   aug_seed: int = 0, aug_scale: tuple[float, float] = augment.LDC_SCALE,
+                   batch_size: int = 64, cache_dir=None, use_cache: bool = True,
+                   workers: int | None = None, progress: bool = True) -> dict:
+    """The tap-cache pool of train ``indices``: ``{"taps": T x [V, N, ...], "features": [V, N, E]}``
+
+    Encoded through :func:`~jaxclip_fs.features.image_encoder.encode_split`
+    (content-addressed cache).
+    """
+    unique = tuple(dict.fromkeys(tap_names))
+    encoder = make_image_encoder(clip, taps=unique, batch_size=batch_size)
+    encoded = encode_split(encoder, dataset, "train", indices, views=views, aug_seed=aug_seed,
+                           aug_scale=tuple(aug_scale), cache_dir=cache_dir, use_cache=use_cache,
+                           workers=workers, progress=progress)
+    return {"taps": tuple(encoded.taps[t] for t in tap_names), "features": encoded.features}
+
+
+# --- a dataset's image inputs -------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class QuerySet:
+    """Images to predict: a split's rows, labels in the (parent) dataset's classes.
+
+    Attributes:
+      name: the dataset's name (an OOD set's own name).
+      dataset: the :class:`~jaxclip_fs.data.dataset.Dataset` the images come from.
+      split: split name.
+      indices: int [M] rows of the split.
+      labels: int32 [M].
+      class_mask: float32 [C] the classes predicted among (an OOD set's subset).
+    """
+
+    name: str
+    dataset: Any
+    split: str
+    indices: np.ndarray
+    labels: np.ndarray
+    class_mask: np.ndarray
+
+
+@dataclasses.dataclass
+class ImageData:
+    """A dataset's inputs for image methods (:meth:`ImageSource.prepare`).
+
+    Attributes:
+      name: dataset name; dataset: the :class:`~jaxclip_fs.data.dataset.Dataset`.
+      text: float32 [C, E] zero-shot classifier; logit_scale: exp(logit_scale).
+      frozen: the fetch's frozen arrays (CLIP variables, classifier, scale).
+      pool: the support pool, leaves [V, N, ...] (pixels or cached taps).
+      fetch: ``fetch(frozen, key, rows) -> ImageInputs`` of the training path.
+      fewshot: ``{seed: int [C, K]}`` pool rows of every seed's nested K-shot set.
+      path: ``"trunk"`` or ``"cache"``; path_note: one line saying why and how much memory.
+      views: views per support image in the tap cache (``"cache"`` path).
+      meta: provenance for the records (backbone, weights, dataset, split policy).
+      taps: the taps the inputs carry.
+    """
+
+    name: str
+    dataset: Any
+    text: np.ndarray
+    logit_scale: float
+    frozen: dict
+    pool: Any
+    fetch: Callable
+    fewshot: Mapping[int, np.ndarray]
+    path: str
+    path_note: str
+    views: int
+    meta: dict
+    taps: tuple[str, ...]
+    _source: "ImageSource" = dataclasses.field(repr=False, default=None)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.text.shape[0])
+
+    def queries(self, split: str, indices: np.ndarray | None = None) -> QuerySet:
+        """A split of this dataset (all rows by default) as a :class:`QuerySet`."""
+        data = self.dataset.split(split)
+        indices = np.arange(len(data)) if indices is None else np.asarray(indices)
+        return QuerySet(self.name, self.dataset, split, indices,
+                        data.labels[indices].astype(np.int32),
+                        np.ones(self.num_classes, np.float32))
+
+    def stream(self, queries: QuerySet, fn: Callable, bundle: Any,
+               desc: str | None = None) -> dict[str, np.ndarray]:
+        """``fn(frozen, bundle, inputs)`` over the query images, in fixed batches → numpy [M, ...].
+
+        Each batch goes through the frozen trunk once (no augmentation); ``fn``
+        (hashable: it keys the compiled program) maps ``(frozen, bundle,
+        inputs)`` -- the frozen arrays, ``bundle`` and the batch's
+        :class:`ImageInputs` -- to ``{name: [B, ...]}``.
+        """
+        return self._source.stream(self, queries, fn, bundle, desc)
+
+
+class ImageSource:
+    """The ``images`` input of an experiment (module docstring).
+
+    Args:
+      session: the experiment's :class:`~jaxclip_fs.pipelines.session.ClipSession`.
+      settings: the config's ``images`` section.
+    """
+
+    def __init__(self, session: ClipSession, settings: ImagesConfig):
+        self.session = session
+        self.settings = settings
+
+    def spec(self) -> ImageSpec:
+        return image_spec(self.session.clip())
+
+    def prepare(self, name: str, shots: int, seeds: Sequence[int], taps: Sequence[str],
+                log: Callable[[str], None] | None = None) -> ImageData:
+        """The support pool of ``seeds`` up to ``shots`` on the chosen training path.
+
+        Raises:
+          ConfigError: a bad setting. DataError: too few images for ``shots``.
+        """
+        s, x, o = self.session, self.session.extraction, self.settings
+        views = o.tap_cache_views or x.views
+        clip, dataset = s.clip(), s.dataset(name)
+        text = s.text(name)
+        pool = select_train_pool(dataset, shots, tuple(seeds))
+        needed = tap_cache_bytes(clip.config, taps, len(pool.indices), views)
+        budget = int(o.tap_cache_budget_gib * 2**30)
+        path = choose_train_path(o.train_path, needed, budget)
+        note = (f"{len(pool.indices)} support images, taps {', '.join(taps)}; training path "
+                f"'{path}' (a tap cache of {views} views needs "
+                f"{needed / 2**20:.1f} MiB, budget {budget / 2**20:.0f} MiB)")
+        if log:
+            log(f"{name}: {note}")
+        common = dict(aug_seed=x.aug_seed, aug_scale=tuple(o.aug_scale), workers=s.execution.workers)
+        if path == "cache":
+            arrays = tap_cache_pool(clip, dataset, pool.indices, taps, views=views,
+                                    batch_size=x.batch_size, cache_dir=s.execution.cache_dir,
+                                    use_cache=s.execution.use_cache, progress=s.progress, **common)
+            fetch = cache_fetch
+        else:
+            arrays = support_pixels(dataset, pool.indices, clip.config.image_size, **common)
+            fetch = trunk_fetch(clip.model, taps, augment_views=True, scale=tuple(o.aug_scale))
+        origin = dataset.split_origin
+        meta = {"backbone": clip.config.name,
+                "weights": "random" if clip.is_random else clip.weights_id,
+                "dataset": dataset.name, "dataset_identity": dataset.identity,
+                "split_policy": {"train": pool.policy,
+                                 "val": f"val split ({origin.get('val', 'val split')})",
+                                 "test": f"whole test split ({origin.get('test', 'test split')})"}}
+        return ImageData(name, dataset, text,
+                         float(np.exp(np.asarray(clip.params["params"]["logit_scale"]))),
+                         frozen_arrays(clip, text), arrays, fetch, pool.fewshot, path, note,
+                         views, meta, tuple(taps), self)
+
+    def ood(self, name: str, parent: ImageData) -> QuerySet:
+        """The test split of OOD set ``name``, labels in ``parent`` 's classes."""
+        dataset = self.session.dataset(name)
+        labels, class_mask = ood_lib.parent_classes(dataset, parent.num_classes)
+        return QuerySet(name, dataset, "test", np.arange(len(dataset.split("test"))), labels,
+                        class_mask)
+
+    def stream(self, data: ImageData, queries: QuerySet, fn: Callable, bundle: Any,
+               desc: str | None) -> dict[str, np.ndarray]:
+        clip, s = self.session.clip(), self.session
+        fetch = trunk_fetch(clip.model, data.taps, augment_views=False)
+        size = clip.config.image_size
+        split = queries.dataset.split(queries.split)
+        indices = queries.indices
+
+        def load(position):
+            return to_pixels(load_views(split, int(indices[position]), size, 1, 0,
+                                        augment.LDC_SCALE))
+
+        encoder = FixedBatchEncoder(_through_trunk(fn, fetch), (data.frozen, bundle),
+                                    s.extraction.batch_size, (size, size, 3), np.uint8)
+        result = encode_items(encoder, load, len(indices), 1, None,
+                              workers=s.execution.workers or default_workers(),
+                              progress=s.progress,
+                              desc=desc or f"{queries.name} {queries.split}")
+        return {name: value[:, 0] for name, value in result.outputs.items()}
+
+
+@functools.lru_cache(maxsize=32)
+def _through_trunk(fn: Callable, fetch: Callable) -> Callable:
+    """``((frozen, bundle), pixels) -> fn(frozen, bundle, fetch(frozen, pixels))`` (cached)."""
+    def run(arguments, pixels):
+        frozen, bundle = arguments
+        return fn(frozen, bundle, fetch(frozen, None, pixels))
+    return run

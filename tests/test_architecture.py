@@ -1,0 +1,187 @@
+"""The layout is the data flow: imports only look down the layers, no cycles, no method routed
+by name, and the registry refuses inconsistent methods.
+
+Layers (a package may import those listed for it, and nothing else of the package):
+
+    cli -> commands -> engine -> pipelines -> experiment -> train -> methods -> catalogue
+    (engine -> report; report reads records only: catalogue, io, errors -- never jax)
+    features -> convert -> clip -> data; everything -> io, errors
+"""
+
+import ast
+import os
+import re
+
+import numpy as np
+import pytest
+
+from jaxclip_fs import catalogue, methods
+from jaxclip_fs.methods import hparams
+from jaxclip_fs.methods.base import Method
+
+PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "jaxclip_fs")
+BASE = {"errors", "io", "version"}
+ALLOWED = {
+    "version": set(),  # jaxclip_fs/__init__.py
+    "errors": set(),
+    "catalogue": set(),
+    "io": {"errors", "version"},
+    "data": {"errors", "io"},
+    "clip": {"data"} | BASE,
+    "convert": {"clip"} | BASE,
+    "features": {"clip", "convert", "data"} | BASE,
+    "methods": {"catalogue"} | BASE,
+    "train": {"methods", "clip", "features"} | BASE,
+    "experiment": {"catalogue", "methods"} | BASE,
+    "pipelines": {"experiment", "train", "methods", "features", "convert", "clip", "data",
+                  "catalogue"} | BASE,
+    "report": {"catalogue"} | BASE,
+    "engine": {"pipelines", "experiment", "train", "methods", "features", "data", "report",
+               "catalogue"} | BASE,
+    "commands": {"engine", "pipelines", "experiment", "train", "methods", "features", "convert",
+                 "clip", "data", "report", "catalogue"} | BASE,
+    "cli": {"commands"} | BASE,
+}
+JAX_LIBRARIES = ("jax", "jaxlib", "flax", "optax", "orbax", "chex")
+
+
+def _modules():
+    """module name -> (path, parsed tree) for every file of the package."""
+    found = {}
+    for folder, _, files in os.walk(PACKAGE):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                parts = os.path.relpath(path, os.path.dirname(PACKAGE))[:-3].split(os.sep)
+                if parts[-1] == "__init__":
+                    parts = parts[:-1]
+                found[".".join(parts)] = (path, ast.parse(open(path, encoding="utf-8").read()))
+    return found
+
+
+MODULES = _modules()
+
+
+def _imports(module: str, tree) -> set[str]:
+    """The package modules ``module`` imports (anywhere in it, lazily too)."""
+    out = set()
+    package = module if os.path.basename(MODULES[module][0]) == "__init__.py" else \
+        module.rsplit(".", 1)[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1]
+                                + ([base] if base else []))
+            names = [f"{base}.{a.name}" for a in node.names] + [base]
+        else:
+            continue
+        for name in names:
+            while name and name not in MODULES:
+                name = name.rpartition(".")[0]
+            if name and name != module:
+                out.add(name)
+    return out
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    return "version" if len(parts) == 1 else parts[1]
+
+
+def test_imports_only_look_down_the_layers():
+    wrong = []
+    for module, (_, tree) in MODULES.items():
+        here = _layer(module)
+        for target in _imports(module, tree):
+            there = _layer(target)
+            if there != here and there not in ALLOWED[here]:
+                wrong.append(f"{module} imports {target}")
+    assert not wrong, "\n".join(sorted(wrong))
+    assert set(ALLOWED) == {_layer(m) for m in MODULES}  # every package has its row
+
+
+def test_no_import_cycles():
+    graph = {m: _imports(m, tree) for m, (_, tree) in MODULES.items()}
+    # a package's __init__ re-exporting its own modules is not a cycle of the data flow
+    graph = {m: {t for t in targets if not m.startswith(t + ".")} for m, targets in graph.items()}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node):
+        state[node] = 1
+        stack.append(node)
+        for nxt in graph[node]:
+            if state.get(nxt) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(nxt):] +
+                                                                      [nxt]))
+            if nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module)
+
+
+def test_report_never_imports_jax():
+    for module, (_, tree) in MODULES.items():
+        if _layer(module) != "report":
+            continue
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.split(".")[0] in JAX_LIBRARIES for n in names), (module, names)
+
+
+def test_no_method_is_named_outside_its_module_the_registry_and_the_catalogue():
+    names = set(catalogue.NAMES)
+    allowed = {"jaxclip_fs.catalogue", "jaxclip_fs.methods"}
+    wrong = []
+    for module, (path, tree) in MODULES.items():
+        if module in allowed:
+            continue
+        own = module.rpartition(".")[2]
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if node.value in names and not (module.startswith("jaxclip_fs.methods.")
+                                                and node.value == own):
+                    wrong.append(f"{path}:{node.lineno}: '{node.value}'")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_catalogue_lists_exactly_the_shipped_methods_and_their_inputs():
+    assert set(catalogue.NAMES) == set(methods.names())
+    for name in methods.names():
+        assert catalogue.entry(name).inputs == methods.get(name).inputs
+    assert catalogue.display_name("ldc[fusion=concat]") == "LDC [fusion=concat]"
+    assert catalogue.split_label("ldc[ablation=maf_only,fusion=concat]") == (
+        "ldc", {"ablation": "maf_only", "fusion": "concat"})
+    assert methods.get("ldc", fusion="concat").label == "ldc[fusion=concat]"
+    assert methods.get("ldc", fusion="fixed").label == "ldc"  # defaults are not spelled out
+
+
+def _method(**changes):
+    base = dict(name="broken", summary="", hparams=(hparams.ALPHA,),
+                defaults=lambda d, dim: {}, grid=lambda d: {"alpha": np.linspace(0, 1, 3)},
+                init=lambda k, t, h: {}, precompute=lambda p, t, q, m: {},
+                terms=lambda pre, p, t, h: (0, {}), linear=("alpha",))
+    return Method(**{**base, **changes})
+
+
+@pytest.mark.parametrize("changes, needle", [
+    (dict(grid=lambda d: {"beta": np.ones(2)}), "grid names 'beta'"),
+    (dict(grid=lambda d: {"alpha": np.zeros((0,))}), "non-empty 1-D"),
+    (dict(linear=("gamma",)), "linear names 'gamma'"),
+    (dict(inputs="pixels"), "inputs must be one of"),
+    (dict(trainable=("w",)), "does not declare epochs"),
+    (dict(inputs="images"), "needs bind"),
+    (dict(confusion=("a", "b")), "reports none"),
+])
+def test_register_refuses_inconsistent_methods(changes, needle):
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        methods.register(lambda: _method(**changes))
+    assert "broken" not in methods.names()
