@@ -1,4 +1,4 @@
-"""CoOp-layout roots built in the test from the real split files in shared/data/coop_splits."""
+"""CoOp-layout roots built in the test from the real split files in tests/data/coop_splits."""
 
 import json
 import os

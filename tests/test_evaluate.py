@@ -61,8 +61,8 @@ def test_cli_writes_logits_and_record(feature_file, tmp_path, capsys):
     assert record["weights"] == "synthetic" and record["split_policy"] == "synthetic"
     assert record["searched"] == ["beta", "alpha"]
     assert set(record["hyperparameters"]) == {"alpha", "beta"}
-    assert record["val_policy"] == "coop" and record["val_size"] == C * 4  # min(K, 4) per class
-    assert record["selection"] == "validation"
+    assert record["protocol"] == "fair" and record["val_size"] == fs.val.shape[0]  # whole split
+    assert record["selection"]["search_on"] == "val" and not record["selection"]["optimistic"]
     assert record["code_version"].startswith(records.code_version().split("+")[0])
     assert record["seconds"] > 0 and 0 <= record["val_accuracy"] <= 100
 
@@ -97,13 +97,15 @@ def test_python_api_matches_cli_and_trains(feature_file, tmp_path):
                                   np.load(tmp_path / "cli" / "test_logits.npy"))
 
 
-def test_select_on_test_and_full_val_are_recorded(feature_file):
+def test_protocols_are_recorded(feature_file):
     _, fs = feature_file
-    record = evaluate_features(fs, "gda", shots=2, select_on_test=True, val_policy="full", log=None)
-    assert record["selection"] == "test" and record["val_size"] == fs.test.shape[0]
-    record = evaluate_features(fs, "gda", shots=2, val_policy="full", log=None)
-    assert record["selection"] == "validation" and record["val_size"] == fs.val.shape[0]
-    assert record["val_policy"] == "full"
+    record = evaluate_features(fs, "gda", shots=2, protocol="fewshot", log=None)
+    assert record["protocol"] == "fewshot" and record["val_size"] == C * 2  # min(K, 4) per class
+    record = evaluate_features(fs, "gda", shots=2, log=None)
+    assert record["protocol"] == "fair" and record["val_size"] == fs.val.shape[0]
+    assert record["selection"] == {"protocol": "fair", "val_rows": "full", "epochs_on": None,
+                                   "search_on": "val", "reported": "final", "sampler": "nested",
+                                   "prompts": False, "optimistic": False}
 
 
 def test_feature_file_fewshot_index_is_used(feature_file, tmp_path, capsys):

@@ -42,7 +42,8 @@ def test_json_round_trip_and_variants(tmp_path):
 @pytest.mark.parametrize("change, needle", [
     (lambda raw: raw["grid"].update(shots=[0]), "grid.shots values must be >= 1"),
     (lambda raw: raw.update(colour="red"), "config.colour: unknown key"),
-    (lambda raw: raw["protocol"].update(val_policy="some"), "protocol.val_policy must be one of"),
+    (lambda raw: raw["protocol"].update(names=["some"]), "protocol.names must be one of"),
+    (lambda raw: raw["protocol"].update(sampler="dice"), "protocol.sampler must be one of"),
     (lambda raw: raw["grid"].update(seeds="1,2"), "config.grid.seeds must be a list"),
     (lambda raw: raw["extraction"].update(views="four"), "config.extraction.views must be a number"),
     (lambda raw: raw.update(methods=[]), "methods: name at least one method"),
@@ -74,18 +75,18 @@ def test_saved_config_repeats_a_run_and_refuses_number_changing_flags(tmp_path, 
                                            val_per_class=4, test_per_class=5, dataset=name))
     first = str(tmp_path / "first")
     assert cli.main(["run", "--features", *paths, "--method", "tip_adapter,gda", "--shots", "1,2",
-                     "--seeds", "1,2", "--hp", "gda.alpha=0.5", "--val-policy", "full",
+                     "--seeds", "1,2", "--hp", "gda.alpha=0.5", "--protocol", "fewshot,fair",
                      "--out", first, "--quiet", "--no-report"]) == 0
     saved = os.path.join(first, "config.json")
     config = config_lib.load(saved)
-    assert config.protocol.val_policy == "full" and config.methods[1].hp == {"alpha": 0.5}
+    assert config.protocol.names == ("fewshot", "fair") and config.methods[1].hp == {"alpha": 0.5}
     again = str(tmp_path / "again")
     assert cli.main(["run", "--config", saved, "--out", again, "--devices", "2", "--quiet",
                      "--no-report"]) == 0
     a, b = read_records(first), read_records(again)
-    assert a.keys() == b.keys() and len(a) == 2 * 2 * 2 * 2
+    assert a.keys() == b.keys() and len(a) == 2 * 2 * 2 * 2 * 2
     for cell in a:
-        for field in ("accuracy", "val_accuracy", "hyperparameters", "val_policy", "val_size"):
+        for field in ("accuracy", "val_accuracy", "hyperparameters", "protocol", "val_size"):
             assert a[cell][field] == b[cell][field], (cell, field)
     assert config_lib.load(os.path.join(again, "config.json")).execution.devices == 2
     capsys.readouterr()

@@ -329,7 +329,7 @@ def test_cli_extract_on_coop_root(coop_root, tmp_path, clip, monkeypatch, capsys
     monkeypatch.setattr("jaxclip_fs.convert.load_clip", fake_load)
     out = tmp_path / "out" / "dtd.npz"
     argv = ["extract", "--dataset", "dtd", "--data-root", str(root), "--backbone", "tiny-vit",
-            "--weights", "random", "--views", "2", "--shots", "2", "--seeds", "1,2",
+            "--weights", "random", "--views", "1", "--shots", "2", "--seeds", "1,2",
             "--batch-size", "8", "--cache-dir", str(tmp_path / "cache"), "--quiet",
             "--taps", "block1", "--out", str(out)]
     assert cli.main(argv) == 0

@@ -160,7 +160,8 @@ def test_run_ta_pp_and_tx_pp_on_digits_end_to_end(clip, digits, trained, tmp_pat
     from jaxclip_fs.features.extract import extract_features
 
     adapted_clip = imo.load_imo_adapters(trained, clip)
-    common = dict(shots=2, seeds=(1,), views=3, cache_dir=str(tmp_path / "cache"), progress=False)
+    # `--views 3`: three augmented views besides the plain one
+    common = dict(shots=2, seeds=(1,), views=4, cache_dir=str(tmp_path / "cache"), progress=False)
     original = extract_features(digits, clip, **common).features
     adapted = extract_features(digits, adapted_clip, **common).features
     assert not np.allclose(original.test, adapted.test)

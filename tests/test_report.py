@@ -186,3 +186,30 @@ def test_published_table_is_consistent():
                                              abs=0.01)
     assert published.published("RN50", "random", 16, "ldc", "dtd") is None
     assert published.published("RN50", "hf:x", 16, "ldc", "dtd") == 71.39
+
+
+def test_paper_minus_fair_table(tmp_path):
+    """Both protocols in one directory: their gap per method and dataset, paper entries starred."""
+    fair = [dict(r, protocol="fair", selection={"optimistic": False}) for r in _records()]
+    rng = np.random.default_rng(5)
+    paper = [dict(r, protocol="paper", selection={"optimistic": r["method"] != "zero_shot"},
+                  accuracy=r["accuracy"] + float(np.round(rng.uniform(0, 3), 4)))
+             for r in fair]
+    _write(tmp_path / "records", fair + paper)
+    files = write_report(tmp_path, plots=False)
+    markdown = open(files.markdown).read()
+    gap = _md_row(markdown, "16-shot, paper - fair", "Tip-Adapter")
+    difference = (_accs(paper, "tip_adapter", "dtd", 16).mean()
+                  - _accs(fair, "tip_adapter", "dtd", 16).mean())
+    assert gap["dtd"] == f"{difference:+.2f}*"
+    zero_shot = _md_row(markdown, "16-shot, paper - fair", "ZS-CLIP")
+    assert not zero_shot["imagenet"].endswith("*")
+    paper_row = _md_row(markdown, "16-shot -- RN50, weights sha256:abc, protocol paper",
+                        "Tip-Adapter")
+    acc = _accs(paper, "tip_adapter", "dtd", 16)
+    assert paper_row["dtd"] == f"{acc.mean():.2f} ± {acc.std():.2f}* [60.93]"
+    assert "## Protocol gap: paper - fair" in markdown
+    with open(files.results_csv) as f:
+        rows = [r for r in csv.DictReader(f) if r["method"] == "ape" and r["dataset"] == "dtd"]
+    assert {(r["protocol"], r["optimistic"]) for r in rows} == {("fair", "False"),
+                                                               ("paper", "True")}

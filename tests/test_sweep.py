@@ -36,7 +36,7 @@ FEATURES.update({name: make_task(seed, num_classes=3, dim=8, shots=2, views=2, v
                                  test_per_class=4, dataset=name)
                  for seed, name in ((5, "twin_a"), (6, "twin_b"))})
 COMPARED = ("method", "dataset", "shots", "seed", "backbone", "weights", "split_policy",
-            "hyperparameters", "searched", "val_policy", "selection", "accuracy", "val_accuracy",
+            "hyperparameters", "searched", "protocol", "selection", "accuracy", "val_accuracy",
             "best_epoch", "num_classes", "val_size", "test_size")
 
 
@@ -44,12 +44,12 @@ SOURCES = Sources(features=GivenFeatures(FEATURES))
 
 
 def config(methods=("tip_adapter_f",), datasets=("oxford_pets", "dtd"), shots=(1, 2, 4),
-           seeds=(1, 2), hp=(), val_policy="coop", **execution):
+           seeds=(1, 2), hp=(), protocols=("fair",), sampler=None, **execution):
     """An experiment config over the synthetic feature sets."""
     return config_lib.ExperimentConfig(
         methods=tuple(config_lib.MethodConfig(m) for m in methods),
         data=config_lib.DataConfig(datasets=tuple(datasets)),
-        protocol=config_lib.ProtocolConfig(val_policy=val_policy),
+        protocol=config_lib.ProtocolConfig(names=tuple(protocols), sampler=sampler),
         hp={k: float(v) for k, v in (item.split("=") for item in hp)},
         grid=config_lib.GridConfig(shots=tuple(shots), seeds=tuple(seeds)),
         execution=config_lib.ExecutionConfig(**execution))
@@ -66,7 +66,8 @@ def read_records(out):
     for root, _, files in os.walk(os.path.join(out, "records")):
         for name in files:
             record = json.load(open(os.path.join(root, name)))
-            cell = Cell(record["method"], record["dataset"], record["shots"], record["seed"])
+            cell = Cell(record["method"], record["dataset"], record["shots"], record["seed"],
+                        record["protocol"])
             found[cell] = record
     return found
 
@@ -121,7 +122,8 @@ def test_trained_params_are_saved_and_reproduce_the_accuracy(fused_run):
     record = read_records(out)[Cell("tip_adapter_f", "dtd", 4, 2)]
     tree, meta = restore_tree(os.path.join(out, record["params_checkpoint"]))
     g, t = record["params_row"]
-    assert meta["slots"][g][t] == dict(method="tip_adapter_f", dataset="dtd", shots=4, seed=2)
+    assert meta["slots"][g][t] == dict(method="tip_adapter_f", dataset="dtd", shots=4, seed=2,
+                                       protocol="fair")
     params = {k: v[g, t] for k, v in tree.items()}
     fs = FEATURES["dtd"]
     task = task_of(fs.train[:, support_index(fs, 4, 2)], fs.text, fs.logit_scale)
@@ -176,18 +178,19 @@ def test_rerun_extends_the_grid_or_refuses_other_settings(tmp_path, monkeypatch)
     out = str(tmp_path)
     small = config(methods=("zero_shot",), datasets=("twin_a",), shots=(1,), seeds=(1,), devices=1)
     run_sweep(out, small)
-    with pytest.raises(ConfigError, match="protocol.val_policy") as info:
+    with pytest.raises(ConfigError, match="protocol.sampler") as info:
         run_sweep(out, config(methods=("zero_shot",), datasets=("twin_a",), shots=(1,), seeds=(1,),
-                              val_policy="full", devices=1))
+                              sampler="official", devices=1))
     assert "\n" not in str(info.value)
     with pytest.raises(ConfigError, match="inputs.backbone"):
         run_sweep(out, small, provenance={"backbone": "RN50"})
     bigger = config(methods=("zero_shot",), datasets=("twin_a",), shots=(1, 2), seeds=(1, 3),
-                    devices=1)
+                    protocols=("fair", "fewshot"), devices=1)
     result = run_sweep(out, bigger)
-    assert set(result.skipped) == {Cell("zero_shot", "twin_a", 1, 1)} and len(result.computed) == 3
+    assert set(result.skipped) == {Cell("zero_shot", "twin_a", 1, 1)} and len(result.computed) == 7
     manifest = outdir.read_manifest(out)
     assert manifest["grid"]["seeds"] == [1, 3] and manifest["grid"]["shots"] == [1, 2]
+    assert manifest["grid"]["protocols"] == ["fair", "fewshot"]
     assert len(manifest["invocations"]) == 2
 
 

@@ -85,7 +85,8 @@ def test_ldc_variants_ood_checkpoints_and_resume(tmp_path, monkeypatch):
             assert len(record["epoch_losses"]) == 3
             tree, meta = restore_tree(os.path.join(out, record["params_checkpoint"]))
             g, t = record["params_row"]
-            assert meta["slots"][g][t] == dict(method=label, dataset="digits", shots=shots, seed=1)
+            assert meta["slots"][g][t] == dict(method=label, dataset="digits", shots=shots, seed=1,
+                                               protocol="fair")
             params = jax.tree.map(lambda leaf: leaf[g, t], tree)
             # the reported prediction, recomputed outside the engine from the saved params
             model = ldc_lib.model_for(spec, 10, fusion=fusion)
@@ -170,9 +171,9 @@ def test_ta_pp_runs_as_a_feature_program_on_paired_features(tmp_path):
     asked = []
 
     class Paired(GivenFeatures):
-        def __call__(self, dataset, shots, seeds):
+        def __call__(self, dataset, request):
             asked.append(dataset)
-            return super().__call__(dataset, shots, seeds)
+            return super().__call__(dataset, request)
 
     out = str(tmp_path)
     config = config_lib.ExperimentConfig(

@@ -81,6 +81,22 @@ def test_epoch_plan_visits_each_real_item_once_with_augmented_views():
     assert np.all(single_view == 0)
 
 
+def test_epoch_plan_gives_each_epoch_a_fresh_view_when_the_pool_has_enough():
+    """V - 1 >= epochs augmented views: epoch e reads view 1 + e of every item (the official
+    codes' fresh augmentation per epoch); fewer: each item draws one of them."""
+    mask = jnp.ones((3, 4))
+    for epoch in range(5):
+        views = np.asarray(epoch_plan(jax.random.key(3), mask, 6, epoch, epochs=5)[1])
+        assert np.all(views == 1 + epoch)
+    drawn = np.stack([np.asarray(epoch_plan(jax.random.key(3), mask, 6, e, epochs=6)[1])
+                      for e in range(6)])
+    assert drawn.min() >= 1 and drawn.max() <= 5 and len(np.unique(drawn[0])) > 1
+    np.testing.assert_array_equal(drawn, np.stack(
+        [np.asarray(epoch_plan(jax.random.key(3), mask, 6, e)[1]) for e in range(6)]))
+    traced = jax.jit(lambda e, n: epoch_plan(jax.random.key(3), mask, 6, e, n)[1])
+    assert np.all(np.asarray(traced(2, 5)) == 3)  # epochs may be a traced per-task count
+
+
 def test_epoch_plan_does_not_depend_on_padding():
     mask = jnp.ones((3, 2))
     padded = jnp.zeros((6, 5)).at[:3, :2].set(1.0)

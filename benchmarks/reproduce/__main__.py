@@ -32,7 +32,7 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 def load_config(name_or_path: str) -> dict:
     """A reproduction by name (``configs/<name>.json``) or path, with the experiment's grid
     flattened beside it (``backbone``, ``methods``, ``datasets``, ``ood``, ``shots``,
-    ``seeds``, ``val_policy``: what :func:`~benchmarks.reproduce.compare.compare` reads)."""
+    ``seeds``, ``protocol``: what :func:`~benchmarks.reproduce.compare.compare` reads)."""
     path = (name_or_path if name_or_path.endswith(".json")
             else os.path.join(CONFIG_DIR, f"{name_or_path}.json"))
     if not os.path.isfile(path):
@@ -42,10 +42,13 @@ def load_config(name_or_path: str) -> dict:
         config = json.load(f)
     experiment = config["experiment"]
     methods = [m if isinstance(m, str) else m["name"] for m in experiment["methods"]]
+    protocols = experiment.get("protocol", {}).get("names", ["fair"])
+    if len(protocols) != 1:
+        raise SystemExit(f"error: {path}: a reproduction runs one protocol, got {protocols}")
     return {**config, "backbone": experiment["model"]["backbone"], "methods": methods,
             "datasets": experiment["data"]["datasets"], "ood": experiment["data"].get("ood", []),
             "shots": experiment["grid"]["shots"], "seeds": experiment["grid"]["seeds"],
-            "val_policy": experiment.get("protocol", {}).get("val_policy", "coop")}
+            "protocol": protocols[0]}
 
 
 def missing_data(config: dict, data_root: str | None, source: str) -> list[tuple[str, str]]:

@@ -1,10 +1,12 @@
 """Our records vs the published numbers, cell by cell, in tolerance bands.
 
 For every (method, dataset or ``average``, shots) of a config, the mean over
-its seeds of our records with the config's backbone, real weights, its
-validation policy and selection on validation, is compared with the
-published number (``jaxclip_fs.catalogue``): it **passes** when
-``|ours - published| <= band(method)``.
+its seeds of our records with the config's backbone, real weights and
+protocol is compared with the published number (``jaxclip_fs.catalogue``):
+it **passes** when ``|ours - published| <= band(method)``. Only ``paper``
+records are held to the bands (they are made as the published numbers
+were); a ``fair`` twin's records are *reported* beside the published
+numbers -- the difference is the protocol gap, not a failure.
 
 Bands (percentage points, in the config) are our choice, not the papers':
 zero-shot CLIP is deterministic given the weights, so only preprocessing and
@@ -46,24 +48,22 @@ class Check:
 
 
 def _status(ours: float | None, seeds: Sequence[int], expected_seeds: int, pub: float | None,
-            band: float) -> str:
+            band: float, held: bool = True) -> str:
     if ours is None:
         return "missing" if pub is not None else "not run"
     if len(seeds) < expected_seeds:
         return "incomplete"
-    if pub is None:
+    if pub is None or not held:
         return "reported"
     return "pass" if abs(ours - pub) <= band else "FAIL"
 
 
 def relevant_records(records: Sequence[Mapping], config: Mapping) -> list[Mapping]:
-    """The records of the config's setting: backbone, real weights, validation policy, selection
-    on validation."""
+    """The records of the config's setting: backbone, real weights, protocol."""
     return [r for r in records
             if r.get("backbone") == config["backbone"]
             and not is_random_weights(r.get("weights", ""))
-            and r.get("val_policy") == config["val_policy"] and r.get("selection") == "validation"
-            and r.get("method") in config["methods"]]
+            and r.get("protocol") == config["protocol"] and r.get("method") in config["methods"]]
 
 
 def compare(records: Sequence[Mapping], config: Mapping) -> list[Check]:
@@ -74,6 +74,7 @@ def compare(records: Sequence[Mapping], config: Mapping) -> list[Check]:
     by_key: dict[tuple, Cell] = {(c.method, c.dataset, c.shots): c for c in cells}
     datasets = list(config["datasets"]) + list(config.get("ood", []))
     expected = len(config["seeds"])
+    held = config["protocol"] == "paper"
     checks = []
     for shots in config["compare_shots"]:
         for method in config["methods"]:
@@ -85,7 +86,7 @@ def compare(records: Sequence[Mapping], config: Mapping) -> list[Check]:
                 seeds = () if cell is None else cell.seeds
                 std = None if cell is None else cell.std
                 checks.append(Check(method, dataset, shots, ours, std, seeds, pub, band,
-                                    _status(ours, seeds, expected, pub, band)))
+                                    _status(ours, seeds, expected, pub, band, held)))
             if len(config["datasets"]) > 1:
                 mine = [by_key[(method, d, shots)] for d in config["datasets"]
                         if (method, d, shots) in by_key]
@@ -95,7 +96,7 @@ def compare(records: Sequence[Mapping], config: Mapping) -> list[Check]:
                 seeds = () if entry is None else entry.seeds
                 std = None if entry is None else entry.std
                 checks.append(Check(method, AVERAGE, shots, ours, std, seeds, pub, band,
-                                    _status(ours, seeds, expected, pub, band)))
+                                    _status(ours, seeds, expected, pub, band, held)))
     return checks
 
 

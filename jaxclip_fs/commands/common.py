@@ -15,6 +15,7 @@ from typing import Sequence
 
 from jaxclip_fs.errors import ConfigError
 from jaxclip_fs.experiment import config as config_lib
+from jaxclip_fs.experiment import protocol as protocol_lib
 
 WEIGHTS_HELP = "local checkpoint path, hub id, 'openai', or 'random' (see `jaxclip-fs embed -h`)"
 
@@ -52,8 +53,10 @@ def add_quiet_argument(parser) -> None:
 
 def add_extraction_arguments(group, views_default: int = 10) -> None:
     """``--views``, ``--aug-scale``, ``--aug-seed``, ``--dtype``, ``--batch-size``."""
-    group.add_argument("--views", type=int, default=views_default, metavar="V",
-                       help=f"views per train image, view 0 un-augmented (default {views_default})")
+    group.add_argument("--views", type=int, default=views_default, metavar="N",
+                       help="augmented views per train image, besides the plain one (default "
+                            f"{views_default}, Tip-Adapter's cache; trained methods take a fresh "
+                            "one per epoch when there are as many as epochs)")
     group.add_argument("--aug-scale", default="0.5,1", metavar="LOW,HIGH",
                        help="RandomResizedCrop area range of the views (default 0.5,1)")
     group.add_argument("--aug-seed", type=int, default=0, help="augmentation seed (default 0)")
@@ -76,14 +79,22 @@ def add_method_arguments(group, methods_help: str) -> None:
                             "each takes one or more NAME=VALUE; METHOD.NAME=VALUE for one method)")
 
 
-def add_protocol_arguments(group) -> None:
-    """``--val-policy``, ``--select-on-test``."""
-    group.add_argument("--val-policy", choices=config_lib.VAL_POLICIES, default="coop",
-                       help="validation images: coop = min(K, 4) per class (default), "
-                            "full = whole split")
-    group.add_argument("--select-on-test", action="store_true",
-                       help="choose epochs and hyperparameters on the TEST set, as the official "
-                            "Tip-Adapter-F code does (optimistic; recorded)")
+def add_protocol_arguments(group, several: bool = True) -> None:
+    """``--protocol``, ``--sampler``, ``--prompts``."""
+    group.add_argument("--protocol", default=protocol_lib.DEFAULT_PROTOCOL,
+                       metavar="P1,P2" if several else "P",
+                       help="fair (default): everything chosen on the whole val split, never on "
+                            "test, same images / views / prompts for all; fewshot: fair with "
+                            "CoOp's min(K, 4) val images per class; paper: each method as its "
+                            "official code produced the published numbers (selects on test "
+                            "where it did; labelled optimistic)"
+                            + ("; several run side by side (e.g. fair,paper)" if several else ""))
+    group.add_argument("--sampler", choices=protocol_lib.SAMPLERS,
+                       help="few-shot sampler (default: nested for fair/fewshot, the official "
+                            "draw for paper)")
+    group.add_argument("--prompts", metavar="FILE.json",
+                       help="CuPL-format prompt file (class name -> sentences) ensembled with the "
+                            "templates (fair/fewshot: by every method; paper: by APE / APE-T)")
 
 
 def add_images_arguments(group) -> None:
@@ -93,8 +104,9 @@ def add_images_arguments(group) -> None:
                             "support taps (auto: cache when it fits --tap-cache-budget)")
     group.add_argument("--tap-cache-budget", type=float, default=4.0, metavar="GiB",
                        help="memory the tap cache may take (default 4)")
-    group.add_argument("--tap-cache-views", type=int, metavar="V",
-                       help="tap cache: views per support image, view 0 clean (default: --views)")
+    group.add_argument("--tap-cache-views", type=int, metavar="N",
+                       help="tap cache: augmented views per support image besides the clean one "
+                            "(default: --views)")
     group.add_argument("--imo-adapters", metavar="DIR",
                        help="IMO adapters from `jaxclip-fs train-imo` (paired-feature methods: "
                             "TA++, TX++)")
@@ -267,8 +279,9 @@ def experiment_config(args: argparse.Namespace, *, datasets: Sequence[str] = (),
             train_path=get("train_path", images.train_path),
             tap_cache_views=get("tap_cache_views", images.tap_cache_views),
             tap_cache_budget_gib=get("tap_cache_budget", images.tap_cache_budget_gib)),
-        protocol=config_lib.ProtocolConfig(val_policy=get("val_policy", "coop"),
-                                           select_on_test=bool(get("select_on_test", False))),
+        protocol=config_lib.ProtocolConfig(
+            names=parse_names(get("protocol", protocol_lib.DEFAULT_PROTOCOL), "--protocol"),
+            sampler=get("sampler"), prompts=get("prompts")),
         hp=shared,
         grid=config_lib.GridConfig(shots=tuple(shots), seeds=tuple(seeds)),
         execution=config_lib.ExecutionConfig(

@@ -124,8 +124,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="all", metavar="M1,M2,...", help="default: all")
     p.add_argument("--shots", default="1,2,4,8,16", metavar="K1,K2,...", help="default 1,2,4,8,16")
     p.add_argument("--seeds", default="1,2,3", metavar="S1,S2,...", help="default 1,2,3")
-    p.add_argument("--views", type=int, default=4, metavar="V",
-                   help="views per train image (default 4: view 0 + 3 augmented)")
+    p.add_argument("--views", type=int, default=3, metavar="N",
+                   help="augmented views per train image besides the plain one (default 3)")
     p.add_argument("--cache-dir", metavar="DIR",
                    help="feature cache (default $JAXCLIP_FS_CACHE or ~/.cache/jaxclip-fs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars (messages stay)")

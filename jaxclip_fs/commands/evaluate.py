@@ -14,9 +14,11 @@ DESCRIPTION = """\
 Run one method on the (--shots, --seed) few-shot task of a feature file (feature methods) or
 of a dataset's images (every method; features are extracted and cached): fit it (train if it
 trains), search its hyperparameters on validation over its per-dataset grid, then score the
-test set once. With --hp given for every searched hyperparameter, no search runs. Validation
-follows CoOp by default (min(K, 4) images per class of the val split, same seed). This is
-`jaxclip-fs run` on a one-cell grid: the numbers equal that cell's record.
+test set once. With --hp given for every searched hyperparameter, no search runs. The
+protocol (--protocol) decides where: fair (default) selects on the whole val split, fewshot
+on CoOp's min(K, 4) val images per class, paper as the method's official code did (on test
+where it did; recorded as optimistic). This is `jaxclip-fs run` on a one-cell grid: the
+numbers equal that cell's record.
 
 Writes DIR/test_logits.npy [T, C] and DIR/result.json (accuracy in %, hyperparameters used
 and which were searched, val accuracy, seconds, backbone / weights / dataset / split policy,
@@ -52,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with a feature file: the registry name choosing per-dataset defaults "
                         "and grids (default: the file's meta); without: the dataset to "
                         "extract (registry name or folder:PATH)")
-    common.add_protocol_arguments(p)
+    common.add_protocol_arguments(p, several=False)
     images = p.add_argument_group("from images (with --dataset and no feature file)")
     common.add_model_arguments(images)
     common.add_data_arguments(images)
@@ -126,9 +128,8 @@ def run(args: argparse.Namespace) -> int:
                               f"{', '.join(missing)}")
         config = common.experiment_config(args, datasets=[args.dataset], methods=[args.method],
                                           shots=[args.shots or DEFAULT_SHOTS], seeds=[args.seed])
-    if args.select_on_test and log:
-        log("warning: selecting epochs and hyperparameters on the TEST set "
-            "(official protocol; optimistic)")
+    if "," in args.protocol:
+        raise ConfigError(f"--protocol: evaluate runs one protocol, got '{args.protocol}'")
     sink = CellDir(args.out)
     run_experiment(config, sink, sources=sources, progress=not args.quiet, log=log)
     result, record = sink.results[0], sink.records[0]

@@ -6,7 +6,9 @@ import argparse
 import sys
 
 from jaxclip_fs.commands import common
+from jaxclip_fs.data.fewshot import CHAINED_SHOTS
 from jaxclip_fs.errors import ConfigError
+from jaxclip_fs.experiment.protocol import SAMPLERS
 from jaxclip_fs.io.console import random_weights_banner
 
 NAME = "extract"
@@ -14,7 +16,7 @@ HELP = "extract a feature file (train pool with views, val, test, text classifie
 DESCRIPTION = """\
 Encode a dataset with CLIP and write the feature file FILE.npz: 'text' [C, D]
 (template-ensemble classifier), 'train' [V, N, D] (view 0 un-augmented, views 1..V-1
-RandomResizedCrop + flip), 'val' and 'test' [M, D] (whole splits), labels, class names,
+the --views augmented ones: RandomResizedCrop + flip), 'val' and 'test' [M, D] (whole splits), labels, class names,
 'logit_scale' and 'meta' (provenance). The train pool is the union of the few-shot sets
 of --seeds at --shots (recorded as 'fewshot_seeds'/'fewshot_index', so `evaluate
 --shots k --seed s` uses exactly those images), or the whole train split without
@@ -43,6 +45,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="train pool = the K-shot sets of --seeds (default: whole train split)")
     p.add_argument("--seeds", metavar="S1,S2,...",
                    help="few-shot seeds, comma-separated (default with --shots: 1,2,3)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="nested",
+                   help="few-shot draws the pool holds: nested (default), or also the official "
+                        "codes' (for the paper protocol; at 1, 2, 4, 8, 16 up to --shots)")
+    p.add_argument("--prompts", metavar="FILE.json",
+                   help="also save the classifier of the templates plus this CuPL-format prompt "
+                        "file's sentences ('text_prompts')")
     p.add_argument("--taps", metavar="T1,T2,...",
                    help="also save intermediate outputs (layer1..layer4 / block<i>) to "
                         "FILE.taps.npz")
@@ -51,6 +59,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="skip unreadable images (counted, listed in meta) instead of failing")
     common.add_quiet_argument(p)
     p.add_argument("--out", required=True, metavar="FILE.npz")
+
+
+def official_draws(sampler: str | None, shots: int | None,
+                   seeds: tuple[int, ...]) -> list[tuple[str, int, int]]:
+    """An official sampler's draws a feature file holds: for every seed, the papers' shot
+    counts 1, 2, 4, 8, 16 up to ``--shots`` and ``--shots`` itself (they are not nested)."""
+    if sampler in (None, "nested"):
+        return []
+    if shots is None:
+        raise ConfigError("--sampler official needs --shots")
+    counts = sorted({k for k in CHAINED_SHOTS if k <= shots} | {shots})
+    return [(sampler, seed, k) for seed in seeds for k in counts]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,12 +87,14 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_clip(args.backbone, args.weights)
     if loaded.is_random:
         print(random_weights_banner(loaded.weights_id, "features"), file=sys.stderr)
+    draws = official_draws(args.sampler, args.shots, seeds)
     extraction = extract_features(
-        dataset, loaded, shots=args.shots, seeds=seeds, views=args.views,
+        dataset, loaded, shots=args.shots, seeds=seeds, views=args.views + 1,
         aug_scale=aug_scale, aug_seed=args.aug_seed,
-        taps=common.parse_names(args.taps, "--taps") if args.taps else (), dtype=args.dtype, batch_size=args.batch_size,
-        cache_dir=args.cache_dir, use_cache=not args.no_cache, skip_corrupt=args.skip_corrupt,
-        workers=args.workers, progress=not args.quiet)
+        taps=common.parse_names(args.taps, "--taps") if args.taps else (), dtype=args.dtype,
+        batch_size=args.batch_size, cache_dir=args.cache_dir, use_cache=not args.no_cache,
+        skip_corrupt=args.skip_corrupt, workers=args.workers, progress=not args.quiet,
+        draws=draws, prompts=args.prompts)
     try:
         written = save_extraction(args.out, extraction)
     except OSError as exc:  # the features stay in the cache: a rerun only writes the file

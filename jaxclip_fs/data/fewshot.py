@@ -151,3 +151,116 @@ def ranked_val_rows(labels: np.ndarray, num_classes: int, seed: int, policy: str
     rows = np.concatenate(orders).astype(np.int64)
     ranks = np.concatenate([np.arange(o.size, dtype=np.float32) for o in orders])
     return rows, ranks
+
+
+# --- the official codes' draws ---------------------------------------------------------
+
+#: The shot counts the chained official draw visits, in order (GDA, IMO: ``for shots in
+#: [1, 2, 4, 8, 16]`` on one random stream per seed).
+CHAINED_SHOTS = (1, 2, 4, 8, 16)
+OFFICIAL_SAMPLERS = ("official", "official_chained")
+
+
+def dassl_draw(labels: np.ndarray, shots: int, rng, *, fewer: str = "error",
+               classnames: Sequence[str] | None = None, what: str = "train") -> list[list[int]]:
+    """Dassl's ``generate_fewshot_dataset`` on one list: per class, ``rng.sample(items, K)``.
+
+    The classes are visited in the order of their first appearance in
+    ``labels`` (Dassl's ``split_dataset_by_label``: a dict filled in list
+    order) and each class's items keep their list order, so with ``rng`` a
+    ``random.Random(seed)`` this is the official codes' draw after
+    ``random.seed(seed)`` (Dassl ``dassl/data/datasets/base_dataset.py``
+    ``generate_fewshot_dataset``; CoOp, Tip-Adapter, APE, GDA, LDC, IMO).
+
+    Args:
+      labels: int [N] the split's labels in its file order.
+      shots: K.
+      rng: a ``random.Random`` (consumed as the official code consumes Python's ``random``).
+      fewer: a class with fewer than K items: ``"error"``, or ``"all"`` (take them
+        all, drawing nothing -- Dassl's ``repeat=False``, as for CoOp's val).
+
+    Returns:
+      per class label c, the drawn indices into ``labels`` in the order drawn.
+
+    Raises:
+      DataError: a class with fewer than K items and ``fewer="error"``.
+    """
+    labels = np.asarray(labels).tolist()
+    by_label: dict[int, list[int]] = {}
+    for index, label in enumerate(labels):
+        by_label.setdefault(int(label), []).append(index)
+    drawn: dict[int, list[int]] = {}
+    for label, items in by_label.items():
+        if len(items) >= shots:
+            drawn[label] = rng.sample(items, shots)
+        elif fewer == "all":
+            drawn[label] = list(items)
+        else:
+            name = classnames[label] if classnames is not None else str(label)
+            raise DataError(f"class '{name}' (index {label}) has {len(items)} {what} images; "
+                            f"{shots} shots asked")
+    return [drawn.get(c, []) for c in range(max(by_label) + 1 if by_label else 0)]
+
+
+def official_fewshot(train_labels: np.ndarray, shots: int, seed: int, *,
+                     sampler: str = "official", val_labels: np.ndarray | None = None,
+                     classnames: Sequence[str] | None = None
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The official codes' few-shot set for (shots, seed) -- not nested across shot counts.
+
+    ``"official"``: ``random.seed(seed)`` then Dassl's draw of K per class
+    from the train list (CoOp ``train.py`` seeds before building the data, one
+    process per (dataset, K, seed); Tip-Adapter / APE ``random.seed(1)``,
+    LDC ``setup_seed(2024)`` likewise); then, on the same stream, CoOp's
+    validation draw of ``min(K, 4)`` per class (``val_labels`` given).
+    ``"official_chained"``: seeded once, then 1, 2, 4, 8, 16 shots drawn in
+    turn from the one stream (GDA ``main_few_shots.py``; IMO ``run.py`` on a
+    fresh run): K must be one of :data:`CHAINED_SHOTS`.
+
+    Returns:
+      ``(train int [C, K], val int [M] or None)``: indices into the train
+      labels (class-major, each class's items in draw order) and into the val labels.
+
+    Raises:
+      DataError: unknown sampler, a shot count off the chain, or too few images.
+    """
+    import random
+
+    if sampler not in OFFICIAL_SAMPLERS:
+        raise DataError(f"sampler must be one of {', '.join(OFFICIAL_SAMPLERS)}, got '{sampler}'")
+    rng = random.Random(int(seed))
+    if sampler == "official_chained":
+        if shots not in CHAINED_SHOTS:
+            raise DataError(f"the chained official draw visits {list(CHAINED_SHOTS)} shots; "
+                            f"{shots} asked")
+        for k in CHAINED_SHOTS[:CHAINED_SHOTS.index(shots)]:
+            dassl_draw(train_labels, k, rng, classnames=classnames)
+    train = np.asarray(dassl_draw(train_labels, shots, rng, classnames=classnames), np.int64)
+    val = None
+    if val_labels is not None:
+        drawn = dassl_draw(val_labels, capped_val_shots(shots), rng, fewer="all")
+        val = np.asarray([i for per_class in drawn for i in per_class], np.int64)
+    return train, val
+
+
+def official_sets(dataset, sampler: str, shots: int, seed: int
+                  ) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """A dataset's official (shots, seed) draw: CoOp's cached file when the data root has it
+    (``official`` only: CoOp's files are its reseeded draws), else :func:`official_fewshot`.
+
+    Returns:
+      ``(train int [C, K] train-split rows, val int [M] val-split rows or None, origin)``.
+    """
+    from jaxclip_fs.data.coop_pkl import coop_fewshot, fewshot_pkl_path
+
+    if sampler == "official":
+        cached = coop_fewshot(dataset, shots, seed)
+        if cached is not None:
+            return cached[0], cached[1], f"CoOp file {fewshot_pkl_path(dataset, shots, seed)}"
+    train = dataset.split("train")
+    val_labels = dataset.split("val").labels if "val" in dataset.splits else None
+    rows, val = official_fewshot(train.labels, shots, seed, sampler=sampler,
+                                 val_labels=val_labels, classnames=dataset.classnames)
+    what = ("random.seed(seed), Dassl draw" if sampler == "official" else
+            "random.seed(seed) once, Dassl draws of 1, 2, 4, 8, 16 shots in turn")
+    return rows, val, what

@@ -1,28 +1,31 @@
 """Host-side arrays of one program: the stacked, padded, masked tasks of its cells.
 
 For a program (one method, datasets ``g = 1..G``, cells (shots, seed) per
-dataset) the arrays are:
+dataset) the arrays are built over its *sets*: with the nested sampler one
+per seed (its K-shot support, K the program's largest shot count, serves
+every shot count through masks); with an official sampler, whose draws are
+not nested, one per (seed, shots). Then:
 
 shared per dataset (leading axis G; replicated over devices)
-  ``supports`` [G, S, V, C, K, D]  per seed the nested K-shot support (K = the
-                                  program's largest shot count, class-major,
-                                  rows of the feature file's few-shot index);
+  ``supports`` [G, S, V, C, K, D]  per set its support (class-major, rows of
+                                  the feature file's few-shot index / draw,
+                                  shot axis padded to K);
   ``text`` [G, C, D], ``class_mask`` [G, C], ``logit_scale`` [G];
   ``val`` [G, S, Mv, D], ``val_labels`` [G, S, Mv], ``val_rank`` [G, S, Mv]:
-                                  per seed the validation rows and each row's
+                                  per set the validation rows and each row's
                                   position in its class's nested order (CoOp:
                                   the first ``min(K, 4)`` of the class's fixed
-                                  random order; ``full``: every row, rank 0;
-                                  padding rows rank ∞);
+                                  random order; an official draw's or
+                                  ``full``: every row, rank 0; padding rows rank ∞);
   ``test`` [G, M, D], ``test_labels`` [G, M], ``test_mask`` [G, M];
   with out-of-distribution sets (G = 1): ``ood`` [1, O, Mo, D], ``ood_labels``
   (parent class indices), ``ood_mask`` [1, O, Mo], ``ood_class_mask`` [1, O, C].
 per cell (leading axes [G, T]; T split over devices)
-  ``seed``, ``seed_index`` (into S), ``shots``, ``val_take`` (= ``min(shots, 4)``),
+  ``seed``, ``set_index`` (into S), ``shots``, ``val_take`` (= ``min(shots, 4)``),
   ``hp`` {name: [G, T]},
   ``grid`` {name: [G, T, L]}.
 
-Inside the program a cell's task is ``supports[seed_index]`` with
+Inside the program a cell's task is ``supports[set_index]`` with
 ``support_mask[c, k] = class_mask[c] · (k < shots)`` and its validation set
 the rows with ``val_rank < val_take`` -- exactly the sets
 ``evaluate`` builds for one (shots, seed) -- it is the same engine on a
@@ -39,6 +42,7 @@ from typing import Callable, Hashable, Mapping, Sequence
 import numpy as np
 
 from jaxclip_fs.data.fewshot import capped_val_shots, ranked_val_rows
+from jaxclip_fs.errors import DataError
 from jaxclip_fs.experiment.plan import Cell, Program, Resolved
 from jaxclip_fs.features.featfile import FeatureSet, support_index
 from jaxclip_fs.methods.base import Method
@@ -81,31 +85,61 @@ def _pad(array: np.ndarray, axis: int, size: int, value=0) -> np.ndarray:
     return np.pad(array, widths, constant_values=value)
 
 
-def _dataset_arrays(fsets: Sequence[FeatureSet], seeds: Sequence[int], shots: int, num_classes: int,
-                    val_policy: str) -> dict:
+def program_sets(program: Program, sampler: str) -> list[tuple[int, int]]:
+    """The program's sets ``(seed, shots)``: per seed at its largest shot count (nested), or
+    per (seed, shots) of its cells (official draws)."""
+    if sampler == "nested":
+        kmax = max(c.shots for c in program.cells)
+        return [(seed, kmax) for seed in sorted({c.seed for c in program.cells})]
+    return sorted({(c.seed, c.shots) for c in program.cells})
+
+
+def set_of(cell: Cell, sampler: str, kmax: int) -> tuple[int, int]:
+    return (cell.seed, kmax if sampler == "nested" else cell.shots)
+
+
+def _val_set(fs: FeatureSet, seed: int, shots: int, sampler: str,
+             val_rows: str) -> tuple[np.ndarray, np.ndarray]:
+    """A set's validation rows and their ranks (module docstring)."""
+    if sampler == "nested" or val_rows == "full":
+        return ranked_val_rows(fs.val_labels, fs.num_classes, seed, val_rows,
+                               capped_val_shots(shots))
+    rows = fs.val_draws.get((sampler, seed, shots))
+    if rows is None:
+        raise DataError(f"the {sampler} draw of seed {seed} at {shots} shots has no CoOp "
+                        "validation draw (the chained official codes draw none): use the fair "
+                        "protocol's whole val split, or the nested / official sampler")
+    return np.asarray(rows, np.int64), np.zeros(len(rows), np.float32)
+
+
+def _dataset_arrays(fsets: Sequence[FeatureSet], sets: Sequence[tuple[int, int]], shots: int,
+                    num_classes: int, val_rows: str, sampler: str, prompts: bool) -> dict:
     """The ``shared`` arrays (module docstring) of the program's datasets, padded alike."""
     supports, vals, val_labels, val_ranks = [], [], [], []
     for fs in fsets:
-        per_seed = [fs.train[:, support_index(fs, shots, s)] for s in seeds]  # [V, C, K, D] each
-        supports.append(_pad(np.stack(per_seed), 2, num_classes))
-        rows = [ranked_val_rows(fs.val_labels, fs.num_classes, s, val_policy,
-                                capped_val_shots(shots)) for s in seeds]
+        per_set = [_pad(fs.train[:, support_index(fs, k, s, sampler)], 2, shots)
+                   for s, k in sets]  # [V, C, K, D] each
+        supports.append(_pad(np.stack(per_set), 2, num_classes))
+        rows = [_val_set(fs, s, k, sampler, val_rows) for s, k in sets]
         vals.append([fs.val[r] for r, _ in rows])
         val_labels.append([fs.val_labels[r] for r, _ in rows])
         val_ranks.append([rank for _, rank in rows])
-    val_size = max(v.shape[0] for per_seed in vals for v in per_seed)
+    val_size = max(v.shape[0] for per_set in vals for v in per_set)
     test_size = max(fs.test.shape[0] for fs in fsets)
 
     def stacked(per_dataset, fill=0):  # [G, S, Mv, ...]
-        return np.stack([np.stack([_pad(v, 0, val_size, fill) for v in per_seed])
-                         for per_seed in per_dataset])
+        return np.stack([np.stack([_pad(v, 0, val_size, fill) for v in per_set])
+                         for per_set in per_dataset])
 
     def ones(rows: int, size: int) -> np.ndarray:
         return _pad(np.ones(rows, np.float32), 0, size)
 
+    def text(fs: FeatureSet) -> np.ndarray:
+        return fs.text_prompts if prompts else fs.text
+
     return {
         "supports": np.stack(supports).astype(np.float32),
-        "text": np.stack([_pad(fs.text, 0, num_classes) for fs in fsets]).astype(np.float32),
+        "text": np.stack([_pad(text(fs), 0, num_classes) for fs in fsets]).astype(np.float32),
         "class_mask": np.stack([ones(fs.num_classes, num_classes) for fs in fsets]),
         "logit_scale": np.asarray([fs.logit_scale for fs in fsets], np.float32),
         "val": stacked(vals).astype(np.float32),
@@ -118,8 +152,8 @@ def _dataset_arrays(fsets: Sequence[FeatureSet], seeds: Sequence[int], shots: in
     }
 
 
-def _cell_arrays(filled: Sequence[Sequence[Cell]], seeds: Sequence[int],
-                 resolved: Mapping[str, Resolved]) -> dict:
+def _cell_arrays(filled: Sequence[Sequence[Cell]], sets: Sequence[tuple[int, int]],
+                 sampler: str, kmax: int, resolved: Mapping[str, Resolved]) -> dict:
     """The ``per_cell`` arrays (module docstring) of a [G, T] grid of cells."""
     first = resolved[filled[0][0].dataset]
 
@@ -128,7 +162,7 @@ def _cell_arrays(filled: Sequence[Sequence[Cell]], seeds: Sequence[int],
 
     return {
         "seed": table(lambda c: c.seed, np.int32),
-        "seed_index": table(lambda c: seeds.index(c.seed), np.int32),
+        "set_index": table(lambda c: sets.index(set_of(c, sampler, kmax)), np.int32),
         "shots": table(lambda c: c.shots, np.int32),
         "val_take": table(lambda c: capped_val_shots(c.shots), np.int32),
         "hp": {n: table(lambda c: resolved[c.dataset].values[n], np.float32) for n in first.values},
@@ -137,23 +171,26 @@ def _cell_arrays(filled: Sequence[Sequence[Cell]], seeds: Sequence[int],
 
 
 def build_batch(program: Program, method: Method, features: Mapping[str, FeatureSet],
-                resolved: Mapping[str, Resolved], *, val_policy: str,
-                pad_cells: Callable[[int], int], ood: Sequence[OODSet] = ()) -> ProgramBatch:
+                resolved: Mapping[str, Resolved], *, val_rows: str,
+                pad_cells: Callable[[int], int], ood: Sequence[OODSet] = (),
+                sampler: str = "nested", prompts: bool = False) -> ProgramBatch:
     """Stacks the cells of ``program`` (module docstring).
 
     Args:
       features: dataset -> its feature set (every dataset of the program).
       resolved: dataset -> the method's settings there (equal batch sizes).
-      val_policy: ``"coop"`` or ``"full"``.
+      val_rows: ``"coop"`` (min(K, 4) per class) or ``"full"``.
       pad_cells: T -> the padded T (a multiple of the device count).
       ood: out-of-distribution sets of the program's (single) dataset.
+      sampler: the few-shot sampler (``nested``, ``official``, ``official_chained``).
+      prompts: the text classifier of the templates and the prompt sentences.
     """
     datasets = program.datasets
     fsets = [features[d] for d in datasets]
-    seeds = sorted({c.seed for c in program.cells})
+    sets = program_sets(program, sampler)
     num_classes = max(fs.num_classes for fs in fsets)
     shots = max(c.shots for c in program.cells)
-    shared = _dataset_arrays(fsets, seeds, shots, num_classes, val_policy)
+    shared = _dataset_arrays(fsets, sets, shots, num_classes, val_rows, sampler, prompts)
     if ood:
         if len(datasets) != 1:
             raise ValueError(f"{program.name}: OOD sets need a single-dataset program")
@@ -166,10 +203,12 @@ def build_batch(program: Program, method: Method, features: Mapping[str, Feature
     if len({b for b, _ in statics}) != 1:
         raise ValueError(f"{program.name}: datasets with different batch sizes in one program")
     val_sizes = {
-        c: int(np.sum(shared["val_rank"][g, seeds.index(c.seed)] < capped_val_shots(c.shots)))
+        c: int(np.sum(shared["val_rank"][g, sets.index(set_of(c, sampler, shots))]
+                      < capped_val_shots(c.shots)))
         for g, d in enumerate(datasets) for c in program.cells_of(d)}
-    return ProgramBatch(shared, _cell_arrays(filled, seeds, resolved), tuple(slots), dict(resolved),
-                        next(iter(statics))[0], max(e for _, e in statics), val_sizes)
+    return ProgramBatch(shared, _cell_arrays(filled, sets, sampler, shots, resolved),
+                        tuple(slots), dict(resolved), next(iter(statics))[0],
+                        max(e for _, e in statics), val_sizes)
 
 
 def _ood_arrays(ood: Sequence[OODSet], num_classes: int) -> dict:

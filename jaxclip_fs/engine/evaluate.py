@@ -24,7 +24,7 @@ from jaxclip_fs.pipelines.features import GivenFeatures
 def evaluate_features(fs: featfile.FeatureSet, method: str, *, shots: int = 16, seed: int = 1,
                       hp: Sequence[str] | Mapping[str, float] = (),
                       options: Mapping[str, str] | None = None, dataset: str | None = None,
-                      val_policy: str = "coop", select_on_test: bool = False,
+                      protocol: str = "fair", sampler: str | None = None,
                       out_dir: str | os.PathLike | None = None,
                       log: Callable[[str], None] | None = None) -> dict:
     """Runs ``method`` on the (shots, seed) task of a feature set; returns the result record.
@@ -38,9 +38,8 @@ def evaluate_features(fs: featfile.FeatureSet, method: str, *, shots: int = 16, 
       options: the method's structural options.
       dataset: registry name choosing per-dataset defaults / grids (default:
         ``fs.meta["dataset"]``; unknown names use the generic default).
-      val_policy: ``"coop"`` or ``"full"``.
-      select_on_test: choose epochs and hyperparameters on *test* (the
-        official Tip-Adapter-F protocol; optimistic, labelled in the record).
+      protocol: ``fair``, ``fewshot`` or ``paper`` (:mod:`~jaxclip_fs.experiment.protocol`).
+      sampler: the few-shot sampler (default: the protocol's).
       out_dir: when given, writes ``test_logits.npy`` and ``result.json`` there.
       log: progress sink (None: silent).
 
@@ -53,7 +52,7 @@ def evaluate_features(fs: featfile.FeatureSet, method: str, *, shots: int = 16, 
     config = config_lib.ExperimentConfig(
         methods=(config_lib.MethodConfig(method, dict(options or {}), fixed),),
         data=config_lib.DataConfig(datasets=(name,)),
-        protocol=config_lib.ProtocolConfig(val_policy=val_policy, select_on_test=select_on_test),
+        protocol=config_lib.ProtocolConfig(names=(protocol,), sampler=sampler),
         grid=config_lib.GridConfig(shots=(int(shots),), seeds=(int(seed),)))
     given = GivenFeatures({name: fs})
     sources = Sources(features=given, datasets=given.datasets, provenance=given.provenance())

@@ -38,12 +38,19 @@ def head_accuracies(method: Method, pre, evalset: EvalSet, class_mask) -> dict:
 
 
 def cell(method: Method, per_cell: dict, shared: dict, *, batch_size: int, max_epochs: int,
-         select_on_test: bool, keep_params: bool = True, keep_logits: bool = False) -> dict:
+         epochs_on: str | None = "val", search_on: str = "val", keep_params: bool = True,
+         keep_logits: bool = False) -> dict:
     """One cell (unbatched; see :mod:`~jaxclip_fs.engine.batch` for the fields).
 
+    Args:
+      epochs_on: where a trained method's best epoch is chosen: ``val`` or ``test``
+        (``final``: ``method`` keeps its last epoch; the caller gives such a method).
+      search_on: where the hyperparameter grid is searched: ``val`` or ``test``.
+
     Returns:
-      ``test_accuracy``, ``val_accuracy`` (on the selection set, in %),
-      ``best_epoch`` (-1 if not trained), ``losses`` (per epoch; empty if not
+      ``test_accuracy``, ``val_accuracy`` (on the search set, in %),
+      ``best_epoch`` (-1 if not trained), ``best_score`` (the selected epoch's
+      score on the epoch-selection set), ``losses`` (per epoch; empty if not
       trained), ``index`` (name -> chosen grid index), ``heads`` (name -> test
       accuracy of each reported head), ``params`` (only with ``keep_params``,
       so unsaved params are never gathered to the host), ``test_logits``
@@ -52,27 +59,28 @@ def cell(method: Method, per_cell: dict, shared: dict, *, batch_size: int, max_e
       predicting among that set's classes only.
     """
     key = task_key(per_cell["seed"])
-    seed_index = per_cell["seed_index"]
+    set_index = per_cell["set_index"]
     num_classes, shots = shared["supports"].shape[-3:-1]
     class_mask = shared["class_mask"]
     task = with_shots(Task(
-        support=shared["supports"][seed_index],
+        support=shared["supports"][set_index],
         support_mask=jnp.broadcast_to(class_mask[:, None], (num_classes, shots)),
         class_mask=class_mask, text=shared["text"], logit_scale=shared["logit_scale"],
     ), per_cell["shots"])
     test = EvalSet(shared["test"], shared["test_labels"], shared["test_mask"])
-    val = EvalSet(shared["val"][seed_index], shared["val_labels"][seed_index],
-                  (shared["val_rank"][seed_index] < per_cell["val_take"]).astype(jnp.float32))
-    selection = test if select_on_test else val
+    val = EvalSet(shared["val"][set_index], shared["val_labels"][set_index],
+                  (shared["val_rank"][set_index] < per_cell["val_take"]).astype(jnp.float32))
     hp = per_cell["hp"]
-    params, info = fit(method, key, task, selection, hp, batch_size=batch_size,
-                       max_epochs=max_epochs)
-    chosen = select(method, params, task, selection, hp, per_cell["grid"])
+    params, info = fit(method, key, task, test if epochs_on == "test" else val, hp,
+                       batch_size=batch_size, max_epochs=max_epochs)
+    chosen = select(method, params, task, test if search_on == "test" else val, hp,
+                    per_cell["grid"])
     pre = method.precompute(params, task, test.features, test.mask)
     test_logits = logits_from(method, pre, params, task, chosen["hp"])
     result = {
         "test_accuracy": accuracy(test_logits, test), "val_accuracy": chosen["val_accuracy"],
         "best_epoch": info.get("best_epoch", jnp.asarray(-1, jnp.int32)),
+        "best_score": info.get("best_score", jnp.asarray(jnp.nan, jnp.float32)),
         "losses": info.get("losses", jnp.zeros((0,), jnp.float32)),
         "index": chosen.get("index", {}),
         "heads": head_accuracies(method, pre, test, class_mask),
@@ -111,9 +119,9 @@ def compiled_program(method: Method, mesh: jax.sharding.Mesh, **static):
                    out_shardings=sharding.replicated(mesh))
 
 
-def run_program(method: Method, batch, *, select_on_test: bool, mesh: jax.sharding.Mesh,
-                keep_params: bool = True, keep_logits: bool = False, name: str = "program",
-                limits: dict | None = None) -> dict:
+def run_program(method: Method, batch, *, mesh: jax.sharding.Mesh, epochs_on: str | None = "val",
+                search_on: str = "val", keep_params: bool = True, keep_logits: bool = False,
+                name: str = "program", limits: dict | None = None) -> dict:
     """Places a :class:`~jaxclip_fs.engine.batch.ProgramBatch` on the mesh, runs it: host arrays.
 
     The wait is bounded (:func:`~jaxclip_fs.engine.watchdog.call` with ``limits``:
@@ -123,8 +131,9 @@ def run_program(method: Method, batch, *, select_on_test: bool, mesh: jax.shardi
       ProgramHang: the program stalled or ran past its deadline.
     """
     program = compiled_program(method, mesh, batch_size=batch.batch_size,
-                               max_epochs=batch.max_epochs, select_on_test=select_on_test,
-                               keep_params=keep_params, keep_logits=keep_logits)
+                               max_epochs=batch.max_epochs, epochs_on=epochs_on,
+                               search_on=search_on, keep_params=keep_params,
+                               keep_logits=keep_logits)
     per_cell = sharding.place(batch.per_cell, sharding.cell_sharding(mesh))
     shared = sharding.place(batch.shared, sharding.replicated(mesh))
     return watchdog.call(lambda: jax.device_get(program(per_cell, shared)), name,

@@ -11,7 +11,7 @@ stages over the T cells (seeds x shots) of one dataset:
    the devices (padded by repeating the last task; shared inputs
    replicated);
 2. **select** -- the selection images (the union of the cells' validation
-   rows, or the test split with ``select_on_test``) go through the frozen
+   rows, or the test split where the protocol searches on test) go through the frozen
    trunk once per batch and every cell's ``precompute``; then the method's
    grid is searched per cell on its own rows (:func:`~jaxclip_fs.train.fit.select`,
    the same search as the feature methods', e.g. LDC's β);
@@ -35,7 +35,9 @@ import numpy as np
 
 from jaxclip_fs.data.fewshot import fewshot_val
 from jaxclip_fs.engine import sharding, watchdog
+from jaxclip_fs.errors import DataError
 from jaxclip_fs.experiment.plan import Program, Resolved
+from jaxclip_fs.experiment.protocol import Rules
 from jaxclip_fs.methods.base import Method, as_arrays, logits_from
 from jaxclip_fs.methods.cache import mask_logits
 from jaxclip_fs.methods.images import ImageSpec
@@ -153,16 +155,32 @@ def _compiled_select(method: Method):
     return jax.jit(jax.vmap(one, in_axes=(0, 0, None, 0, None, 0, 0, 0)))
 
 
-def selection_rows(data: ImageData, shots: int, seed: int, val_policy: str,
-                   select_on_test: bool) -> tuple[str, np.ndarray]:
-    """The split a cell selects on and its rows: its validation rows, or the whole test split."""
-    if select_on_test:
+def selection_rows(data: ImageData, shots: int, seed: int, rules: Rules) -> tuple[str, np.ndarray]:
+    """The split a cell searches on and its rows: its validation rows (``rules.val_rows``:
+    ``full``, or ``coop`` -- CoOp's nested rows or the official draw's), or the whole test
+    split (``rules.search_on == "test"``)."""
+    if rules.search_on == "test":
         return "test", np.arange(len(data.dataset.split("test")))
-    return "val", fewshot_val(data.dataset, shots, seed, val_policy)
+    if rules.val_rows == "coop" and rules.sampler != "nested":
+        key = (rules.sampler, seed, shots)
+        if key not in data.val_draws:
+            raise DataError(f"the {rules.sampler} draw of seed {seed} at {shots} shots has no "
+                            "validation draw: use the whole val split or another sampler")
+        return "val", np.asarray(data.val_draws[key])
+    return "val", fewshot_val(data.dataset, shots, seed, rules.val_rows)
+
+
+def support_rows(data: ImageData, cell, kmax: int, sampler: str) -> np.ndarray:
+    """A cell's support: pool rows [C, kmax] (its nested set, or its official draw padded by
+    repeating its last column -- masked out)."""
+    if sampler == "nested":
+        return data.fewshot[cell.seed][:, :kmax]
+    rows = np.asarray(data.draws[(sampler, cell.seed, cell.shots)])
+    return np.pad(rows, ((0, 0), (0, kmax - rows.shape[1])), mode="edge")
 
 
 def run_image_program(program: Program, method: Method, data: ImageData, resolved: Resolved, *,
-                      oods: Sequence[QuerySet], val_policy: str, select_on_test: bool, mesh,
+                      oods: Sequence[QuerySet], rules: Rules, mesh,
                       keep_logits: bool = False, limits: dict | None = None) -> dict:
     """Runs one image program (module docstring); returns host outputs in cell order.
 
@@ -177,7 +195,7 @@ def run_image_program(program: Program, method: Method, data: ImageData, resolve
     """
     cells = program.cells
     kmax = max(c.shots for c in cells)
-    index = np.stack([data.fewshot[c.seed][:, :kmax] for c in cells])
+    index = np.stack([support_rows(data, c, kmax, rules.sampler) for c in cells])
     mask = np.stack([np.broadcast_to(np.arange(kmax) < c.shots, index.shape[1:]) for c in cells])
     seeds = [c.seed for c in cells]
     hp = {name: np.full((len(cells),), value, np.float32) for name, value in resolved.values.items()}
@@ -186,7 +204,7 @@ def run_image_program(program: Program, method: Method, data: ImageData, resolve
     masks = jnp.asarray(mask, jnp.float32)
 
     # select: one stream over the union of the cells' selection rows
-    picked = [selection_rows(data, c.shots, c.seed, val_policy, select_on_test) for c in cells]
+    picked = [selection_rows(data, c.shots, c.seed, rules) for c in cells]
     split = picked[0][0]
     union = np.unique(np.concatenate([rows for _, rows in picked]))
     member = np.stack([np.isin(union, rows) for _, rows in picked]).astype(np.float32)

@@ -6,9 +6,9 @@ Layout of ``DIR``::
     DIR/manifest.json                               fixed settings, grid (union of all reruns), history
     DIR/features/<dataset>.npz                      extracted feature files (reused by reruns)
     DIR/features/<ood set>.ood.npz                  test features of out-of-distribution sets
-    DIR/records/<method>/<dataset>/shots<K>_seed<S>.json   one result record per cell
-    DIR/params/<method>/<datasets>-<digest>/        orbax checkpoint of a program's fitted params
-    DIR/confusion/<method>/<dataset>/shots<K>_seed<S>.*    class-confusion analyses (JSON, PNG)
+    DIR/records/<protocol>/<method>/<dataset>/shots<K>_seed<S>.json   one record per cell
+    DIR/params/<protocol>/<method>/<datasets>-<digest>/   orbax checkpoint of a program's params
+    DIR/confusion/<protocol>/<method>/<dataset>/shots<K>_seed<S>.*   class-confusion analyses
     DIR/report/                                     `jaxclip-fs report DIR` output
 
 (``<method>`` is the variant label, e.g. ``ldc--fusion-concat`` for
@@ -46,16 +46,17 @@ MANIFEST = "manifest.json"
 CONFIG = "config.json"
 FORMAT = "jaxclip-fs run"
 FORMAT_VERSION = 2
-GRID_KEYS = ("methods", "datasets", "shots", "seeds", "ood")
+GRID_KEYS = ("methods", "datasets", "shots", "seeds", "ood", "protocols")
 
 
 def record_path(out_dir: str, cell: Cell) -> str:
-    return os.path.join(out_dir, "records", safe_name(cell.method), safe_name(cell.dataset),
-                        f"shots{cell.shots}_seed{cell.seed}.json")
+    return os.path.join(out_dir, "records", cell.protocol, safe_name(cell.method),
+                        safe_name(cell.dataset), f"shots{cell.shots}_seed{cell.seed}.json")
 
 
 def params_path(out_dir: str, program: Program) -> str:
-    return os.path.join(out_dir, "params", safe_name(program.method), program.key)
+    return os.path.join(out_dir, "params", program.protocol, safe_name(program.method),
+                        program.key)
 
 
 def features_dir(out_dir: str) -> str:
@@ -64,7 +65,8 @@ def features_dir(out_dir: str) -> str:
 
 def confusion_prefix(out_dir: str, cell: Cell) -> str:
     """``<prefix>.json`` / ``.png``: the class-confusion analysis of a cell."""
-    return os.path.join(out_dir, "confusion", safe_name(cell.method), safe_name(cell.dataset),
+    return os.path.join(out_dir, "confusion", cell.protocol, safe_name(cell.method),
+                        safe_name(cell.dataset),
                         f"shots{cell.shots}_seed{cell.seed}")
 
 

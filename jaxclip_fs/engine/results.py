@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from jaxclip_fs.experiment.plan import Cell, Program
+from jaxclip_fs.experiment.protocol import Rules
 from jaxclip_fs.io import records
 from jaxclip_fs.methods.base import Method
 
@@ -42,7 +43,10 @@ class CellResult:
         further facts of the inputs (e.g. the IMO adapters of paired features).
       hyperparameters: the values used (searched ones as chosen).
       searched: the names chosen by search.
-      accuracy, val_accuracy: test and selection accuracy in %.
+      accuracy: the protocol's figure in % (``rules.reported``; ``final``: the
+        final prediction's test accuracy).
+      final_accuracy: the final prediction's test accuracy in %.
+      val_accuracy: the search set's accuracy in %.
       val_size, test_size, num_classes: sizes.
       best_epoch: trained methods: the epoch kept (0-based), else None.
       epoch_losses: trained methods: mean training loss per epoch.
@@ -60,6 +64,7 @@ class CellResult:
     hyperparameters: Mapping[str, Any]
     searched: Sequence[str]
     accuracy: float
+    final_accuracy: float
     val_accuracy: float
     val_size: int
     test_size: int
@@ -79,16 +84,27 @@ def losses_of(values) -> list[float]:
     return [float(x) for x in np.asarray(values) if np.isfinite(x)]
 
 
-def cell_records(result: CellResult, *, program: Program, val_policy: str, select_on_test: bool,
-                 seconds: float, devices: int,
-                 params_dir: str | None) -> list[tuple[Cell, dict]]:
+def reported(rule: str, final: float, heads: Mapping[str, float],
+             best_score: float | None) -> float:
+    """The figure a protocol reports (:class:`~jaxclip_fs.methods.base.Official`): the final
+    prediction's accuracy, or the maximum with the heads' (``max_heads``) or with the best
+    epoch's score (``max_epoch_or_search``)."""
+    if rule == "max_heads":
+        return max([final, *heads.values()])
+    if rule == "max_epoch_or_search" and best_score is not None and np.isfinite(best_score):
+        return max(final, float(best_score))
+    return final
+
+
+def cell_records(result: CellResult, *, program: Program, rules: Rules, seconds: float,
+                 devices: int, params_dir: str | None) -> list[tuple[Cell, dict]]:
     """The record of a cell and of each of its OOD sets."""
     method = result.method
     cell = result.cell
     common = dict(
         method_name=method.name, options=dict(method.option_values), inputs=method.inputs,
-        searched=list(result.searched), val_policy=val_policy,
-        selection="test" if select_on_test else "validation")
+        searched=list(result.searched), protocol=rules.protocol, selection=rules.describe(),
+        val_policy=rules.val_rows)
     results = dict(
         val_accuracy=float(result.val_accuracy), best_epoch=result.best_epoch,
         epoch_selection=method.epoch_selection if method.trainable else None,
@@ -109,14 +125,18 @@ def cell_records(result: CellResult, *, program: Program, val_policy: str, selec
     out = [(cell, records.build_record(
         method=cell.method, shots=cell.shots, seed=cell.seed,
         hyperparameters=result.hyperparameters, provenance=result.provenance, **common,
-        accuracy=float(result.accuracy), num_classes=int(result.num_classes),
-        test_size=int(result.test_size), **results, **extra))]
+        accuracy=float(result.accuracy), final_accuracy=float(result.final_accuracy),
+        num_classes=int(result.num_classes), test_size=int(result.test_size), **results,
+        **extra))]
+    ood_common = {**common, "selection": {**common["selection"], "reported": "final"}}
     for ood in result.ood:
-        out.append((Cell(cell.method, ood.name, cell.shots, cell.seed), records.build_record(
+        out.append((Cell(cell.method, ood.name, cell.shots, cell.seed, cell.protocol),
+                    records.build_record(
             method=cell.method, shots=cell.shots, seed=cell.seed,
             hyperparameters=result.hyperparameters,
-            provenance={**ood.meta, "dataset": ood.name}, **common,
-            accuracy=float(ood.accuracy), trained_on=cell.dataset,
+            provenance={**ood.meta, "dataset": ood.name}, **ood_common,
+            accuracy=float(ood.accuracy), final_accuracy=float(ood.accuracy),
+            trained_on=cell.dataset,
             num_classes=int(ood.num_classes), test_size=int(ood.test_size), **results, **extra)))
     return out
 

@@ -29,6 +29,7 @@ process 0 alone writes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from typing import Any, Callable, Mapping, Protocol, Sequence
@@ -39,9 +40,10 @@ from jax.experimental import multihost_utils
 
 from jaxclip_fs.engine import batch as batch_lib
 from jaxclip_fs.engine import feature_program, image_program, outdir, sharding
-from jaxclip_fs.engine.results import CellResult, OODResult, cell_records, losses_of
+from jaxclip_fs.engine.results import CellResult, OODResult, cell_records, losses_of, reported
 from jaxclip_fs.errors import ConfigError
 from jaxclip_fs.experiment import config as config_lib
+from jaxclip_fs.experiment import protocol as protocol_lib
 from jaxclip_fs.experiment.plan import (
     Cell, Program, Variant, all_cells, fusion_groups, ood_parents, plan_programs,
     resolve_variants,
@@ -50,7 +52,7 @@ from jaxclip_fs.features import featfile
 from jaxclip_fs.io import atomic, records
 from jaxclip_fs.io.console import progress_bar, stderr_log
 from jaxclip_fs.pipelines import ood as ood_lib
-from jaxclip_fs.pipelines.features import ExtractedFeatures, FeatureFiles
+from jaxclip_fs.pipelines.features import ExtractedFeatures, FeatureFiles, Request
 from jaxclip_fs.pipelines.images import ImageSource
 from jaxclip_fs.pipelines.paired import PairedFeatures
 from jaxclip_fs.pipelines.session import ClipSession
@@ -259,16 +261,16 @@ def _pending_everywhere(sink: Sink, cells: Sequence[Cell],
 
 
 def _ood_cells(cell: Cell, ood_of: Mapping[str, Sequence[str]]) -> list[Cell]:
-    return [Cell(cell.method, name, cell.shots, cell.seed) for name in ood_of.get(cell.dataset, ())]
+    return [Cell(cell.method, name, cell.shots, cell.seed, cell.protocol)
+            for name in ood_of.get(cell.dataset, ())]
 
 
 class _Inputs:
     """The inputs of the datasets with work left, fetched once per (kind, dataset)."""
 
-    def __init__(self, sources: Sources, grid: Mapping[str, Sequence[int]],
+    def __init__(self, sources: Sources, requests: Callable[[str, str], Request],
                  ood_of: Mapping[str, Sequence[str]], log):
-        self.sources, self.ood_of, self.log = sources, ood_of, log
-        self.shots, self.seeds = max(grid["shots"]), tuple(grid["seeds"])
+        self.sources, self.requests, self.ood_of, self.log = sources, requests, ood_of, log
         self._features: dict = {}
         self._oods: dict = {}
         self._images: dict = {}
@@ -276,9 +278,13 @@ class _Inputs:
     def features(self, kind: str, dataset: str, label: str) -> featfile.FeatureSet:
         key = (kind, dataset)
         if key not in self._features:
-            fs = self.sources.provider(kind, label)(dataset, self.shots, self.seeds)
-            for seed in self.seeds:  # a missing seed or too few shots fails here, before any work
-                featfile.support_index(fs, self.shots, seed)
+            request = self.requests(kind, dataset)
+            fs = self.sources.provider(kind, label)(dataset, request)
+            # a missing seed, draw or too few shots fails here, before any work
+            for seed in request.seeds:
+                featfile.support_index(fs, request.max_shots, seed)
+            for sampler, seed, shots in request.draws():
+                featfile.support_index(fs, shots, seed, sampler)
             self._features[key] = fs
         return self._features[key]
 
@@ -294,7 +300,8 @@ class _Inputs:
         key = (dataset, taps)
         if key not in self._images:
             source = self.sources.provider("images", label)
-            self._images[key] = source.prepare(dataset, self.shots, self.seeds, taps, self.log)
+            self._images[key] = source.prepare(dataset, self.requests("images", dataset), taps,
+                                               self.log)
         return self._images[key]
 
 
@@ -336,7 +343,8 @@ def run_experiment(config: config_lib.ExperimentConfig, sink: Sink, *,
 
     grid = sink.begin(config, sources.provenance)
     datasets = tuple(config.data.datasets) or sources.datasets
-    cells = all_cells(config.labels(), datasets, config.grid.shots, config.grid.seeds)
+    cells = all_cells(config.labels(), datasets, config.grid.shots, config.grid.seeds,
+                      config.protocol.names)
     pending = _pending_everywhere(sink, cells, ood_of)
     waiting = set(pending)
     skipped = tuple(c for c in cells if c not in waiting)
@@ -347,11 +355,20 @@ def run_experiment(config: config_lib.ExperimentConfig, sink: Sink, *,
     if skipped:
         say(f"resuming: {len(skipped)} of {len(cells)} cells already finished")
 
-    inputs = _Inputs(sources, grid, ood_of, say)
+    def requests(kind: str, dataset: str) -> Request:
+        """What the cells of one input kind need of a dataset: its samplers and prompts."""
+        found = [_rules(config, protocol, v, dataset) for protocol in config.protocol.names
+                 for v in variants.values() if _kind(v.method) == kind]
+        samplers = tuple(dict.fromkeys(["nested"] + [r.sampler for r in found]))
+        prompts = config.protocol.prompts if any(r.prompts for r in found) else None
+        return Request(tuple(grid["shots"]), tuple(grid["seeds"]), samplers, prompts)
+
+    inputs = _Inputs(sources, requests, ood_of, say)
+    _warn_missing_prompts(config, variants, say)
     for label, dataset in dict.fromkeys((c.method, c.dataset) for c in pending):
         _resolve(variants[label], dataset, inputs)  # bad values fail here, before any work
 
-    def groups_of(label: str, names: Sequence[str]) -> list[tuple[str, ...]]:
+    def groups_of(protocol: str, label: str, names: Sequence[str]) -> list[tuple[str, ...]]:
         variant = variants[label]
         kind = variant.method.inputs
         if kind not in FEATURE_KINDS or not config.execution.fuse_datasets:
@@ -359,8 +376,8 @@ def run_experiment(config: config_lib.ExperimentConfig, sink: Sink, *,
 
         def signature(d):
             fs = inputs.features(kind, d, label)
-            return (ood_of.get(d, ()), batch_lib.fusion_signature(
-                variant.method, fs, variant.resolve(d, fs.dim)))
+            return (ood_of.get(d, ()), _rules(config, protocol, variant, d),
+                    batch_lib.fusion_signature(variant.method, fs, variant.resolve(d, fs.dim)))
         return fusion_groups(names, signature, True)
 
     programs = plan_programs(pending, config.labels(), groups_of,
@@ -371,7 +388,6 @@ def run_experiment(config: config_lib.ExperimentConfig, sink: Sink, *,
     program_bar = progress_bar(len(programs), desc="programs", unit="prog", position=0,
                                disable=not show)
     cell_bar = progress_bar(len(pending), desc="cells", unit="cell", position=1, disable=not show)
-    protocol = config.protocol
     try:
         for program in programs:
             program_bar.set_postfix_str(program.name)
@@ -385,10 +401,10 @@ def run_experiment(config: config_lib.ExperimentConfig, sink: Sink, *,
                                                             mesh, sink)
             seconds = time.perf_counter() - started_program
             params_dir = sink.save_params(program, params, slots) if params is not None else None
+            rules = _rules(config, program.protocol, variant, program.datasets[0])
             for result in results:
                 sink.write(result, cell_records(
-                    result, program=program, val_policy=protocol.val_policy,
-                    select_on_test=protocol.select_on_test, seconds=seconds,
+                    result, program=program, rules=rules, seconds=seconds,
                     devices=mesh.devices.size, params_dir=params_dir))
             program_bar.update(1)
             cell_bar.update(len(program.cells))
@@ -400,6 +416,43 @@ def run_experiment(config: config_lib.ExperimentConfig, sink: Sink, *,
         f"({len(skipped)} already finished) in {seconds:.1f} s on {mesh.devices.size} device(s)")
     return RunResult(tuple(cells), tuple(pending), skipped, tuple(programs), seconds,
                      mesh.devices.size)
+
+
+def _warn_missing_prompts(config: config_lib.ExperimentConfig, variants: Mapping[str, Variant],
+                          say: Callable[[str], None]) -> None:
+    """Once: ``paper`` methods whose official classifier adds prompt sentences, run without."""
+    if "paper" not in config.protocol.names or config.protocol.prompts:
+        return
+    wanting = [label for label, v in variants.items()
+               if v.method.official is not None and v.method.official.prompts]
+    if wanting:
+        say(f"warning: under the paper protocol {', '.join(wanting)} officially add CuPL prompt "
+            "sentences to the templates; without --prompts FILE.json they use the templates "
+            "only (recorded). The files: gpt3_prompts/CuPL_prompts_<dataset>.json of the APE "
+            "repository (yangyangyang127/APE), in CuPL's format (class name -> sentences).")
+
+
+def _kind(method) -> str:
+    """The provider kind of a method's inputs."""
+    return method.inputs if method.inputs in FEATURE_KINDS else "images"
+
+
+def _rules(config: config_lib.ExperimentConfig, protocol: str, variant: Variant,
+           dataset: str) -> protocol_lib.Rules:
+    """The rules of a variant's cells on ``dataset`` under ``protocol``."""
+    return protocol_lib.rules(protocol, variant.method, dataset, sampler=config.protocol.sampler,
+                              prompts=bool(config.protocol.prompts))
+
+
+@functools.lru_cache(maxsize=64)
+def _keeping_last_epoch(method):
+    """``method`` keeping its final epoch (a protocol's ``epochs_on="final"``)."""
+    return dataclasses.replace(method, epoch_selection="final")
+
+
+def _for_rules(method, rules: protocol_lib.Rules):
+    """The method as the rules train it."""
+    return _keeping_last_epoch(method) if rules.epochs_on == "final" and method.trains else method
 
 
 def _resolve(variant: Variant, dataset: str, inputs: _Inputs):
@@ -424,34 +477,39 @@ def _keep_params(config: config_lib.ExperimentConfig, variant: Variant) -> bool:
 def _run_feature_program(program: Program, variant: Variant, inputs: _Inputs,
                          config: config_lib.ExperimentConfig, mesh, sink: Sink):
     """A feature / paired program → (cell results, params tree or None, slots)."""
-    method, kind = variant.method, variant.method.inputs
+    rules = _rules(config, program.protocol, variant, program.datasets[0])
+    method, kind = _for_rules(variant.method, rules), variant.method.inputs
     fsets = {d: inputs.features(kind, d, program.method) for d in program.datasets}
     oods = {d: inputs.feature_oods(kind, d, program.method) for d in program.datasets}
     resolved = {d: _resolve(variant, d, inputs) for d in program.datasets}
     batch = batch_lib.build_batch(
-        program, method, fsets, resolved, val_policy=config.protocol.val_policy,
-        pad_cells=lambda n: sharding.padded_length(n, mesh), ood=oods[program.datasets[0]])
+        program, method, fsets, resolved, val_rows=rules.val_rows,
+        pad_cells=lambda n: sharding.padded_length(n, mesh), ood=oods[program.datasets[0]],
+        sampler=rules.sampler, prompts=rules.prompts)
     keep = _keep_params(config, variant)
-    select_on_test = config.protocol.select_on_test
     # the same program on every process (multi-host SPMD), so not conditioned on the writer
-    outputs = feature_program.run_program(method, batch, select_on_test=select_on_test, mesh=mesh,
-                                          keep_params=keep, keep_logits=sink.keep_logits,
-                                          name=program.name, limits=_limits(config))
+    outputs = feature_program.run_program(
+        method, batch, mesh=mesh, epochs_on=rules.epochs_on, search_on=rules.search_on,
+        keep_params=keep, keep_logits=sink.keep_logits, name=program.name,
+        limits=_limits(config))
     results = []
     for g, t, cell in batch_lib.slot_cells(batch):
         fs = fsets[cell.dataset]
         index = {name: int(v[g, t]) for name, v in outputs["index"].items()}
         res = resolved[cell.dataset]
+        final = float(outputs["test_accuracy"][g, t])
+        heads = {k: float(v[g, t]) for k, v in outputs["heads"].items()}
+        best = float(outputs["best_score"][g, t]) if method.trains else None
         results.append(CellResult(
             cell=cell, method=method, provenance={**fs.meta, "dataset": cell.dataset},
             hyperparameters=method.used(res.values, res.grid, index), searched=list(res.grid),
-            accuracy=float(outputs["test_accuracy"][g, t]),
+            accuracy=reported(rules.reported, final, heads, best), final_accuracy=final,
             val_accuracy=float(outputs["val_accuracy"][g, t]),
-            val_size=fs.test.shape[0] if select_on_test else batch.val_sizes[cell],
+            val_size=fs.test.shape[0] if rules.search_on == "test" else batch.val_sizes[cell],
             test_size=int(fs.test.shape[0]), num_classes=fs.num_classes,
             best_epoch=int(outputs["best_epoch"][g, t]) if method.trains else None,
             epoch_losses=losses_of(outputs["losses"][g, t]) if method.trains else None,
-            heads={k: float(v[g, t]) for k, v in outputs["heads"].items()},
+            heads=heads,
             ood=[OODResult(o.name, float(outputs["ood_accuracy"][g, t, i]),
                            int(o.class_mask.sum()), int(o.test.shape[0]), o.meta)
                  for i, o in enumerate(oods[cell.dataset])],
@@ -467,16 +525,15 @@ def _run_image_program(program: Program, variant: Variant, inputs: _Inputs,
                        config: config_lib.ExperimentConfig, mesh, sink: Sink):
     """An image program → (cell results, params tree [1, T, ...] or None, slots)."""
     (dataset,) = program.datasets
+    rules = _rules(config, program.protocol, variant, dataset)
     source = inputs.sources.provider("images", program.method)
-    method = image_program.bind(variant.method, source.spec())
+    method = image_program.bind(_for_rules(variant.method, rules), source.spec())
     data = inputs.images(dataset, method.taps, program.method)
     resolved = _resolve(variant, dataset, inputs)
     oods = [source.ood(name, data) for name in inputs.ood_of.get(dataset, ())]
-    protocol = config.protocol
     out = image_program.run_image_program(
-        program, method, data, resolved, oods=oods, val_policy=protocol.val_policy,
-        select_on_test=protocol.select_on_test, mesh=mesh, keep_logits=sink.keep_logits,
-        limits=_limits(config))
+        program, method, data, resolved, oods=oods, rules=rules, mesh=mesh,
+        keep_logits=sink.keep_logits, limits=_limits(config))
     provenance = data.meta
     results = []
     for t, cell in enumerate(program.cells):
@@ -491,15 +548,18 @@ def _run_image_program(program: Program, variant: Variant, inputs: _Inputs,
                 out["selection_labels"][rows], data.dataset.classnames,
                 heads=(before, after), split=out["selection"],
                 random_weights=str(provenance.get("weights", "")).startswith("random"))
+        final = float(out["test_accuracy"][t])
+        heads = {k: float(v[t]) for k, v in out["heads"].items()}
         results.append(CellResult(
             cell=cell, method=method, provenance=provenance,
             hyperparameters=method.used(resolved.values, resolved.grid, index),
-            searched=list(resolved.grid), accuracy=float(out["test_accuracy"][t]),
+            searched=list(resolved.grid), accuracy=reported(rules.reported, final, heads, None),
+            final_accuracy=final,
             val_accuracy=float(out["val_accuracy"][t]), val_size=int(out["val_size"][t]),
             test_size=len(data.dataset.split("test")), num_classes=data.num_classes,
             best_epoch=int(out["info"]["best_epoch"][t]) if method.trains else None,
             epoch_losses=losses_of(out["info"]["losses"][t]) if method.trains else None,
-            heads={k: float(v[t]) for k, v in out["heads"].items()},
+            heads=heads,
             inputs={"taps": list(method.taps), "train_path": data.path,
                     "tap_cache_views": data.views if data.path == "cache" else None,
                     "devices": min(mesh.devices.size, len(program.cells))},

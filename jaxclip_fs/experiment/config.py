@@ -19,7 +19,8 @@ data        datasets, features (files), ood; data_root, source           may gro
 model       backbone, weights, imo_adapters                              fixed
 extraction  views, aug_scale, aug_seed, dtype, batch_size               fixed
 images      train_path, tap_cache_views, aug_scale; tap_cache_budget_gib fixed
-protocol    val_policy, select_on_test                                   fixed
+protocol    names (fair, fewshot, paper)                                 may grow
+            sampler, prompts                                             fixed
 hp          NAME -> value for every method declaring NAME                 fixed
 grid        shots, seeds                                                 may grow
 execution   devices, plan, fuse_datasets, save_params, cache, workers    free
@@ -40,11 +41,11 @@ import typing
 from typing import Any, Mapping
 
 from jaxclip_fs.errors import ConfigError
+from jaxclip_fs.experiment import protocol as protocol_lib
 from jaxclip_fs.io import atomic
 
 FORMAT = "jaxclip-fs experiment"
 FORMAT_VERSION = 1
-VAL_POLICIES = ("coop", "full")
 SOURCES = ("coop", "tfds")
 DTYPES = ("float32", "bfloat16")
 SAVE_PARAMS = ("trained", "all", "none")
@@ -108,7 +109,10 @@ class ExtractionConfig:
     """How image features are computed.
 
     Attributes:
-      views: views per train image, view 0 un-augmented.
+      views: augmented views per train image (each a RandomResizedCrop + flip),
+        besides the plain view 0 every feature file holds: Tip-Adapter's
+        cache averages 10; trained methods take a fresh one every epoch when
+        there are at least as many as epochs.
       aug_scale: RandomResizedCrop area range of the augmented views.
       aug_seed: seed of the augmented views.
       dtype: CLIP compute dtype (features are stored as float32).
@@ -128,8 +132,8 @@ class ImagesConfig:
 
     Attributes:
       train_path: ``auto`` (cache when it fits the budget), ``trunk`` or ``cache``.
-      tap_cache_views: views per support image in the tap cache (view 0 clean;
-        default: ``extraction.views``).
+      tap_cache_views: augmented views per support image in the tap cache,
+        besides the clean view 0 (default: ``extraction.views``).
       tap_cache_budget_gib: memory the tap cache may take with ``auto``.
       aug_scale: RandomResizedCrop area range of the training crops (LDC: 0.8-1).
     """
@@ -142,16 +146,21 @@ class ImagesConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ProtocolConfig:
-    """What selection sees.
+    """What selection sees and what a record reports (:mod:`~jaxclip_fs.experiment.protocol`).
 
     Attributes:
-      val_policy: ``coop`` (min(K, 4) per class of the val split) or ``full``.
-      select_on_test: choose epochs and hyperparameters on the TEST set (the
-        official Tip-Adapter-F protocol; optimistic, labelled in every record).
+      names: the protocols to run, each a grid axis: ``fair`` (default),
+        ``fewshot``, ``paper``.
+      sampler: the few-shot sampler, or None for each protocol's own
+        (``fair`` / ``fewshot``: ``nested``; ``paper``: the official draw).
+      prompts: a CuPL-format prompt file (class name -> sentences) ensembled
+        with the templates (``fair`` / ``fewshot``: by every method; ``paper``:
+        by the methods whose official classifier does, APE / APE-T).
     """
 
-    val_policy: str = "coop"
-    select_on_test: bool = False
+    names: tuple[str, ...] = (protocol_lib.DEFAULT_PROTOCOL,)
+    sampler: str | None = None
+    prompts: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,7 +240,7 @@ class ExperimentConfig:
                 "extraction": _jsonable(dataclasses.asdict(self.extraction)),
                 "images": {k: v for k, v in dataclasses.asdict(self.images).items()
                            if k != "tap_cache_budget_gib"},
-                "protocol": dataclasses.asdict(self.protocol),
+                "protocol": {"sampler": self.protocol.sampler, "prompts": self.protocol.prompts},
                 "hp": dict(sorted(self.hp.items())),
                 "source": self.data.source}
 
@@ -240,7 +249,7 @@ class ExperimentConfig:
         return {"methods": list(self.labels()),
                 "datasets": list(self.data.datasets) or list(self.data.features),
                 "shots": list(self.grid.shots), "seeds": list(self.grid.seeds),
-                "ood": list(self.data.ood)}
+                "ood": list(self.data.ood), "protocols": list(self.protocol.names)}
 
     def method_hp(self) -> dict[str, dict[str, float]]:
         """variant label -> its own fixed hyperparameters (compared per label on rerun)."""
@@ -277,7 +286,12 @@ def check(config: ExperimentConfig) -> ExperimentConfig:
         raise ConfigError("data: give either datasets (extracted here) or features (files)")
     choose("data.source", config.data.source, SOURCES)
     choose("extraction.dtype", config.extraction.dtype, DTYPES)
-    choose("protocol.val_policy", config.protocol.val_policy, VAL_POLICIES)
+    if not config.protocol.names:
+        raise ConfigError("protocol.names must name at least one protocol")
+    for name in config.protocol.names:
+        choose("protocol.names", name, protocol_lib.PROTOCOLS)
+    if config.protocol.sampler is not None:
+        choose("protocol.sampler", config.protocol.sampler, protocol_lib.SAMPLERS)
     choose("images.train_path", config.images.train_path, TRAIN_PATHS)
     choose("execution.save_params", config.execution.save_params, SAVE_PARAMS)
     for name, value, low in (("grid.shots", config.grid.shots, 1),
@@ -286,11 +300,11 @@ def check(config: ExperimentConfig) -> ExperimentConfig:
             raise ConfigError(f"{name} must name at least one value")
         if min(value) < low:
             raise ConfigError(f"{name} values must be >= {low}, got {min(value)}")
-    for name, value in (("extraction.views", config.extraction.views),
-                        ("extraction.batch_size", config.extraction.batch_size),
-                        ("images.tap_cache_views", config.images.tap_cache_views or 1)):
-        if value < 1:
-            raise ConfigError(f"{name} must be >= 1, got {value}")
+    for name, value, low in (("extraction.views", config.extraction.views, 0),
+                             ("extraction.batch_size", config.extraction.batch_size, 1),
+                             ("images.tap_cache_views", config.images.tap_cache_views or 0, 0)):
+        if value < low:
+            raise ConfigError(f"{name} must be >= {low}, got {value}")
     low, high = config.extraction.aug_scale
     if not 0 < low <= high <= 1:
         raise ConfigError(f"extraction.aug_scale must satisfy 0 < low <= high <= 1, "

@@ -31,12 +31,14 @@ from jaxclip_fs.methods.base import Method
 
 @dataclasses.dataclass(frozen=True, order=True)
 class Cell:
-    """One result record: a method variant on one dataset's (shots, seed) few-shot task."""
+    """One result record: a method variant on one dataset's (shots, seed) few-shot task, under
+    one protocol (:mod:`~jaxclip_fs.experiment.protocol`)."""
 
     method: str
     dataset: str
     shots: int
     seed: int
+    protocol: str = "fair"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,9 +109,15 @@ class Program:
     cells: tuple[Cell, ...]
 
     @property
+    def protocol(self) -> str:
+        return self.cells[0].protocol
+
+    @property
     def name(self) -> str:
-        """``method/dataset`` or ``method/dataset1+dataset2`` (for messages)."""
-        return f"{self.method}/{'+'.join(self.datasets)}"
+        """``method/dataset`` or ``method/dataset1+dataset2`` (``paper:`` etc. before it, for
+        protocols other than ``fair``) -- for messages and records."""
+        prefix = "" if self.protocol == "fair" else f"{self.protocol}:"
+        return f"{prefix}{self.method}/{'+'.join(self.datasets)}"
 
     @property
     def key(self) -> str:
@@ -130,9 +138,10 @@ class Program:
 
 
 def all_cells(labels: Sequence[str], datasets: Sequence[str], shots: Sequence[int],
-              seeds: Sequence[int]) -> list[Cell]:
-    """The full grid, method-major, then dataset, seed, shots."""
-    return [Cell(m, d, k, s) for m in labels for d in datasets for s in seeds for k in shots]
+              seeds: Sequence[int], protocols: Sequence[str] = ("fair",)) -> list[Cell]:
+    """The full grid, protocol-major, then method, dataset, seed, shots."""
+    return [Cell(m, d, k, s, p) for p in protocols for m in labels for d in datasets
+            for s in seeds for k in shots]
 
 
 def fusion_groups(datasets: Sequence[str], signature: Callable[[str], Hashable],
@@ -150,14 +159,14 @@ def fusion_groups(datasets: Sequence[str], signature: Callable[[str], Hashable],
 
 
 def plan_programs(pending: Iterable[Cell], labels: Sequence[str],
-                  groups_of: Callable[[str, Sequence[str]], list[tuple[str, ...]]],
+                  groups_of: Callable[[str, str, Sequence[str]], list[tuple[str, ...]]],
                   per_shots: bool = False) -> list[Program]:
-    """Programs covering the ``pending`` cells: per variant, per dataset group.
+    """Programs covering the ``pending`` cells: per protocol and variant, per dataset group.
 
     Args:
       pending: cells still to compute.
       labels: variant order.
-      groups_of: ``(label, datasets with pending cells) -> dataset groups``.
+      groups_of: ``(protocol, label, datasets with pending cells) -> dataset groups``.
       per_shots: one program per shot count as well. A program pads every
         cell to its largest shot count (a 1-shot cell trains as many scanned
         steps as the 16-shot one), which costs nothing on hardware that runs
@@ -165,14 +174,15 @@ def plan_programs(pending: Iterable[Cell], labels: Sequence[str],
         loop does 31 on a saturated CPU; per-shot programs do no padding
         work. Same records either way.
     """
-    by_label: dict[str, list[Cell]] = {}
+    by_label: dict[tuple[str, str], list[Cell]] = {}
     for cell in pending:
-        by_label.setdefault(cell.method, []).append(cell)
+        by_label.setdefault((cell.protocol, cell.method), []).append(cell)
     programs = []
-    for label in labels:
-        cells = by_label.get(label, [])
+    protocols = list(dict.fromkeys(protocol for protocol, _ in by_label))
+    for protocol, label in ((p, m) for p in protocols for m in labels):
+        cells = by_label.get((protocol, label), [])
         datasets = list(dict.fromkeys(c.dataset for c in cells))
-        for group in groups_of(label, datasets) if datasets else ():
+        for group in groups_of(protocol, label, datasets) if datasets else ():
             mine = sorted((c for c in cells if c.dataset in group),
                           key=lambda c: (group.index(c.dataset), c.seed, c.shots))
             parts = ([[c for c in mine if c.shots == k] for k in sorted({c.shots for c in mine})]

@@ -1,7 +1,7 @@
 """From a dataset and a CLIP to a feature file: the train pool, views, val/test, text classifier.
 
 :func:`extract_features` is what ``jaxclip-fs extract`` and the sweep engine
-call. It produces the feature file of DESIGN.md:
+call. It produces the feature file (:mod:`~jaxclip_fs.features.featfile`):
 
 * ``text``: :func:`~jaxclip_fs.features.text_classifier.text_classifier` of
   the dataset's class names and templates;
@@ -36,14 +36,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from jaxclip_fs.clip.tokenizer import load_tokenizer
-from jaxclip_fs.data.fewshot import class_order, nested_fewshot
+from jaxclip_fs.data.fewshot import class_order, nested_fewshot, official_sets
 from jaxclip_fs.errors import ConfigError, DataError
 from jaxclip_fs.features import augment, featfile
 from jaxclip_fs.features.image_encoder import (
     DEFAULT_CHUNK_IMAGES, SplitFeatures, check_view_args, encode_split, make_image_encoder,
 )
 from jaxclip_fs.features.pipeline import default_workers
-from jaxclip_fs.features.text_classifier import text_classifier
+from jaxclip_fs.features.text_classifier import prompt_classifier, prompts_digest, text_classifier
 from jaxclip_fs.io import atomic
 from jaxclip_fs.io.records import code_version
 
@@ -58,16 +58,25 @@ class TrainPool:
       indices: int [N] train-split indices, ascending.
       fewshot: ``{seed: int [C, K]}`` rows of ``indices`` (empty for the whole split).
       policy: one-line description for ``meta``.
+      draws: ``{(sampler, seed, shots): int [C, K]}`` rows of ``indices`` of the official
+        codes' draws (not nested).
+      val_draws: the same keys -> rows of the val split (CoOp's validation draw).
     """
 
     indices: np.ndarray
     fewshot: dict[int, np.ndarray]
     policy: str
+    draws: dict = dataclasses.field(default_factory=dict)
+    val_draws: dict = dataclasses.field(default_factory=dict)
 
 
 def select_train_pool(dataset, shots: int | None, seeds: Sequence[int],
-                      readable: Callable[[int], bool] | None = None) -> TrainPool:
-    """The train pool for ``shots`` and ``seeds`` (module docstring).
+                      readable: Callable[[int], bool] | None = None,
+                      draws: Sequence[tuple[str, int, int]] = ()) -> TrainPool:
+    """The train pool for ``shots`` and ``seeds`` (module docstring), and official ``draws``.
+
+    ``draws``: ``(sampler, seed, shots)`` of the official codes' draws the pool
+    must hold too (:func:`~jaxclip_fs.data.fewshot.official_sets`).
 
     Args:
       dataset: a :class:`~jaxclip_fs.data.dataset.Dataset`.
@@ -83,6 +92,8 @@ def select_train_pool(dataset, shots: int | None, seeds: Sequence[int],
     """
     train = dataset.split("train")
     origin = dataset.split_origin.get("train", "train split")
+    if shots is None and draws:
+        raise ConfigError("official draws need --shots (the pool is their union)")
     if shots is None:
         return TrainPool(np.arange(len(train), dtype=np.int64), {},
                          f"whole train split ({origin})")
@@ -109,12 +120,19 @@ def select_train_pool(dataset, shots: int | None, seeds: Sequence[int],
                     f"{shots} shots asked")
             rows.append(good)
         chosen[seed] = np.asarray(rows, np.int64).reshape(dataset.num_classes, shots)
-    indices = np.unique(np.concatenate([c.ravel() for c in chosen.values()]))
+    official = {key: official_sets(dataset, *key) for key in dict.fromkeys(draws)}
+    indices = np.unique(np.concatenate([c.ravel() for c in chosen.values()]
+                                       + [rows.ravel() for rows, _, _ in official.values()]))
     fewshot = {seed: np.searchsorted(indices, c) for seed, c in chosen.items()}
     policy = (f"few-shot pool: union over seeds {list(seeds)} of {shots} train images per "
               f"class (nested sampler{', unreadable images passed over' if readable else ''}) "
               f"from the train split ({origin})")
-    return TrainPool(indices, fewshot, policy)
+    if official:
+        sources = sorted({what for _, _, what in official.values()})
+        policy += (f", and the official draws {sorted(official)} ({'; '.join(sources)})")
+    return TrainPool(indices, fewshot, policy,
+                     {key: np.searchsorted(indices, rows) for key, (rows, _, _) in official.items()},
+                     {key: val for key, (_, val, _) in official.items() if val is not None})
 
 
 class _ReadabilityProbe:
@@ -184,6 +202,8 @@ def extract_features(
     skip_corrupt: bool = False,
     workers: int | None = None,
     progress: bool = True,
+    draws: Sequence[tuple[str, int, int]] = (),
+    prompts: str | os.PathLike | None = None,
 ) -> Extraction:
     """Extracts the feature file of ``dataset`` with ``clip`` (module docstring).
 
@@ -207,6 +227,10 @@ def extract_features(
       skip_corrupt: skip and count unreadable images instead of failing.
       workers: image loader threads (default: CPU count).
       progress: progress bars on stderr.
+      draws: ``(sampler, seed, shots)`` of official (not nested) few-shot draws
+        the pool must hold too (with ``shots``).
+      prompts: a CuPL-format prompt file: also the classifier of the templates
+        plus its sentences (``text_prompts``).
 
     Returns:
       :class:`Extraction` (its ``features`` pass ``featfile.validate``).
@@ -239,11 +263,17 @@ def extract_features(
         probe = _ReadabilityProbe(splits["train"], workers)
         probe.prefetch([i for seed in seeds for c in range(dataset.num_classes)
                         for i in class_order(splits["train"].labels, c, seed)[:shots]])
-    pool = select_train_pool(dataset, shots, seeds, readable=probe)
+    pool = select_train_pool(dataset, shots, seeds, readable=probe, draws=draws)
 
     text = text_classifier(clip, tokenizer, dataset.classnames, dataset.templates, dtype=dtype,
                            batch_size=batch_size, cache_dir=cache_dir, use_cache=use_cache,
                            progress=progress)
+    text_prompts = None
+    if prompts is not None:
+        text_prompts = prompt_classifier(clip, tokenizer, dataset.classnames, dataset.templates,
+                                         prompts, dtype=dtype, batch_size=batch_size,
+                                         cache_dir=cache_dir, use_cache=use_cache,
+                                         progress=progress)
     chosen = {"train": pool.indices, "val": np.arange(len(splits["val"])),
               "test": np.arange(len(splits["test"]))}
     common = dict(cache_dir=cache_dir, use_cache=use_cache, chunk_images=chunk_images,
@@ -277,8 +307,11 @@ def extract_features(
         logit_scale=float(np.exp(np.asarray(clip.params["params"]["logit_scale"]))),
         meta=_meta(dataset, clip, tokenizer, pool, views=views, aug_scale=aug_scale,
                    aug_seed=aug_seed, taps=encoder.taps, dtype=dtype, skipped=skipped),
-        fewshot=pool.fewshot,
+        fewshot=pool.fewshot, draws=pool.draws, val_draws=pool.val_draws,
+        text_prompts=text_prompts,
     )
+    if prompts is not None:
+        features.meta["prompts"] = {"file": os.fspath(prompts), "sha256": prompts_digest(prompts)}
     featfile.validate(features, source=f"features of {dataset.name}")
     tap_arrays = {name: {t: rows(name, result.taps[t]) for t in encoder.taps}
                   for name, result in encoded.items()} if encoder.taps else {}

@@ -1,6 +1,6 @@
 """The feature file: the bring-your-own-features and export format.
 
-An ``.npz`` with these keys (DESIGN.md, "Contracts"):
+An ``.npz`` with these keys:
 
 =============== ============== =================================================
 key             dtype / shape  meaning
@@ -19,6 +19,12 @@ key             dtype / shape  meaning
 ``fewshot_seeds`` int [S], optional  seeds whose few-shot sets the pool holds
 ``fewshot_index`` int [S,C,K], optional  per seed and class, rows of ``train``
                                in nested order: ``[s, :, :k]`` is seed s's k-shot set
+``draw_samplers`` str [R], optional  the official codes' (not nested) few-shot draws
+``draw_seeds``, ``draw_shots`` int [R]  of each draw
+``draw_index``  int [R,C,K]    rows of ``train`` of each draw (``-1`` pads K)
+``draw_val``    int [R,C,4]    rows of ``val`` of CoOp's validation draw (``-1`` pads)
+``text_prompts`` float32 [C, D], optional  the classifier of the templates plus the
+                               prompt file's sentences (meta ``prompts``)
 =============== ============== =================================================
 
 When the pool was extracted for given seeds and shots (``extract --shots 16
@@ -67,6 +73,10 @@ class FeatureSet:
     logit_scale: float = DEFAULT_LOGIT_SCALE
     meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     fewshot: Mapping[int, np.ndarray] = dataclasses.field(default_factory=dict)
+    draws: Mapping[tuple[str, int, int], np.ndarray] = dataclasses.field(default_factory=dict)
+    val_draws: Mapping[tuple[str, int, int], np.ndarray] = dataclasses.field(
+        default_factory=dict)
+    text_prompts: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
@@ -136,6 +146,19 @@ def validate(fs: FeatureSet, source: str = "features") -> FeatureSet:
             fail("fewshot_index", f"seed {seed}: row outside the {fs.train.shape[1]} train rows")
         if not np.all(fs.train_labels[index] == np.arange(num_classes)[:, None]):
             fail("fewshot_index", f"seed {seed}: a row's train_label differs from its class")
+    for key, index in fs.draws.items():
+        index = np.asarray(index)
+        if (index.ndim != 2 or index.shape[0] != num_classes or index.size == 0
+                or index.min() < 0 or index.max() >= fs.train.shape[1]
+                or not np.all(fs.train_labels[index] == np.arange(num_classes)[:, None])):
+            fail("draw_index", f"draw {key}: must be rows of 'train' of each class, int [C, K]")
+    for key, rows in fs.val_draws.items():
+        rows = np.asarray(rows)
+        if rows.ndim != 1 or (rows.size and (rows.min() < 0 or rows.max() >= fs.val.shape[0])):
+            fail("draw_val", f"draw {key}: must be rows of 'val'")
+    if fs.text_prompts is not None:
+        if fs.text_prompts.shape != fs.text.shape or not np.all(np.isfinite(fs.text_prompts)):
+            fail("text_prompts", f"must be finite, shaped like 'text' {list(fs.text.shape)}")
     return fs
 
 
@@ -185,11 +208,14 @@ def load(path: str | os.PathLike) -> FeatureSet:
             raise FeatureFileError(
                 f"{path}: key 'fewshot_index' must be [S, C, K] with S = len(fewshot_seeds)")
         fewshot = {int(s): index[i] for i, s in enumerate(seeds)}
+    draws, val_draws = _read_draws(path, data)
+    text_prompts = data.get("text_prompts")
     fs = FeatureSet(
         text=data["text"], train=data["train"], train_labels=data["train_labels"],
         val=data["val"], val_labels=data["val_labels"], test=data["test"],
         test_labels=data["test_labels"], classnames=tuple(str(c) for c in classnames),
-        logit_scale=logit_scale, meta=meta, fewshot=fewshot,
+        logit_scale=logit_scale, meta=meta, fewshot=fewshot, draws=draws, val_draws=val_draws,
+        text_prompts=None if text_prompts is None else text_prompts.astype(np.float32),
     )
     validate(fs, source=path)
     return dataclasses.replace(
@@ -207,6 +233,10 @@ def save(path: str | os.PathLike, fs: FeatureSet) -> None:
         seeds = sorted(fs.fewshot)
         extra["fewshot_seeds"] = np.asarray(seeds, dtype=np.int64)
         extra["fewshot_index"] = np.stack([np.asarray(fs.fewshot[s], np.int64) for s in seeds])
+    if fs.draws:
+        extra.update(_write_draws(fs))
+    if fs.text_prompts is not None:
+        extra["text_prompts"] = fs.text_prompts.astype(np.float32)
     atomic.save_npz(
         path, **extra,
         text=fs.text.astype(np.float32, copy=False), train=fs.train.astype(np.float32, copy=False),
@@ -217,18 +247,65 @@ def save(path: str | os.PathLike, fs: FeatureSet) -> None:
     )
 
 
-def support_index(fs: FeatureSet, shots: int, seed: int) -> np.ndarray:
+DRAW_KEYS = ("draw_samplers", "draw_seeds", "draw_shots", "draw_index", "draw_val")
+
+
+def _write_draws(fs: FeatureSet) -> dict[str, np.ndarray]:
+    keys = sorted(fs.draws)
+    width = max(np.asarray(fs.draws[k]).shape[1] for k in keys)
+    val_width = max([len(fs.val_draws.get(k, ())) for k in keys] + [1])
+    index = np.full((len(keys), fs.num_classes, width), -1, np.int64)
+    val = np.full((len(keys), val_width), -1, np.int64)
+    for i, key in enumerate(keys):
+        rows = np.asarray(fs.draws[key])
+        index[i, :, :rows.shape[1]] = rows
+        val_rows = np.asarray(fs.val_draws.get(key, ()), np.int64)
+        val[i, :len(val_rows)] = val_rows
+    return {"draw_samplers": np.asarray([k[0] for k in keys], dtype=str),
+            "draw_seeds": np.asarray([k[1] for k in keys], np.int64),
+            "draw_shots": np.asarray([k[2] for k in keys], np.int64),
+            "draw_index": index, "draw_val": val}
+
+
+def _read_draws(path: str, data: Mapping[str, np.ndarray]) -> tuple[dict, dict]:
+    present = [k for k in DRAW_KEYS if k in data]
+    if not present:
+        return {}, {}
+    if len(present) != len(DRAW_KEYS):
+        missing = next(k for k in DRAW_KEYS if k not in data)
+        raise FeatureFileError(f"{path}: key '{missing}' missing (the draw_* keys go together)")
+    draws, val_draws = {}, {}
+    for i, (sampler, seed, shots) in enumerate(zip(data["draw_samplers"], data["draw_seeds"],
+                                                   data["draw_shots"])):
+        key = (str(sampler), int(seed), int(shots))
+        draws[key] = data["draw_index"][i][:, :int(shots)]
+        rows = data["draw_val"][i]
+        if (rows >= 0).any():
+            val_draws[key] = rows[rows >= 0]
+    return draws, val_draws
+
+
+def support_index(fs: FeatureSet, shots: int, seed: int, sampler: str = "nested") -> np.ndarray:
     """Rows of ``fs.train`` forming the (seed, shots) support set → int [C, shots].
 
-    The file's ``fewshot_index`` for the seed when it has one, else the nested
-    sampler on the training pool.
+    ``nested``: the file's ``fewshot_index`` for the seed when it has one, else
+    the nested sampler on the training pool. ``official`` / ``official_chained``:
+    the file's draw of that sampler, seed and shot count (extracted with it).
 
     Raises:
       DataError: the file's few-shot index lacks the seed or has too few
-        shots; or the pool has a class with fewer than ``shots`` images.
+        shots; or the pool has a class with fewer than ``shots`` images; or it
+        holds no such official draw.
     """
     if shots < 1:
         raise DataError(f"shots must be >= 1, got {shots}")
+    if sampler != "nested":
+        if (sampler, seed, shots) not in fs.draws:
+            held = sorted(k for k in fs.draws if k[0] == sampler)
+            raise DataError(f"the features hold no {sampler} draw of seed {seed} at {shots} "
+                            f"shots (they hold {held or 'none'}): extract them with that "
+                            "sampler and grid")
+        return np.asarray(fs.draws[(sampler, seed, shots)])
     if fs.fewshot:
         if seed not in fs.fewshot:
             raise DataError(f"the feature file's fewshot_index holds seeds {sorted(fs.fewshot)}, "

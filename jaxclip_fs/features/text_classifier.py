@@ -88,3 +88,108 @@ def text_classifier(
     result = encode_items(encoder, lambda c: tokens[c], len(classnames), len(templates), entry,
                           workers=1, progress=progress, desc="text", unit="class")
     return classifier_from_embeddings(result.outputs[TEXT_KEY])
+
+
+# --- templates plus prompt sentences (APE's CuPL classifier) -----------------------------
+
+
+def read_prompts(path: str | os.PathLike) -> dict[str, list[str]]:
+    """A CuPL-format prompt file: a JSON object ``{class name: [sentence, ...]}``.
+
+    Raises:
+      DataError: unreadable, not that shape (names the file).
+    """
+    import json
+
+    from jaxclip_fs.errors import DataError
+
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the prompt file ({exc.strerror})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a JSON prompt file ({exc})") from None
+    if not isinstance(data, dict) or not all(
+            isinstance(v, list) and all(isinstance(x, str) for x in v) for v in data.values()):
+        raise DataError(f"{path}: a prompt file maps class names to lists of sentences")
+    return data
+
+
+def prompts_digest(path: str | os.PathLike) -> str:
+    """sha256 of a prompt file's bytes (it shapes the classifier: part of every cache key)."""
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def class_sentences(classnames: Sequence[str], templates: Sequence[str],
+                    prompts: dict[str, list[str]], source: str) -> list[list[str]]:
+    """Per class: every template filled, then the prompt file's sentences of that class.
+
+    APE's ``extract_text_feature`` (yangyangyang127/APE ``extract_features.py``):
+    the class name with ``_`` replaced by a space is looked up exactly
+    (case-sensitive) in the prompt file; the template sentences and the prompt
+    sentences form one list.
+
+    Raises:
+      DataError: a class the prompt file has no sentences for (names it).
+    """
+    from jaxclip_fs.errors import DataError
+
+    out = []
+    for name in classnames:
+        key = name.replace("_", " ")
+        if key not in prompts:
+            raise DataError(f"{source}: no prompt sentences for class '{key}'")
+        out.append([t.format(name) for t in templates] + list(prompts[key]))
+    return out
+
+
+def prompt_classifier(
+    clip,
+    tokenizer,
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    prompts_path: str | os.PathLike,
+    *,
+    dtype: str = "float32",
+    batch_size: int = 64,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+    progress: bool = True,
+) -> np.ndarray:
+    """The classifier of the templates *and* a prompt file's sentences, pooled: [C, E].
+
+    Per class ``w_c = normalize(mean_s normalize(encode_text(s)))`` over its
+    template sentences and its prompt sentences together (one list, each
+    sentence weighted equally -- APE's classifier with CuPL sentences, as
+    CuPL's own "both" classifier); over-long sentences are truncated to the
+    context length (``clip.tokenize(..., truncate=True)``, as APE does).
+    """
+    length = clip.config.context_length
+    sentences = class_sentences(classnames, templates, read_prompts(prompts_path),
+                                os.fspath(prompts_path))
+    flat = [s for per_class in sentences for s in per_class]
+    tokens = np.asarray(tokenizer(flat, context_length=length, truncate=True), np.int32)
+    model = clip.model.clone(dtype=compute_dtype(dtype))
+
+    def fn(variables, rows):
+        return {TEXT_KEY: model.apply(variables, rows, method="encode_text").astype(jnp.float32)}
+
+    encoder = FixedBatchEncoder(fn, clip.params, batch_size, (length,), np.int32)
+    entry = None
+    if use_cache:
+        spec = {"kind": "clip_sentence_embeddings", "model": clip.config.architecture(),
+                "weights": clip.weights_id, "dtype": dtype,
+                "tokens": hashlib.sha256(tokens.tobytes()).hexdigest(),
+                "tokens_shape": list(tokens.shape)}
+        entry = ChunkedEntry(cache_dir or default_cache_dir(), spec, len(flat),
+                             chunk_size=max(1, len(flat)))
+    result = encode_items(encoder, lambda i: tokens[i:i + 1], len(flat), 1, entry, workers=1,
+                          progress=progress, desc="prompts", unit="sentence")
+    embeddings = np.asarray(result.outputs[TEXT_KEY][:, 0], np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=-1, keepdims=True)
+    bounds = np.cumsum([0] + [len(c) for c in sentences])
+    w = np.stack([embeddings[a:b].mean(axis=0) for a, b in zip(bounds[:-1], bounds[1:])])
+    return (w / np.linalg.norm(w, axis=-1, keepdims=True)).astype(np.float32)

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxclip_fs.methods import hparams as hp_lib
-from jaxclip_fs.methods.base import Method
+from jaxclip_fs.methods.base import Method, Official
 from jaxclip_fs.methods.cache import (
     affinity, cache_keys, cache_logits, l2_normalize, mask_logits, zero_shot_logits,
 )
@@ -149,6 +149,13 @@ def terms(pre, params, task, hp):
     return pre["s"], {"alpha": cache_logits(pre["affinity"], hp["beta"], values)}
 
 
+OFFICIAL = Official(
+    source="yangyangyang127/APE main.py (beta x alpha x gamma searched on the whole val "
+           "split; ImageNet: val = test), extract_features.py (text classifier = templates + "
+           "CuPL sentences pooled; random.seed(1) before each shot count)",
+    prompts=True, seeds=(1,))
+
+
 def ape() -> Method:
     """Training-free APE as a :class:`Method`."""
     return Method(
@@ -162,4 +169,5 @@ def ape() -> Method:
         terms=terms,
         linear=("alpha",),
         neutral={"alpha": 0.0},
+        official=OFFICIAL,
     )

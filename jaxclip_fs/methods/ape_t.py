@@ -29,7 +29,7 @@ import jax.numpy as jnp
 
 from jaxclip_fs.methods import ape
 from jaxclip_fs.methods import hparams as hp_lib
-from jaxclip_fs.methods.base import Method
+from jaxclip_fs.methods.base import Method, Official
 from jaxclip_fs.methods.cache import affinity, cache_logits, l2_normalize, zero_shot_logits
 
 # dataset: (training k, lr, eps, epochs): official configs' training_feat_num, lr, eps, train_epoch.
@@ -89,6 +89,13 @@ def terms(pre, params, task, hp):
     return pre["s"], {"alpha": cache_logits(pre["affinity"], hp["beta"], values)}
 
 
+OFFICIAL = Official(
+    source="yangyangyang127/APE v1.0 (8cd042c) main.py: APE-T's best epoch chosen on the TEST "
+           "set (moved to val in Sep 2023, after the published numbers), then alpha, beta on "
+           "val; text classifier = templates + CuPL sentences; random.seed(1)",
+    epochs_on="test", prompts=True, seeds=(1,))
+
+
 def ape_t() -> Method:
     """APE-T as a :class:`Method` (trainable: ``residual``, ``value_weights``)."""
     return Method(
@@ -104,4 +111,5 @@ def ape_t() -> Method:
         linear=("alpha",),
         trainable=("residual", "value_weights"),
         neutral={"alpha": 0.0},
+        official=OFFICIAL,
     )

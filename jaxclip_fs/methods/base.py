@@ -104,6 +104,48 @@ class Option:
         return self.choices[0]
 
 
+#: Where the official code chose a method's epochs and hyperparameters.
+OFFICIAL_SPLITS = ("val", "test", "final")
+#: How the official code formed the figure its paper reports (see :class:`Official`).
+REPORTED_RULES = ("final", "max_heads", "max_epoch_or_search")
+#: How the official code drew its few-shot sets: ``reseeded`` -- ``random.seed(seed)`` before
+#: each shot count's draw (CoOp / Tip-Adapter / APE / LDC); ``chained`` -- seeded once per seed,
+#: then 1, 2, 4, 8, 16 shots drawn in turn from one stream (GDA, IMO).
+OFFICIAL_SAMPLERS = ("reseeded", "chained")
+
+
+@dataclasses.dataclass(frozen=True)
+class Official:
+    """What a method's official code did -- the ``paper`` protocol follows it.
+
+    Attributes:
+      source: the repository and files it was read from.
+      search_on: the split its hyperparameter search used (``val``: the whole
+        val split; ``test``). Datasets without an official val split (ImageNet)
+        search on test in every official code, whatever this says.
+      epochs_on: trained methods: the split its best epoch was chosen on
+        (``val``, ``test``) or ``final`` (the last epoch, no selection).
+      reported: how the published figure was formed from test accuracies:
+        ``final`` -- the final prediction; ``max_heads`` -- the maximum over the
+        final prediction and every head the method reports (LDC's tables);
+        ``max_epoch_or_search`` -- the maximum of the best epoch's test score
+        and the final prediction's (Tip-Adapter-F's ``max(best_acc, acc)``).
+      prompts: the text classifier adds CuPL prompt sentences to the templates.
+      sampler: how the few-shot sets were drawn (:data:`OFFICIAL_SAMPLERS`).
+      seeds: the seeds behind the published numbers.
+      dtype: image methods: the compute dtype of the official training.
+    """
+
+    source: str
+    search_on: str = "val"
+    epochs_on: str = "val"
+    reported: str = "final"
+    prompts: bool = False
+    sampler: str = "reseeded"
+    seeds: tuple[int, ...] = (1, 2, 3)
+    dtype: str = "float32"
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> jax.Array:
     """Weighted mean cross-entropy ``Σ w_i CE(logits_i, y_i) / Σ w_i``.
 
@@ -150,6 +192,7 @@ class Method:
       option_values: the options this instance was built with.
       bind: image methods: ``ImageSpec -> Method`` bound to a CLIP.
       taps: a bound image method: the CLIP taps its inputs need.
+      official: what its official code did (the ``paper`` protocol), or None.
     """
 
     name: str
@@ -174,6 +217,7 @@ class Method:
     option_values: Mapping[str, str] = dataclasses.field(default_factory=dict)
     bind: Callable[[Any], "Method"] | None = None
     taps: tuple[str, ...] = ()
+    official: Official | None = None
 
     @property
     def hparam_specs(self) -> dict[str, hparams_lib.HParam]:
@@ -280,6 +324,18 @@ def check_method(method: Method) -> Method:
         fail("state_estimate re-estimates state, but the method declares none")
     if method.confusion and method.heads is None:
         fail("confusion names heads, but the method reports none")
+    official = method.official
+    if official is not None:
+        if official.search_on not in ("val", "test"):
+            fail(f"official.search_on must be val or test, got '{official.search_on}'")
+        if official.epochs_on not in OFFICIAL_SPLITS:
+            fail(f"official.epochs_on must be one of {OFFICIAL_SPLITS}")
+        if official.reported not in REPORTED_RULES:
+            fail(f"official.reported must be one of {REPORTED_RULES}")
+        if official.sampler not in OFFICIAL_SAMPLERS:
+            fail(f"official.sampler must be one of {OFFICIAL_SAMPLERS}")
+        if official.reported == "max_heads" and method.heads is None:
+            fail("official.reported max_heads needs heads")
     return method
 
 

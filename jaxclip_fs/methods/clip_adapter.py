@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxclip_fs.methods import hparams as hp_lib
-from jaxclip_fs.methods.base import Method
+from jaxclip_fs.methods.base import Method, Official
 from jaxclip_fs.methods.cache import l2_normalize
 
 REDUCTION = 4
@@ -59,6 +59,12 @@ def terms(pre, params, task, hp):
     return task.logit_scale * l2_normalize(blended) @ task.text.T, {}
 
 
+OFFICIAL = Official(
+    source="gaopengcuhk/CLIP-Adapter clip_adapter.py on CoOp's Dassl trainer: the last epoch "
+           "is tested (Dassl TEST.FINAL_MODEL='last_step'), no validation; CoOp's seeds 1-3",
+    epochs_on="final")
+
+
 def clip_adapter() -> Method:
     """CLIP-Adapter as a :class:`Method` (trainable: ``down``, ``up``)."""
     return Method(
@@ -72,4 +78,5 @@ def clip_adapter() -> Method:
         terms=terms,
         trainable=("down", "up"),
         neutral={"ratio": 0.0},
+        official=OFFICIAL,
     )

@@ -66,7 +66,7 @@ import numpy as np
 
 from jaxclip_fs.errors import ConfigError
 from jaxclip_fs.methods import hparams as hp_lib
-from jaxclip_fs.methods.base import Method, Option, cross_entropy
+from jaxclip_fs.methods.base import Method, Official, Option, cross_entropy
 from jaxclip_fs.methods.images import ImageInputs, ImageSpec, Projector, needs_binding
 from jaxclip_fs.methods.ldc_layers import (
     BNSettings, avg_pool, batch_norm, bn_stats, layer_norm, mlp_bn, mlp_bn_init, norm_params,
@@ -84,6 +84,11 @@ BETA_STEPS = 50  # β = i / 50, i = 0..50 (official ``search_hp``: step=50)
 
 VIT_RULES = ("proportional", "official")
 BN_STATS = ("official", "update_bn")
+#: Compute dtypes of LDC's own layers (the official code casts every Conv / Linear weight to
+#: float16 and trains them so, with AdamW eps 1e-4).
+DTYPES = ("float32", "float16", "bfloat16")
+#: Parameter names of LDC's Linear / 1x1-conv weights (cast to the compute dtype).
+KERNELS = ("kernel", "fc1", "fc2")
 
 
 def vit_tap_blocks(num_layers: int, rule: str = "proportional") -> tuple[int, ...]:
@@ -263,7 +268,7 @@ class LDCModel:
         out, new_stats = [], {}
         for i, x in enumerate(taps, start=1):
             p = params["maf"][f"adapter{i}"]
-            h = x.astype(jnp.float32) @ p["kernel"]
+            h = x.astype(p["kernel"].dtype) @ p["kernel"]
             if c.tower == "resnet":
                 h, bn = batch_norm(p["bn"], stats["maf"][f"adapter{i}"]["bn"], h, train=train,
                                    weights=weights, settings=c.bn)
@@ -338,7 +343,8 @@ class LDCModel:
         else:  # icd_only
             w = jnp.zeros(s.shape[:1], jnp.float32)
             mlp = tot = ada
-        return LDCOutputs(mlp, ada, tot, w), new_stats
+        f32 = lambda x: x.astype(jnp.float32)  # noqa: E731
+        return LDCOutputs(f32(mlp), f32(ada), f32(tot), f32(w)), new_stats
 
     def loss(self, params: dict, batch_stats: dict, projector_params: Any, inputs: ImageInputs,
              labels: jax.Array, weights: jax.Array) -> tuple[jax.Array, tuple[LDCOutputs, dict]]:
@@ -386,7 +392,15 @@ OPTIONS = (
     Option("vit_taps", VIT_RULES, "ViT blocks tapped: proportional depth or the official rule"),
     Option("bn_stats", BN_STATS, "BatchNorm statistics evaluated: as training left them "
                                  "(official) or re-estimated on the final weights (update_bn)"),
+    Option("dtype", DTYPES, "dtype of LDC's own weights and activations (the official code: "
+                            "float16 weights, trained so); BatchNorm in float32"),
 )
+OFFICIAL = Official(
+    source="LiShuo1001/LDC ldc_train.py (last of 50 epochs; beta searched on the whole val "
+           "split, ImageNet: on test; seed 2024; every Conv/Linear weight cast to float16, "
+           "AdamW eps 1e-4) and its README tables, each the maximum over the five test "
+           "accuracies clip, mlp, ada, tot and the beta-fused one (result/log)",
+    epochs_on="final", reported="max_heads", seeds=(2024,), dtype="float16")
 #: The heads LDC reports besides its fused prediction.
 HEADS = ("s", "mlp", "ada", "tot")
 
@@ -430,8 +444,16 @@ def heads(pre):
     return {name: pre[name] for name in HEADS}
 
 
+def in_dtype(params: dict, dtype: str) -> dict:
+    """``params`` with every Linear / 1x1-conv weight (:data:`KERNELS`) in ``dtype``; norms,
+    fusion logits and statistics stay float32."""
+    def cast(path, leaf):
+        return leaf.astype(dtype) if getattr(path[-1], "key", None) in KERNELS else leaf
+    return jax.tree_util.tree_map_with_path(cast, params)
+
+
 def ldc(fusion: str = "fixed", ablation: str = "full", vit_taps: str = "proportional",
-        bn_stats: str = "official") -> Method:
+        bn_stats: str = "official", dtype: str = "float32") -> Method:
     """LDC as an image-input :class:`Method` (module docstring).
 
     ``bind(spec)`` builds the model for a CLIP; then ``init`` gives
@@ -441,7 +463,8 @@ def ldc(fusion: str = "fixed", ablation: str = "full", vit_taps: str = "proporti
     of :class:`~jaxclip_fs.methods.images.ImageInputs`, and ``β`` is searched
     as a linear hyperparameter. The final epoch is kept (official).
     """
-    values = {"fusion": fusion, "ablation": ablation, "vit_taps": vit_taps, "bn_stats": bn_stats}
+    values = {"fusion": fusion, "ablation": ablation, "vit_taps": vit_taps, "bn_stats": bn_stats,
+              "dtype": dtype}
 
     def bind(spec: ImageSpec) -> Method:
         def model(task) -> LDCModel:
@@ -450,7 +473,7 @@ def ldc(fusion: str = "fixed", ablation: str = "full", vit_taps: str = "proporti
         def init(key, task, hp):
             del hp
             params, stats = model(task).init(key)
-            return {"heads": params, "batch_stats": stats}
+            return {"heads": in_dtype(params, dtype), "batch_stats": stats}
 
         def loss(params, task, inputs, labels, weights, hp):
             del hp
@@ -500,5 +523,6 @@ def ldc(fusion: str = "fixed", ablation: str = "full", vit_taps: str = "proporti
         options=OPTIONS,
         option_values=values,
         bind=bind,
+        official=OFFICIAL,
     )
     return method

@@ -67,9 +67,14 @@ def batch_norm(params: dict, stats: dict, x: jax.Array, *, train: bool, weights:
       weights: [B], 1 for real rows, 0 for padding (train mode only).
       settings: momentum and eps.
 
+    Statistics are computed in float32 whatever ``x`` 's dtype; ``y`` takes
+    ``x`` 's dtype (PyTorch's BatchNorm on half inputs with float parameters).
+
     Returns:
       (y [B, ..., F], new stats -- the input stats in eval mode).
     """
+    dtype = x.dtype
+    x = x.astype(jnp.float32)
     if train:
         axes = tuple(range(x.ndim - 1))
         w = jnp.broadcast_to(weights.reshape((-1,) + (1,) * (x.ndim - 1)).astype(x.dtype),
@@ -85,14 +90,17 @@ def batch_norm(params: dict, stats: dict, x: jax.Array, *, train: bool, weights:
     else:
         mean, var, new_stats = stats["mean"], stats["var"], stats
     y = (x - mean) * jax.lax.rsqrt(var + settings.eps) * params["scale"] + params["bias"]
-    return y, new_stats
+    return y.astype(dtype), new_stats
 
 
 def layer_norm(params: dict, x: jax.Array, eps: float = 1e-5) -> jax.Array:
-    """``nn.LayerNorm`` over the last axis (biased variance), float32 statistics."""
+    """``nn.LayerNorm`` over the last axis (biased variance), float32 statistics; ``x`` 's dtype."""
+    dtype = x.dtype
+    x = x.astype(jnp.float32)
     mean = jnp.mean(x, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + eps) * params["scale"] + params["bias"]
+    y = (x - mean) * jax.lax.rsqrt(var + eps) * params["scale"] + params["bias"]
+    return y.astype(dtype)
 
 
 def mlp_bn_init(key: jax.Array, dims: tuple[int, int, int]) -> tuple[dict, dict]:
@@ -110,7 +118,9 @@ def mlp_bn_init(key: jax.Array, dims: tuple[int, int, int]) -> tuple[dict, dict]
 
 def mlp_bn(params: dict, stats: dict, x: jax.Array, *, train: bool, weights: jax.Array,
            settings: BNSettings) -> tuple[jax.Array, dict]:
-    """Applies :func:`mlp_bn_init`'s block: [B, a] -> [B, c]; returns the new stats too."""
+    """Applies :func:`mlp_bn_init`'s block: [B, a] -> [B, c] in the kernels' dtype; returns the
+    new stats too."""
+    x = x.astype(params["fc1"].dtype)
     h, bn = batch_norm(params["bn"], stats["bn"], x @ params["fc1"], train=train, weights=weights,
                        settings=settings)
     return jax.nn.relu(h) @ params["fc2"], {"bn": bn}

@@ -27,7 +27,7 @@ from __future__ import annotations
 import jax
 
 from jaxclip_fs.methods import hparams as hp_lib, tip_x
-from jaxclip_fs.methods.base import Method
+from jaxclip_fs.methods.base import Method, Official
 from jaxclip_fs.methods.cache import affinity, cache_keys, l2_normalize, zero_shot_logits
 from jaxclip_fs.methods.task import Task
 from jaxclip_fs.methods.tip_adapter import terms  # base s; α → exp(-β (1 - f' F'ᵀ)) L
@@ -74,6 +74,12 @@ def precompute(params, task, queries, query_mask):
             "affinity": affinity(l2_normalize(adapted), params["keys"])}
 
 
+OFFICIAL = Official(
+    source="akres001/CLIP_fewshot_imo run.py (alpha, beta searched on the whole val split; "
+           "ImageNet: val = test; seeds 1, 2, 3 seeded once, 1..16 shots drawn in turn)",
+    sampler="chained")
+
+
 def ta_pp() -> Method:
     """TA++ as a :class:`Method` over paired features."""
     return Method(
@@ -88,4 +94,5 @@ def ta_pp() -> Method:
         linear=("alpha",),
         neutral={"alpha": 0.0},
         inputs="paired",
+        official=OFFICIAL,
     )

@@ -19,7 +19,7 @@ point then. The cache averages the augmented views of the feature file
 from __future__ import annotations
 
 from jaxclip_fs.methods import hparams as hp_lib
-from jaxclip_fs.methods.base import Method
+from jaxclip_fs.methods.base import Method, Official
 from jaxclip_fs.methods.cache import (
     affinity, cache_keys, cache_logits, l2_normalize, zero_shot_logits,
 )
@@ -76,6 +76,13 @@ def terms(pre, params, task, hp):
     return pre["s"], {"alpha": cache_logits(pre["affinity"], hp["beta"], task.support_mask)}
 
 
+OFFICIAL = Official(
+    source="gaopengcuhk/Tip-Adapter main.py (search_hp on the whole val split; ImageNet: "
+           "main_imagenet.py searches on test), utils.py build_cache_model (10 augmented views); "
+           "random.seed(1) before the few-shot draw",
+    seeds=(1,))
+
+
 def tip_adapter() -> Method:
     """Training-free Tip-Adapter as a :class:`Method`."""
     return Method(
@@ -89,4 +96,5 @@ def tip_adapter() -> Method:
         terms=terms,
         linear=("alpha",),
         neutral={"alpha": 0.0},
+        official=OFFICIAL,
     )

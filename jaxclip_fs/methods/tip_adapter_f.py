@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from jaxclip_fs.methods import hparams as hp_lib
 from jaxclip_fs.methods import tip_adapter
-from jaxclip_fs.methods.base import Method
+from jaxclip_fs.methods.base import Method, Official
 
 EPOCHS = {"eurosat": 100}
 DEFAULT_EPOCHS = 20
@@ -27,6 +27,14 @@ TRAINING = {"lr": 1e-3, "batch_size": 256, "eps": 1e-4, "weight_decay": 0.01}
 def defaults(dataset, dim):
     return {**tip_adapter.defaults(dataset, dim), **TRAINING,
             "epochs": EPOCHS.get(dataset, DEFAULT_EPOCHS)}
+
+
+OFFICIAL = Official(
+    source="gaopengcuhk/Tip-Adapter main.py L111-141: the best epoch is chosen on the TEST "
+           "set (init alpha, beta), then alpha, beta are searched on val, and the printed "
+           "figure is max(best-epoch test accuracy, searched test accuracy); ImageNet: "
+           "main_imagenet.py, everything on test; random.seed(1)",
+    epochs_on="test", reported="max_epoch_or_search", seeds=(1,))
 
 
 def tip_adapter_f() -> Method:
@@ -43,4 +51,5 @@ def tip_adapter_f() -> Method:
         linear=("alpha",),
         trainable=("keys",),
         neutral={"alpha": 0.0},
+        official=OFFICIAL,
     )

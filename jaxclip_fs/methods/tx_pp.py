@@ -22,7 +22,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from jaxclip_fs.methods import hparams as hp_lib
-from jaxclip_fs.methods.base import Method
+from jaxclip_fs.methods.base import Method, Official
 from jaxclip_fs.methods.cache import affinity, cache_keys, l2_normalize
 from jaxclip_fs.methods.ta_pp import half_task, split_paired, zero_shot_original
 from jaxclip_fs.methods.tip_x import GAMMA, grid, kl_divergence, rescale_to
@@ -46,6 +46,12 @@ def precompute(params, task, queries, query_mask):
             "kl_logits": -jnp.sum(jnp.where(valid, rescaled, 0.0), axis=0)}
 
 
+OFFICIAL = Official(
+    source="akres001/CLIP_fewshot_imo run.py (alpha, beta, gamma searched on the whole val "
+           "split; ImageNet: val = test; seeds 1, 2, 3 seeded once, 1..16 shots drawn in turn)",
+    sampler="chained")
+
+
 def tx_pp() -> Method:
     """TX++ as a :class:`Method` over paired features."""
     return Method(
@@ -60,4 +66,5 @@ def tx_pp() -> Method:
         linear=("alpha", "gamma"),
         neutral={"alpha": 0.0, "gamma": 0.0},
         inputs="paired",
+        official=OFFICIAL,
     )

@@ -6,7 +6,7 @@ support set, no hyperparameters.
 
 from __future__ import annotations
 
-from jaxclip_fs.methods.base import Method
+from jaxclip_fs.methods.base import Method, Official
 from jaxclip_fs.methods.cache import zero_shot_logits
 
 
@@ -25,6 +25,12 @@ def _terms(pre, params, task, hp):
     return pre["s"], {}
 
 
+OFFICIAL = Official(
+    source="openai/CLIP prompt ensembling, as evaluated by gaopengcuhk/Tip-Adapter main.py "
+           "(the zero-shot row of every paper's table)",
+    seeds=(1,))
+
+
 def zero_shot() -> Method:
     """The zero-shot CLIP classifier as a :class:`Method`."""
     return Method(
@@ -36,4 +42,5 @@ def zero_shot() -> Method:
         init=_init,
         precompute=_precompute,
         terms=_terms,
+        official=OFFICIAL,
     )

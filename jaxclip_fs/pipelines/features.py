@@ -1,9 +1,10 @@
 """The ``features`` input: CLIP feature sets, extracted here or read from feature files.
 
-A provider is called ``provider(dataset, shots, seeds) -> FeatureSet`` (the
-features covering the few-shot sets of ``seeds`` up to ``shots``) and
+A provider is called ``provider(dataset, request) -> FeatureSet`` (the
+features covering a :class:`Request`: the few-shot sets of its seeds and shot
+counts under its samplers, and the prompt classifier it asks for) and
 ``provider.ood(name, parent) -> OODSet`` (an out-of-distribution test set
-in the parent's classes). Two providers:
+in the parent's classes). Providers:
 
 * :class:`ExtractedFeatures` -- encodes the dataset with the session's CLIP
   (:func:`~jaxclip_fs.features.extract.extract_features`, through the
@@ -23,13 +24,45 @@ from typing import Mapping, Sequence
 from jaxclip_fs.errors import ConfigError
 from jaxclip_fs.features import featfile
 from jaxclip_fs.io.atomic import safe_name
+from jaxclip_fs.features.text_classifier import prompts_digest
 from jaxclip_fs.pipelines import ood as ood_lib
 from jaxclip_fs.pipelines.session import ClipSession
 
 
-def covers(fs: featfile.FeatureSet, shots: int, seeds: Sequence[int]) -> bool:
-    """Does the feature set hold the ``shots``-shot sets of every seed in ``seeds``?"""
-    return all(s in fs.fewshot and fs.fewshot[s].shape[1] >= shots for s in seeds)
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """What a run needs of a dataset's features.
+
+    Attributes:
+      shots, seeds: the grid's shot counts and seeds.
+      samplers: the few-shot samplers its cells use (``nested``, ``official``,
+        ``official_chained``).
+      prompts: a prompt file whose classifier (``text_prompts``) is needed, or None.
+    """
+
+    shots: tuple[int, ...]
+    seeds: tuple[int, ...]
+    samplers: tuple[str, ...] = ("nested",)
+    prompts: str | None = None
+
+    @property
+    def max_shots(self) -> int:
+        return max(self.shots)
+
+    def draws(self) -> list[tuple[str, int, int]]:
+        """``(sampler, seed, shots)`` of every official (not nested) draw."""
+        return [(sampler, seed, k) for sampler in self.samplers if sampler != "nested"
+                for seed in self.seeds for k in self.shots]
+
+
+def covers(fs: featfile.FeatureSet, request: Request) -> bool:
+    """Does the feature set hold every few-shot set and classifier ``request`` needs?"""
+    nested = all(s in fs.fewshot and fs.fewshot[s].shape[1] >= request.max_shots
+                 for s in request.seeds)
+    prompts = request.prompts is None or (
+        fs.text_prompts is not None
+        and fs.meta.get("prompts", {}).get("sha256") == prompts_digest(request.prompts))
+    return nested and prompts and all(key in fs.draws for key in request.draws())
 
 
 class ExtractedFeatures:
@@ -52,20 +85,21 @@ class ExtractedFeatures:
             return None
         return os.path.join(self.features_dir, safe_name(name) + suffix)
 
-    def __call__(self, dataset: str, shots: int, seeds: Sequence[int]) -> featfile.FeatureSet:
+    def __call__(self, dataset: str, request: Request) -> featfile.FeatureSet:
         path = self._path(dataset, ".npz")
         if path and os.path.exists(path):
             fs = featfile.load(path)
-            if covers(fs, shots, seeds):
+            if covers(fs, request):
                 return fs
         from jaxclip_fs.features.extract import extract_features, save_extraction
 
         s = self.session
         x = s.extraction
         extraction = extract_features(
-            s.dataset(dataset), s.clip(), s.tokenizer(), shots=shots, seeds=tuple(seeds),
-            views=x.views, aug_scale=tuple(x.aug_scale), aug_seed=x.aug_seed, dtype=x.dtype,
-            batch_size=x.batch_size, **s.encoding_options())
+            s.dataset(dataset), s.clip(), s.tokenizer(), shots=request.max_shots,
+            seeds=request.seeds, views=s.train_views, aug_scale=tuple(x.aug_scale),
+            aug_seed=x.aug_seed, dtype=x.dtype, batch_size=x.batch_size,
+            draws=request.draws(), prompts=request.prompts, **s.encoding_options())
         if path and self.writer:
             save_extraction(path, extraction)
         return extraction.features
@@ -105,9 +139,12 @@ class GivenFeatures:
         return {"backbone": first.meta.get("backbone", "unknown"),
                 "weights": first.meta.get("weights", "unknown")}
 
-    def __call__(self, dataset: str, shots: int, seeds: Sequence[int]) -> featfile.FeatureSet:
-        del shots, seeds  # checked when the tasks are built (one-line DataError)
-        return self.files[dataset]
+    def __call__(self, dataset: str, request: Request) -> featfile.FeatureSet:
+        fs = self.files[dataset]
+        if request.prompts is not None and fs.text_prompts is None:
+            raise ConfigError(f"--prompts: the features of {dataset} hold no prompt classifier "
+                              "(extract them with --prompts)")
+        return fs  # the few-shot sets are checked when the tasks are built (one-line DataError)
 
     def ood(self, name: str, parent: featfile.FeatureSet) -> ood_lib.OODSet:
         raise ConfigError(f"--ood {name} needs --dataset (the OOD test sets are extracted here)")

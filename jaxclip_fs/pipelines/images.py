@@ -248,6 +248,8 @@ class ImageData:
       pool: the support pool, leaves [V, N, ...] (pixels or cached taps).
       fetch: ``fetch(frozen, key, rows) -> ImageInputs`` of the training path.
       fewshot: ``{seed: int [C, K]}`` pool rows of every seed's nested K-shot set.
+      draws: ``{(sampler, seed, shots): int [C, shots]}`` pool rows of the official draws;
+        val_draws: the same keys -> val-split rows of CoOp's validation draw.
       path: ``"trunk"`` or ``"cache"``; path_note: one line saying why and how much memory.
       views: views per support image in the tap cache (``"cache"`` path).
       meta: provenance for the records (backbone, weights, dataset, split policy).
@@ -262,6 +264,8 @@ class ImageData:
     pool: Any
     fetch: Callable
     fewshot: Mapping[int, np.ndarray]
+    draws: Mapping[tuple[str, int, int], np.ndarray]
+    val_draws: Mapping[tuple[str, int, int], np.ndarray]
     path: str
     path_note: str
     views: int
@@ -308,18 +312,20 @@ class ImageSource:
     def spec(self) -> ImageSpec:
         return image_spec(self.session.clip())
 
-    def prepare(self, name: str, shots: int, seeds: Sequence[int], taps: Sequence[str],
+    def prepare(self, name: str, request, taps: Sequence[str],
                 log: Callable[[str], None] | None = None) -> ImageData:
-        """The support pool of ``seeds`` up to ``shots`` on the chosen training path.
+        """The support pool of a :class:`~jaxclip_fs.pipelines.features.Request` (its seeds
+        up to its largest shot count, and its official draws) on the chosen training path.
 
         Raises:
           ConfigError: a bad setting. DataError: too few images for ``shots``.
         """
         s, x, o = self.session, self.session.extraction, self.settings
-        views = o.tap_cache_views or x.views
+        views = (x.views if o.tap_cache_views is None else o.tap_cache_views) + 1
         clip, dataset = s.clip(), s.dataset(name)
-        text = s.text(name)
-        pool = select_train_pool(dataset, shots, tuple(seeds))
+        text = s.text(name, request.prompts)
+        pool = select_train_pool(dataset, request.max_shots, request.seeds,
+                                 draws=request.draws())
         needed = tap_cache_bytes(clip.config, taps, len(pool.indices), views)
         budget = int(o.tap_cache_budget_gib * 2**30)
         path = choose_train_path(o.train_path, needed, budget)
@@ -346,8 +352,8 @@ class ImageSource:
                                  "test": f"whole test split ({origin.get('test', 'test split')})"}}
         return ImageData(name, dataset, text,
                          float(np.exp(np.asarray(clip.params["params"]["logit_scale"]))),
-                         frozen_arrays(clip, text), arrays, fetch, pool.fewshot, path, note,
-                         views, meta, tuple(taps), self)
+                         frozen_arrays(clip, text), arrays, fetch, pool.fewshot, pool.draws,
+                         pool.val_draws, path, note, views, meta, tuple(taps), self)
 
     def ood(self, name: str, parent: ImageData) -> QuerySet:
         """The test split of OOD set ``name``, labels in ``parent`` 's classes."""

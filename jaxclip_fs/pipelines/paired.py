@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Sequence
-
 import numpy as np
 
 from jaxclip_fs.features import augment, featfile
 from jaxclip_fs.pipelines import ood as ood_lib
+from jaxclip_fs.pipelines.features import Request
 from jaxclip_fs.pipelines.session import ClipSession
 
 
@@ -33,21 +32,22 @@ class PairedFeatures:
     def __init__(self, session: ClipSession):
         self.session = session
 
-    def _extract(self, clip, dataset: str, shots: int, seeds: Sequence[int]):
+    def _extract(self, clip, dataset: str, request: Request, prompts: str | None):
         from jaxclip_fs.features.extract import extract_features
 
         s = self.session
         x = s.extraction
         return extract_features(
-            s.dataset(dataset), clip, s.tokenizer(), shots=shots, seeds=tuple(seeds),
-            views=x.views, aug_scale=augment.TIP_ADAPTER_SCALE, aug_seed=x.aug_seed,
-            dtype=x.dtype, batch_size=x.batch_size, **s.encoding_options()).features
+            s.dataset(dataset), clip, s.tokenizer(), shots=request.max_shots,
+            seeds=request.seeds, views=s.train_views, aug_scale=augment.TIP_ADAPTER_SCALE,
+            aug_seed=x.aug_seed, dtype=x.dtype, batch_size=x.batch_size, draws=request.draws(),
+            prompts=prompts, **s.encoding_options()).features
 
-    def __call__(self, dataset: str, shots: int, seeds: Sequence[int]) -> featfile.FeatureSet:
+    def __call__(self, dataset: str, request: Request) -> featfile.FeatureSet:
         s = self.session
-        original = self._extract(s.clip(), dataset, shots, seeds)
+        original = self._extract(s.clip(), dataset, request, request.prompts)
         adapted_clip = s.adapted_clip()
-        adapted = self._extract(adapted_clip, dataset, shots, seeds)
+        adapted = self._extract(adapted_clip, dataset, request, None)
         meta = {**original.meta, "imo_adapters": os.fspath(s.config.model.imo_adapters),
                 "imo_weights_id": adapted_clip.weights_id,
                 "paired_layout": "[adapted | original] along the feature axis"}

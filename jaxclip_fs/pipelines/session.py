@@ -43,6 +43,12 @@ class ClipSession:
     def execution(self):
         return self.config.execution
 
+    @property
+    def train_views(self) -> int:
+        """Views per train image in a feature file: the plain view 0 and ``extraction.views``
+        augmented ones."""
+        return self.extraction.views + 1
+
     def clip(self):
         """The :class:`~jaxclip_fs.convert.load.LoadedCLIP` of ``model.backbone`` / ``weights``."""
         if self._clip is None:
@@ -82,18 +88,21 @@ class ClipSession:
                                                source=self.config.data.source)
         return self._datasets[name]
 
-    def text(self, name: str) -> np.ndarray:
-        """The template-ensemble classifier W [C, E] of dataset ``name`` (cached)."""
-        if name not in self._texts:
-            from jaxclip_fs.features.text_classifier import text_classifier
+    def text(self, name: str, prompts: str | None = None) -> np.ndarray:
+        """The zero-shot classifier W [C, E] of dataset ``name``: its templates, or with a
+        prompt file the templates and its sentences pooled (cached)."""
+        key = (name, prompts)
+        if key not in self._texts:
+            from jaxclip_fs.features.text_classifier import prompt_classifier, text_classifier
 
             dataset = self.dataset(name)
-            self._texts[name] = text_classifier(
-                self.clip(), self.tokenizer(), dataset.classnames, dataset.templates,
-                dtype=self.extraction.dtype, batch_size=self.extraction.batch_size,
-                cache_dir=self.execution.cache_dir, use_cache=self.execution.use_cache,
-                progress=self.progress)
-        return self._texts[name]
+            common = dict(dtype=self.extraction.dtype, batch_size=self.extraction.batch_size,
+                          cache_dir=self.execution.cache_dir, use_cache=self.execution.use_cache,
+                          progress=self.progress)
+            args = (self.clip(), self.tokenizer(), dataset.classnames, dataset.templates)
+            self._texts[key] = (text_classifier(*args, **common) if prompts is None else
+                                prompt_classifier(*args, prompts, **common))
+        return self._texts[key]
 
     def encoding_options(self) -> dict:
         """Keyword arguments of the features package's encoders (cache, workers, progress)."""

@@ -3,7 +3,7 @@
 A record is one JSON object per (method, dataset, shots, seed) as written by
 ``io/records.py`` (``evaluate`` and ``run`` both write them). Records are
 grouped by their :class:`Setting` -- what must be equal for numbers to be
-comparable: backbone, weights, validation policy and selection protocol --
+comparable: backbone, weights and protocol (``fair``, ``fewshot``, ``paper``) --
 then by (method, dataset, shots); each group becomes a :class:`Cell` holding
 the per-seed accuracies and their mean and standard deviation.
 
@@ -40,14 +40,13 @@ class Setting:
     Attributes:
       backbone: CLIP variant (``RN50`` ...), ``synthetic`` for generated features.
       weights: weights identity, ``"random"`` for random init.
-      val_policy: ``coop`` / ``full`` (how validation rows were chosen).
-      selection: ``validation`` or ``test`` (the optimistic official protocol).
+      protocol: ``fair``, ``fewshot`` or ``paper`` (how epochs / hyperparameters
+        were selected and the figure formed).
     """
 
     backbone: str
     weights: str
-    val_policy: str
-    selection: str
+    protocol: str
 
     @property
     def random_weights(self) -> bool:
@@ -55,10 +54,10 @@ class Setting:
 
     def title(self) -> str:
         """One line naming the setting, with the random-weights warning when it applies."""
-        text = (f"{self.backbone}, weights {self.weights}, validation {self.val_policy}, "
-                f"selection on {self.selection}")
-        if self.selection == "test":
-            text += " (OPTIMISTIC: hyperparameters chosen on the test set)"
+        text = f"{self.backbone}, weights {self.weights}, protocol {self.protocol}"
+        if self.protocol == "paper":
+            text += (" (as the official codes: entries marked * are OPTIMISTIC -- test data "
+                     "chose or formed them)")
         if self.random_weights:
             text += " -- RANDOM WEIGHTS: accuracies only exercise the pipeline"
         return text
@@ -71,6 +70,7 @@ class Cell:
     Attributes:
       seeds: the seeds, ascending; ``accuracies`` in the same order (in %).
       mean, std: over the seeds (population std).
+      optimistic: some of its records selected on test or report a maximum over test figures.
     """
 
     setting: Setting
@@ -79,6 +79,7 @@ class Cell:
     shots: int
     seeds: tuple[int, ...]
     accuracies: tuple[float, ...]
+    optimistic: bool = False
 
     @property
     def mean(self) -> float:
@@ -134,8 +135,13 @@ def setting_of(record: Mapping) -> Setting:
     """The :class:`Setting` of a record (missing fields read ``unknown``)."""
     return Setting(backbone=str(record.get("backbone", "unknown")),
                    weights=str(record.get("weights", "unknown")),
-                   val_policy=str(record.get("val_policy", "unknown")),
-                   selection=str(record.get("selection", "unknown")))
+                   protocol=str(record.get("protocol", "unknown")))
+
+
+def is_optimistic(record: Mapping) -> bool:
+    """Did test data select something for this record, or form its figure?"""
+    selection = record.get("selection")
+    return bool(selection.get("optimistic")) if isinstance(selection, Mapping) else False
 
 
 def summarize(records: Iterable[Mapping]) -> list[Cell]:
@@ -146,6 +152,7 @@ def summarize(records: Iterable[Mapping]) -> list[Cell]:
         accuracy (names both files).
     """
     by_cell: dict[tuple, dict[int, tuple[float, str]]] = {}
+    optimistic: set[tuple] = set()
     for record in records:
         key = (setting_of(record), str(record["method"]), str(record["dataset"]),
                int(record["shots"]))
@@ -156,8 +163,11 @@ def summarize(records: Iterable[Mapping]) -> list[Cell]:
             raise ConfigError(f"records {seeds[seed][1]} and {path} disagree on "
                               f"{key[1]} / {key[2]} / {key[3]}-shot / seed {seed}")
         seeds[seed] = (accuracy, path)
+        if is_optimistic(record):
+            optimistic.add(key)
     cells = [Cell(setting, method, dataset, shots, tuple(sorted(seeds)),
-                  tuple(seeds[s][0] for s in sorted(seeds)))
+                  tuple(seeds[s][0] for s in sorted(seeds)),
+                  (setting, method, dataset, shots) in optimistic)
              for (setting, method, dataset, shots), seeds in by_cell.items()]
     return sorted(cells, key=lambda c: (c.setting, catalogue.order_key(c.method),
                                         order_key(c.dataset, DATASET_ORDER), c.shots))

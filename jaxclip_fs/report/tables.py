@@ -27,15 +27,20 @@ from jaxclip_fs.catalogue import AVERAGE, display_name, published
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-    """One table entry: mean and std (None when undefined) over ``seeds``; the published number."""
+    """One table entry: mean and std (None when undefined) over ``seeds``; the published number;
+    whether test data chose or formed it (marked ``*``); ``signed``: a difference (``+1.20``)."""
 
     mean: float
     std: float | None
     seeds: tuple[int, ...]
     published: float | None = None
+    optimistic: bool = False
+    signed: bool = False
 
     def text(self) -> str:
-        out = f"{self.mean:.2f}" + (f" ± {self.std:.2f}" if self.std is not None else "")
+        out = f"{self.mean:+.2f}" if self.signed else f"{self.mean:.2f}"
+        out += f" ± {self.std:.2f}" if self.std is not None else ""
+        out += "*" if self.optimistic else ""
         return out + (f" [{self.published:.2f}]" if self.published is not None else "")
 
 
@@ -60,7 +65,7 @@ class Table:
 def cell_entry(cell: Cell) -> Entry:
     return Entry(cell.mean, cell.std, cell.seeds,
                  published(cell.setting.backbone, cell.setting.weights, cell.shots, cell.method,
-                           cell.dataset))
+                           cell.dataset), cell.optimistic)
 
 
 def average_entry(cells: Sequence[Cell], datasets: Sequence[str]) -> Entry | None:
@@ -73,11 +78,13 @@ def average_entry(cells: Sequence[Cell], datasets: Sequence[str]) -> Entry | Non
     pub = published(first.setting.backbone, first.setting.weights, first.shots, first.method,
                     AVERAGE)
     seed_sets = {c.seeds for c in chosen}
+    optimistic = any(c.optimistic for c in chosen)
     if len(seed_sets) == 1:
         per_seed = np.mean([c.accuracies for c in chosen], axis=0)  # [S]
-        return Entry(float(np.mean(per_seed)), float(np.std(per_seed)), first.seeds, pub)
+        return Entry(float(np.mean(per_seed)), float(np.std(per_seed)), first.seeds, pub,
+                     optimistic)
     common = tuple(sorted(set.intersection(*(set(c.seeds) for c in chosen))))
-    return Entry(float(np.mean([c.mean for c in chosen])), None, common, pub)
+    return Entry(float(np.mean([c.mean for c in chosen])), None, common, pub, optimistic)
 
 
 def shot_table(cells: Sequence[Cell], setting: Setting, shots: int) -> Table:
@@ -94,6 +101,29 @@ def shot_table(cells: Sequence[Cell], setting: Setting, shots: int) -> Table:
             if avg is not None:
                 entries[(method, AVERAGE)] = avg
     return Table(f"{shots}-shot -- {setting.title()}", "method", methods, columns, entries)
+
+
+def gap_table(cells: Sequence[Cell], paper: Setting, fair: Setting, shots: int) -> Table | None:
+    """``paper - fair`` per method and dataset at ``shots`` (means over each side's seeds; the
+    average column: the difference of the averages), or None when nothing is in both."""
+    both = {}
+    for side, setting in (("paper", paper), ("fair", fair)):
+        table = shot_table(cells, setting, shots)
+        both[side] = table
+    rows = tuple(m for m in both["paper"].rows if m in both["fair"].rows)
+    columns = tuple(c for c in both["paper"].columns if c in both["fair"].columns)
+    entries = {}
+    for row in rows:
+        for col in columns:
+            a, b = both["paper"].entries.get((row, col)), both["fair"].entries.get((row, col))
+            if a is not None and b is not None:
+                entries[(row, col)] = Entry(a.mean - b.mean, None, a.seeds, None, a.optimistic,
+                                            signed=True)
+    if not entries:
+        return None
+    title = (f"{shots}-shot, paper - fair -- {paper.backbone}, weights {paper.weights}: "
+             "how much of a published figure is protocol")
+    return Table(title, "method", rows, columns, entries)
 
 
 def curve_table(cells: Sequence[Cell], setting: Setting, dataset: str) -> Table:
@@ -139,8 +169,7 @@ def table_csv(tables: Sequence[tuple[Setting, Table]]) -> str:
         columns += (AVERAGE,)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["backbone", "weights", "val_policy", "selection", "random_weights",
-"method"]
+    writer.writerow(["backbone", "weights", "protocol", "random_weights", "method"]
                     + [f"{c} {part}" for c in columns for part in ("mean", "std")])
     for setting, table in tables:
         for row in table.rows:
@@ -149,13 +178,13 @@ def table_csv(tables: Sequence[tuple[Setting, Table]]) -> str:
                 entry = table.entries.get((row, col))
                 values += ["", ""] if entry is None else [
                     f"{entry.mean:.4f}", "" if entry.std is None else f"{entry.std:.4f}"]
-            writer.writerow([setting.backbone, setting.weights, setting.val_policy,
-                             setting.selection, setting.random_weights, row] + values)
+            writer.writerow([setting.backbone, setting.weights, setting.protocol,
+                             setting.random_weights, row] + values)
     return out.getvalue()
 
 
-LONG_CSV_HEADER = ("backbone", "weights", "val_policy", "selection", "random_weights", "method",
-                   "dataset", "shots", "num_seeds", "seeds", "mean", "std", "published",
+LONG_CSV_HEADER = ("backbone", "weights", "protocol", "random_weights", "method", "dataset",
+                   "shots", "num_seeds", "seeds", "mean", "std", "optimistic", "published",
                    "ours_minus_published")
 
 
@@ -169,10 +198,10 @@ def long_csv(cells: Sequence[Cell], averages: Sequence[tuple[Setting, str, int, 
     for setting, method, dataset, shots, entry in rows:
         pub = entry.published
         writer.writerow([
-            setting.backbone, setting.weights, setting.val_policy, setting.selection,
+            setting.backbone, setting.weights, setting.protocol,
             setting.random_weights, method, dataset, shots, len(entry.seeds),
             " ".join(str(s) for s in entry.seeds), f"{entry.mean:.4f}",
-            "" if entry.std is None else f"{entry.std:.4f}",
+            "" if entry.std is None else f"{entry.std:.4f}", entry.optimistic,
             "" if pub is None else f"{pub:.2f}", "" if pub is None else f"{entry.mean - pub:+.4f}",
         ])
     return out.getvalue()

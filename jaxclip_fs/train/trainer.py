@@ -140,13 +140,24 @@ def item_hashes(key, epoch, num_classes: int, shots: int):
     return _mix32(per_class[:, None] + shot_index[None, :] * jnp.uint32(0x27D4EB2F))
 
 
-def epoch_plan(key, mask, num_views: int, epoch):
+def fresh_views(num_views: int, epochs) -> jax.Array:
+    """Does a pool of ``num_views`` views give every epoch its own augmented view?"""
+    return (num_views - 1) >= jnp.asarray(epochs)
+
+
+def epoch_plan(key, mask, num_views: int, epoch, epochs=None):
     """Item order and view choice for one epoch.
+
+    Args:
+      epochs: the task's epoch count (may be traced); when the pool has at
+        least that many augmented views, epoch e takes view ``1 + e`` for every
+        item (a fresh augmentation per epoch) -- else (or without ``epochs``)
+        each item draws one.
 
     Returns:
       ``(order, views)``: ``order`` int [C·K] flat item indices, real items
       first in random order; ``views`` int [C·K] the (augmented) view of each
-      flat item, uniform over ``first_augmented_view .. V-1``.
+      flat item: ``1 + epoch``, or uniform over ``first_augmented_view .. V-1``.
     """
     hashes = item_hashes(key, epoch, *mask.shape)
     rank = jnp.where(mask > 0, hashes >> 1, jnp.uint32(0xFFFFFFFF))  # padding sorts last
@@ -154,6 +165,9 @@ def epoch_plan(key, mask, num_views: int, epoch):
     low = first_augmented_view(num_views)
     draws = _mix32(hashes ^ jnp.uint32(0x68E31DA4)) % jnp.uint32(num_views - low)
     views = low + draws.astype(jnp.int32)
+    if epochs is not None and num_views > 1:
+        fresh = jnp.minimum(1 + jnp.asarray(epoch, jnp.int32), num_views - 1)
+        views = jnp.where(fresh_views(num_views, epochs), fresh, views)
     return order, views.reshape(-1)
 
 
@@ -279,7 +293,7 @@ def train(
 
     def loader(epoch):
         """Epoch ``epoch``'s batches: ``j -> (inputs, labels [B], weights [B] 1 real / 0 pad)``."""
-        order, views = epoch_plan(plan_key, data.mask, num_views, epoch)
+        order, views = epoch_plan(plan_key, data.mask, num_views, epoch, epochs)
         epoch_key = jax.random.fold_in(step_key, epoch)
 
         def batch(j):
