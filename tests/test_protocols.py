@@ -19,18 +19,20 @@ from jaxclip_fs import cli, methods
 from jaxclip_fs.convert.load import load_clip
 from jaxclip_fs.data import get_dataset
 from jaxclip_fs.data.coop_pkl import coop_fewshot, read_fewshot_pkl
-from jaxclip_fs.data.fewshot import class_order, official_fewshot, official_sets
+from jaxclip_fs.data.fewshot import class_order, coop_val_rows, official_fewshot, official_sets
 from jaxclip_fs.engine import feature_program
 from jaxclip_fs.engine.evaluate import evaluate_features
 from jaxclip_fs.errors import DataError
 from jaxclip_fs.experiment import protocol as protocol_lib
 from jaxclip_fs.features import featfile
+from jaxclip_fs.features.featfile import support_index
 from jaxclip_fs.features.synthetic import make_task
 from jaxclip_fs.features.text_classifier import prompt_classifier
 from jaxclip_fs.clip.tokenizer import load_tokenizer
 from jaxclip_fs.methods.base import as_arrays, logits
 from jaxclip_fs.methods.search import accuracy
 from jaxclip_fs.methods.task import make_evalset, make_task as task_of
+from jaxclip_fs.train import fit_select_predict
 from jaxclip_fs.train.fit import fit, select, task_key
 
 from test_data_coop import DTD_JSON, PETS_JSON, _png
@@ -303,6 +305,30 @@ def test_paper_selects_on_test_only_where_documented(seen, name, dataset, fit_on
                                        or selection["reported"] != "final")
 
 
+@pytest.mark.parametrize("name", ["tip_adapter", "tip_x", "gda"])
+def test_fair_and_fewshot_search_the_whole_and_the_coop_validation_set(name):
+    """On a 16-shot CLIP-like feature file: ``fair`` = search on every val row, ``fewshot`` =
+    on CoOp's min(K, 4) per class; each computed directly with ``fit_select_predict``."""
+    fs = make_task(11, num_classes=10, dim=32, shots=16, views=3, val_per_class=8,
+                   test_per_class=20)
+    method = methods.get(name)
+    values, grid = method.resolve("synthetic", fs.dim, ())
+    grid = {n: jnp.asarray(g, jnp.float32) for n, g in grid.items()}
+    task = task_of(fs.train[:, support_index(fs, 16, 1)], fs.text, fs.logit_scale)
+    test = make_evalset(fs.test, fs.test_labels)
+    coop = coop_val_rows(fs.val_labels, 10, 16, 1)
+    for protocol, rows in (("fair", np.arange(fs.val.shape[0])), ("fewshot", coop)):
+        direct = fit_select_predict(method, task_key(1), task,
+                                    make_evalset(fs.val[rows], fs.val_labels[rows]), test,
+                                    as_arrays(values), grid)
+        record = evaluate_features(fs, name, shots=16, seed=1, protocol=protocol, log=None)
+        assert record["val_size"] == rows.size
+        assert record["accuracy"] == pytest.approx(float(direct["test_accuracy"]), abs=1e-4)
+        assert record["val_accuracy"] == pytest.approx(float(direct["val_accuracy"]), abs=1e-4)
+        for key in grid:
+            assert record["hyperparameters"][key] == pytest.approx(float(direct["hp"][key]))
+
+
 def test_fair_selection_is_blind_to_the_test_labels():
     """Shuffled test labels change only the test accuracy, never what was selected."""
     rng = np.random.default_rng(0)
@@ -342,6 +368,12 @@ def test_paper_tip_adapter_f_reports_the_best_of_epoch_and_search():
     assert record["accuracy"] == pytest.approx(max(final, best_epoch_score), abs=1e-4)
     assert record["best_epoch"] == int(info["best_epoch"])
     assert record["selection"]["reported"] == "max_epoch_or_search"
+    # one augmented view for 4 epochs: each item draws it; 6 for 4 epochs: a fresh one per epoch
+    assert record["input_details"] == {"epoch_views": "drawn", "augmented_views": 1}
+    many = make_task(7, num_classes=C, dim=8, shots=4, views=7, val_per_class=5,
+                     test_per_class=7, dataset="oxford_pets")
+    fresh = evaluate_features(many, name, shots=shots, seed=seed, hp={"epochs": epochs}, log=None)
+    assert fresh["input_details"] == {"epoch_views": "fresh", "augmented_views": 6}
 
 
 def test_paper_ldc_reports_the_best_head_on_test(tmp_path):

@@ -56,6 +56,7 @@ from jaxclip_fs.pipelines.features import ExtractedFeatures, FeatureFiles, Reque
 from jaxclip_fs.pipelines.images import ImageSource
 from jaxclip_fs.pipelines.paired import PairedFeatures
 from jaxclip_fs.pipelines.session import ClipSession
+from jaxclip_fs.train.trainer import epoch_views
 from jaxclip_fs.report.confusion import confusion_analysis, write_confusion
 
 #: Input kinds whose providers give feature sets (run by the feature program).
@@ -493,6 +494,7 @@ def _run_feature_program(program: Program, variant: Variant, inputs: _Inputs,
         keep_params=keep, keep_logits=sink.keep_logits, name=program.name,
         limits=_limits(config))
     results = []
+    num_views = batch.shared["supports"].shape[-4]
     for g, t, cell in batch_lib.slot_cells(batch):
         fs = fsets[cell.dataset]
         index = {name: int(v[g, t]) for name, v in outputs["index"].items()}
@@ -513,6 +515,8 @@ def _run_feature_program(program: Program, variant: Variant, inputs: _Inputs,
             ood=[OODResult(o.name, float(outputs["ood_accuracy"][g, t, i]),
                            int(o.class_mask.sum()), int(o.test.shape[0]), o.meta)
                  for i, o in enumerate(oods[cell.dataset])],
+            inputs=({"epoch_views": epoch_views(num_views, int(res.values["epochs"])),
+                     "augmented_views": num_views - 1} if method.trains else {}),
             test_logits=(np.asarray(outputs["test_logits"][g, t, :fs.test.shape[0],
                                                           :fs.num_classes], np.float32)
                          if sink.keep_logits else None),
@@ -562,6 +566,9 @@ def _run_image_program(program: Program, variant: Variant, inputs: _Inputs,
             heads=heads,
             inputs={"taps": list(method.taps), "train_path": data.path,
                     "tap_cache_views": data.views if data.path == "cache" else None,
+                    "epoch_views": ("fresh crops" if data.path == "trunk" else
+                                    epoch_views(data.views, int(resolved.values["epochs"]))
+                                    if method.trains else None),
                     "devices": min(mesh.devices.size, len(program.cells))},
             ood=[OODResult(q.name, float(out["ood_accuracy"][t, i]), int(q.class_mask.sum()),
                            len(q.indices), {**provenance, "dataset": q.name})

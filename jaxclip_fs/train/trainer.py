@@ -145,6 +145,15 @@ def fresh_views(num_views: int, epochs) -> jax.Array:
     return (num_views - 1) >= jnp.asarray(epochs)
 
 
+def epoch_views(num_views: int, epochs: int) -> str:
+    """What a run's epochs read, for its record: ``fresh`` (epoch e reads view 1 + e of every
+    item), ``drawn`` (each item one of the augmented views, per epoch) or ``plain`` (the
+    single un-augmented view)."""
+    if num_views <= 1:
+        return "plain"
+    return "fresh" if bool(fresh_views(num_views, epochs)) else "drawn"
+
+
 def epoch_plan(key, mask, num_views: int, epoch, epochs=None):
     """Item order and view choice for one epoch.
 
