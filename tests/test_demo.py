@@ -13,15 +13,19 @@ def test_reduced_demo_end_to_end_then_resumes_without_work(tmp_path, capsys, mon
     out = tmp_path / "demo"
     monkeypatch.setattr(demo, "find_pretrained", lambda: None)  # as on a machine without weights
     argv = ["demo", "--out", str(out), "--shots", "1,2", "--seeds", "1", "--views", "2",
-            "--method", "zero_shot,tip_adapter", "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+            "--method", "zero_shot,tip_adapter", "--cache-dir", str(tmp_path / "cache"), "--quiet",
+            "--protocol", "fair,paper"]
     assert cli.main(argv) == 0
     captured = capsys.readouterr()
     assert "RANDOM weights" in captured.err and "RANDOM WEIGHTS" in captured.out
     assert "| Tip-Adapter |" in captured.out and "| method \\ shots | 1 | 2 |" in captured.out
-    plot = out / "report" / "accuracy_vs_shots_digits.png"
-    assert f"plot: {plot}" in captured.out and plot.stat().st_size > 10_000
+    for protocol in ("fair", "paper"):  # one plot per protocol
+        plot = out / "report" / f"tiny-vit-random-{protocol}_accuracy_vs_shots_digits.png"
+        assert f"plot: {plot}" in captured.out and plot.stat().st_size > 10_000
+    assert "paper - fair" in captured.out  # both protocols: the gap table
     records = sorted((out / "records").rglob("*.json"))
-    assert len(records) == 4
+    assert len(records) == 8
+    assert {r.relative_to(out / "records").parts[0] for r in records} == {"fair", "paper"}
     record = json.loads(records[0].read_text())
     assert record["dataset"] == "digits" and record["backbone"] == "tiny-vit"
     assert record["weights"] == "random" and record["num_classes"] == 10

@@ -45,7 +45,8 @@ those accuracies only show that the pipeline runs.
 examples:
   jaxclip-fs demo
   jaxclip-fs demo --weights ~/clip-vit-base-patch32 --out demo_vitb32
-  jaxclip-fs demo --shots 1,4 --seeds 1 --method tip_adapter,ape"""
+  jaxclip-fs demo --shots 1,4 --seeds 1 --method tip_adapter,ape
+  jaxclip-fs demo --protocol fair,paper   # the paper - fair table of the official protocols"""
 
 DATASET = "digits"
 PRETRAINED_BACKBONE = "ViT-B/32"
@@ -129,6 +130,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", metavar="DIR",
                    help="feature cache (default $JAXCLIP_FS_CACHE or ~/.cache/jaxclip-fs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars (messages stay)")
+    common.add_protocol_arguments(p.add_argument_group("selection"))
 
 
 def demo_config(args: argparse.Namespace, model: DemoModel, imo_dir: str | None):
@@ -137,7 +139,8 @@ def demo_config(args: argparse.Namespace, model: DemoModel, imo_dir: str | None)
     kinds = common.input_kinds(False, imo_adapters=vit)
     return common.experiment_config(
         argparse.Namespace(backbone=model.backbone, weights=model.weights, views=args.views,
-                           cache_dir=args.cache_dir, imo_adapters=imo_dir),
+                           cache_dir=args.cache_dir, imo_adapters=imo_dir,
+                           protocol=args.protocol, sampler=args.sampler, prompts=args.prompts),
         datasets=[DATASET], methods=common.selected_methods(args.method, kinds),
         shots=common.parse_int_list(args.shots, "--shots", 1),
         seeds=common.parse_int_list(args.seeds, "--seeds", 0))
@@ -168,8 +171,9 @@ def run(args: argparse.Namespace) -> int:
 
     files = write_report(args.out)
     print(files.summary)
-    plot = next((p for p in files.plots if p.endswith(f"_{DATASET}.png")), None)
-    print(f"plot: {os.path.abspath(plot) if plot else '(none)'}")
+    plots = [p for p in files.plots if p.endswith(f"_{DATASET}.png")]  # one per protocol
+    for plot in plots or ["(none)"]:
+        print(f"plot: {os.path.abspath(plot) if plots else plot}")
     print(f"tables: {os.path.abspath(files.markdown)}; "
           f"records: {os.path.join(os.path.abspath(args.out), 'records')}")
     if model.random:
