@@ -69,8 +69,18 @@ def text_classifier(
     Returns:
       float32 [C, E], L2-normalised rows.
     """
-    length = clip.config.context_length
-    tokens = tokenize_prompts(tokenizer, classnames, templates, length)
+    tokens = tokenize_prompts(tokenizer, classnames, templates, clip.config.context_length)
+    return classifier_from_embeddings(encode_texts(
+        clip, tokens, "clip_text_embeddings", dtype=dtype, batch_size=batch_size,
+        cache_dir=cache_dir, use_cache=use_cache, progress=progress, desc="text", unit="class"))
+
+
+def encode_texts(clip, tokens: np.ndarray, kind: str, *, dtype: str, batch_size: int,
+                 cache_dir: str | os.PathLike | None, use_cache: bool, progress: bool,
+                 desc: str, unit: str) -> np.ndarray:
+    """``encode_text`` of int tokens [N, T, L] → float32 [N, T, E], N items of T texts each,
+    cached by content (``kind``, model, weights, dtype, tokens)."""
+    length = tokens.shape[-1]
     model = clip.model.clone(dtype=compute_dtype(dtype))
 
     def fn(variables, rows):
@@ -79,15 +89,15 @@ def text_classifier(
     encoder = FixedBatchEncoder(fn, clip.params, batch_size, (length,), np.int32)
     entry = None
     if use_cache:
-        spec = {"kind": "clip_text_embeddings", "model": clip.config.architecture(),
+        spec = {"kind": kind, "model": clip.config.architecture(),
                 "weights": clip.weights_id, "dtype": dtype,
                 "tokens": hashlib.sha256(tokens.tobytes()).hexdigest(),
                 "tokens_shape": list(tokens.shape)}
-        entry = ChunkedEntry(cache_dir or default_cache_dir(), spec, len(classnames),
-                             chunk_size=max(1, len(classnames)))
-    result = encode_items(encoder, lambda c: tokens[c], len(classnames), len(templates), entry,
-                          workers=1, progress=progress, desc="text", unit="class")
-    return classifier_from_embeddings(result.outputs[TEXT_KEY])
+        entry = ChunkedEntry(cache_dir or default_cache_dir(), spec, len(tokens),
+                             chunk_size=max(1, len(tokens)))
+    result = encode_items(encoder, lambda i: tokens[i], len(tokens), tokens.shape[1], entry,
+                          workers=1, progress=progress, desc=desc, unit=unit)
+    return np.asarray(result.outputs[TEXT_KEY], np.float32)
 
 
 # --- templates plus prompt sentences (APE's CuPL classifier) -----------------------------
@@ -167,28 +177,15 @@ def prompt_classifier(
     CuPL's own "both" classifier); over-long sentences are truncated to the
     context length (``clip.tokenize(..., truncate=True)``, as APE does).
     """
-    length = clip.config.context_length
     sentences = class_sentences(classnames, templates, read_prompts(prompts_path),
                                 os.fspath(prompts_path))
     flat = [s for per_class in sentences for s in per_class]
-    tokens = np.asarray(tokenizer(flat, context_length=length, truncate=True), np.int32)
-    model = clip.model.clone(dtype=compute_dtype(dtype))
-
-    def fn(variables, rows):
-        return {TEXT_KEY: model.apply(variables, rows, method="encode_text").astype(jnp.float32)}
-
-    encoder = FixedBatchEncoder(fn, clip.params, batch_size, (length,), np.int32)
-    entry = None
-    if use_cache:
-        spec = {"kind": "clip_sentence_embeddings", "model": clip.config.architecture(),
-                "weights": clip.weights_id, "dtype": dtype,
-                "tokens": hashlib.sha256(tokens.tobytes()).hexdigest(),
-                "tokens_shape": list(tokens.shape)}
-        entry = ChunkedEntry(cache_dir or default_cache_dir(), spec, len(flat),
-                             chunk_size=max(1, len(flat)))
-    result = encode_items(encoder, lambda i: tokens[i:i + 1], len(flat), 1, entry, workers=1,
-                          progress=progress, desc="prompts", unit="sentence")
-    embeddings = np.asarray(result.outputs[TEXT_KEY][:, 0], np.float32)
+    tokens = np.asarray(tokenizer(flat, context_length=clip.config.context_length,
+                                  truncate=True), np.int32)
+    embeddings = encode_texts(
+        clip, tokens[:, None], "clip_sentence_embeddings", dtype=dtype, batch_size=batch_size,
+        cache_dir=cache_dir, use_cache=use_cache, progress=progress, desc="prompts",
+        unit="sentence")[:, 0]
     embeddings /= np.linalg.norm(embeddings, axis=-1, keepdims=True)
     bounds = np.cumsum([0] + [len(c) for c in sentences])
     w = np.stack([embeddings[a:b].mean(axis=0) for a, b in zip(bounds[:-1], bounds[1:])])
