@@ -154,9 +154,12 @@ def run(args: argparse.Namespace) -> int:
     from jaxclip_fs.engine import sharding
     from jaxclip_fs.engine.run import RunDir, run_experiment
     from jaxclip_fs.io.console import stderr_log
+    from jaxclip_fs.io.outputs import check_output_dir
 
-    config = config_from_args(args)
     writer = sharding.is_writer()
+    if writer:
+        check_output_dir(args.out, "--out")  # before any work
+    config = config_from_args(args)
     sink = RunDir(args.out, writer=writer, argv=args.argv)
     run_experiment(config, sink, progress=not args.quiet, log=stderr_log)
     if writer and not args.no_report:
