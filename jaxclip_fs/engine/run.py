@@ -515,7 +515,7 @@ def _run_image_program(program: Program, variant: Variant, inputs: _Inputs,
             heads={k: float(v[t]) for k, v in out["heads"].items()},
             inputs={"taps": list(method.taps), "train_path": data.path,
                     "tap_cache_views": data.views if data.path == "cache" else None,
-                    "devices": min(mesh.devices.size, len(program.cells))},
+                    "devices": out["devices"]},
             ood=[OODResult(q.name, float(out["ood_accuracy"][t, i]), int(q.class_mask.sum()),
                            len(q.indices), {**provenance, "dataset": q.name})
                  for i, q in enumerate(oods)],
