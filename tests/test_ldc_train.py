@@ -290,6 +290,7 @@ def test_evaluate_writes_an_ldc_cells_files(tmp_path, capsys):
     assert record["accuracy"] == pytest.approx(100 * np.mean(logits.argmax(1) == labels))
 
 
+@pytest.mark.devices(8)
 def test_ldc_tasks_sharded_over_devices_give_the_records_of_one_device(tmp_path):
     """4 tasks on 3 of the 8 fake devices (padded to 6) == the same 4 tasks on one device.
 

@@ -1,4 +1,8 @@
-"""The cell axis sharded over 8 fake CPU devices gives the records of one device; --distributed."""
+"""The cell axis sharded over 8 fake CPU devices gives the records of one device; --distributed.
+
+The tests marked ``devices(8)`` run in a subprocess with 8 fake CPU devices (tests/conftest.py);
+real multi-process runs: tests/test_multiprocess.py.
+"""
 
 import jax
 import pytest
@@ -15,14 +19,16 @@ FEATURES = {"oxford_pets": make_task(2, num_classes=5, dim=8, shots=4, views=3, 
                                      test_per_class=6, dataset="oxford_pets")}
 
 
+@pytest.mark.devices(8)
 def test_eight_devices_give_the_records_of_one(tmp_path, monkeypatch):
-    assert len(jax.devices()) == 8  # tests/conftest.py
+    assert len(jax.devices()) == 8  # the devices(8) mark: tests/conftest.py
     placed = []
     real_place = sharding.place
     monkeypatch.setattr(sharding, "place",
                         lambda tree, s: placed.append(real_place(tree, s)) or placed[-1])
-    # (the trainer under sharding: test_sweep's fused 8-device records equal `evaluate`)
-    cfg = dict(methods=("tip_adapter",), datasets=("oxford_pets",), shots=(1, 2, 4), seeds=(1, 2))
+    # a training-free method and one that trains (the trainer under sharding)
+    cfg = dict(methods=("tip_adapter", "tip_adapter_f"), datasets=("oxford_pets",),
+               shots=(1, 2, 4), seeds=(1, 2))
     runs = {}
     for devices in (8, 1):
         out = str(tmp_path / f"d{devices}")
@@ -41,6 +47,7 @@ def test_eight_devices_give_the_records_of_one(tmp_path, monkeypatch):
     assert shared["test"].sharding.is_fully_replicated
 
 
+@pytest.mark.devices(8)
 def test_padding_and_mesh():
     mesh = sharding.cell_mesh(8)
     assert [sharding.padded_length(n, mesh) for n in (1, 8, 9, 15)] == [8, 8, 16, 16]
