@@ -1,4 +1,4 @@
-"""``jaxclip-fs embed``: the DESIGN.md contract, against a direct computation."""
+"""``jaxclip-fs embed``: its output contract, against a direct computation."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """L2-normalised CLIP embeddings of image files and texts (``jaxclip-fs embed``).
 
-Output ``.npz`` (DESIGN.md, "Contracts"):
+Output ``.npz``:
 
 =============== ================ ==============================================
 ``image``       float32 [N, E]   one row per ``--image``, in the order given

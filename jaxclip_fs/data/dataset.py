@@ -107,7 +107,7 @@ class Dataset:
     Attributes:
       name: registry name (``"oxford_pets"``, ``"digits"``, ``"folder:/abs/path"``).
       classnames: C cleaned class names (what goes into the templates).
-      templates: prompt templates with one ``{}`` each (REFERENCE.md).
+      templates: prompt templates with one ``{}`` each (:mod:`~jaxclip_fs.data.templates`).
       splits: ``"train"``/``"val"``/``"test"`` -> :class:`Split`.
       source: where it was read from, e.g. ``"coop:/data/oxford_pets"``.
       identity: sha256 of the content (see module docstring).

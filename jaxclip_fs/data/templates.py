@@ -1,8 +1,8 @@
 """Prompt templates per dataset.
 
-The benchmark sets use the single templates of CoOp / Tip-Adapter
-(REFERENCE.md, "Zero-shot CLIP"); ImageNet and its out-of-distribution
-variants use the 7-template ensemble Tip-Adapter and APE use (CLIP's
+The benchmark sets use the single templates of CoOp / Tip-Adapter; ImageNet
+and its out-of-distribution variants use the 7-template ensemble Tip-Adapter
+and APE use (CLIP's
 selected subset). The offline sets' templates (``digits``,
 ``fashion_mnist``, image folders) are ours, not from any paper.
 """

@@ -1,6 +1,6 @@
 """Feature files, batched CLIP encoding, augmented views and the feature cache.
 
-``featfile`` (the .npz contract of DESIGN.md) imports neither jax nor clip/,
+``featfile`` (the .npz feature-file contract) imports neither jax nor clip/,
 so feature-level tools can use it without loading a model.
 
 Extraction, top down: ``extract`` (:func:`~jaxclip_fs.features.extract.extract_features`,

@@ -1,7 +1,7 @@
 """From a dataset and a CLIP to a feature file: the train pool, views, val/test, text classifier.
 
 :func:`extract_features` is what ``jaxclip-fs extract`` and the sweep engine
-call. It produces the feature file of DESIGN.md:
+call. It produces the feature file (:mod:`~jaxclip_fs.features.featfile`):
 
 * ``text``: :func:`~jaxclip_fs.features.text_classifier.text_classifier` of
   the dataset's class names and templates;

@@ -1,6 +1,6 @@
 """The feature file: the bring-your-own-features and export format.
 
-An ``.npz`` with these keys (DESIGN.md, "Contracts"):
+An ``.npz`` with these keys:
 
 =============== ============== =================================================
 key             dtype / shape  meaning

@@ -1,4 +1,4 @@
-"""Result records: one JSON object per run, with the provenance DESIGN.md requires.
+"""Result records: one JSON object per run, with its provenance.
 
 Every record names backbone, weights (or "random"), dataset, split policy,
 shots, seed, method, hyperparameters and code version; results (accuracy,

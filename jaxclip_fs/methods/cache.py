@@ -1,6 +1,6 @@
 """Formulas shared by the cache-model methods, each written once.
 
-Notation (REFERENCE.md): ``f`` an L2-normalised query feature, ``W`` the
+Notation (Tip-Adapter's): ``f`` an L2-normalised query feature, ``W`` the
 text classifier [C, D], ``F`` the cache keys, ``L`` their one-hot labels.
 With the class-major support (``task.py``) ``A @ L`` is a sum over the
 shot axis.

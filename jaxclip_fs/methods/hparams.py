@@ -42,7 +42,7 @@ class HParam:
     """One hyperparameter of a method.
 
     Attributes:
-      name: as in REFERENCE.md / DESIGN.md (``alpha``, ``beta``, ``k`` ...).
+      name: as in the method's paper (``alpha``, ``beta``, ``k`` ...).
       role: ``"search"``, ``"fixed"`` or ``"train"`` (module docstring).
       doc: one line for ``--help`` and error messages.
       minimum: smallest allowed value (inclusive) or None.
