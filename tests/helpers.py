@@ -1,5 +1,6 @@
 """Helpers shared by tests that run the CLI in subprocesses."""
 
+import collections
 import os
 import socket
 import subprocess
@@ -8,6 +9,8 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: What ``shutil.disk_usage`` returns (for tests that fake a full disk).
+DiskUsage = collections.namedtuple("DiskUsage", "total used free")
 
 # Runs argv[1:] without root's power to ignore file permissions (CAP_DAC_OVERRIDE and
 # CAP_DAC_READ_SEARCH dropped from the bounding set, so not even exec gives them back).

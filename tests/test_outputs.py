@@ -17,7 +17,7 @@ from jaxclip_fs.features import featfile
 from jaxclip_fs.features.synthetic import make_task
 from jaxclip_fs.io import atomic, outputs
 
-from helpers import run_unprivileged
+from helpers import DiskUsage, run_unprivileged
 from test_sweep import COMPARED, read_records
 
 FEATURES = make_task(3, num_classes=4, dim=8, shots=4, views=2, val_per_class=4,
@@ -73,7 +73,7 @@ def test_out_that_is_a_file_or_under_one_fails_before_any_work(
 def test_out_on_a_full_disk_fails_before_any_work(command, feature_file, tmp_path, capsys,
                                                   monkeypatch, no_work):
     monkeypatch.setattr(shutil, "disk_usage",
-                        lambda path: shutil._ntuple_diskusage(1 << 30, 1 << 30, 1 << 20))
+                        lambda path: DiskUsage(1 << 30, 1 << 30, 1 << 20))
     argv = run_argv if command == "run" else evaluate_argv
     out = tmp_path / "new" / "out"
     assert cli.main(argv(feature_file, out)) == 2

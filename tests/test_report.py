@@ -17,7 +17,7 @@ from jaxclip_fs import catalogue as published
 from jaxclip_fs.report import write_report
 from jaxclip_fs.report.collect import load_records, summarize
 
-from helpers import run_unprivileged
+from helpers import DiskUsage, run_unprivileged
 
 METHODS = ("zero_shot", "tip_adapter", "ape")
 DATASETS = ("imagenet", "dtd", "eurosat")
@@ -260,7 +260,7 @@ def test_report_out_is_checked_before_any_work(tmp_path, capsys, monkeypatch):
         assert cli.main(["report", str(tmp_path / "records"), "--out", str(out)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"--out {out}" in err and needle in err, err
-    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 5 << 20))
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: DiskUsage(10, 10, 5 << 20))
     assert cli.main(["report", str(tmp_path / "records"), "--out", str(tmp_path / "new")]) == 2
     err = capsys.readouterr().err
     assert "--out" in err and "no space left (5.0 MiB free" in err and err.count("\n") == 1
