@@ -133,7 +133,9 @@ def test_the_coordinator_killed_stops_the_other_at_once(feature_reference, tmp_p
     (code0, _, _), (code1, err1, seconds1) = results
     assert code0 == -signal.SIGKILL
     assert code1 not in (0, None) and seconds1 < TIMEOUT / 2, (code1, err1[-3000:])
-    assert "another task died" in err1  # JAX's own message, as the coordination service is gone
+    # JAX's own message (it stops the process as soon as the coordination service is gone), or
+    # ours, should a JAX version leave that to the heartbeat check
+    assert "another task died" in err1 or "lost the coordinator (process 0)" in err1, err1[-3000:]
 
 
 def test_ldc_across_two_processes_gives_the_records_of_one(tmp_path):
