@@ -209,5 +209,6 @@ def test_record_problem_accepts_a_complete_record(tmp_path):
               "hyperparameters": {}, "code_version": "0"}
     path.write_text(json.dumps(record))
     assert outdir.record_problem(str(path), cell) is None
-    assert "(method 'tip_adapter', expected 'ape')" in outdir.record_problem(str(path), Cell("ape", "dtd", 4, 3))
+    other = Cell("ape", "dtd", 4, 3)
+    assert "(method 'tip_adapter', expected 'ape')" in outdir.record_problem(str(path), other)
     assert not outdir.is_finished(str(tmp_path), cell)  # (no record at the run layout's path)

@@ -81,7 +81,8 @@ class PeerMonitor:
         self.interval = min(2.0, max(0.1, self.timeout / 10))
         self.beats = 0
         start = clock()
-        self.seen = {p: (None, start) for p in range(count) if p != me}  # last beat, when it changed
+        # per other process: its last heartbeat value, and when it last changed
+        self.seen = {p: (None, start) for p in range(count) if p != me}
         self.last_ok = start
         self.stopped = threading.Event()
         self._thread: threading.Thread | None = None

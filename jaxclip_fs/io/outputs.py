@@ -77,7 +77,8 @@ def check_output_dir(path: str | os.PathLike, flag: str) -> None:
 
 @contextlib.contextmanager
 def writing(path: str | os.PathLike, what: str = "") -> Iterator[None]:
-    """Turns an ``OSError`` inside the block into a one-line :class:`OutputError` naming ``path``."""
+    """Turns an ``OSError`` inside the block into a one-line :class:`OutputError` naming
+    ``path``."""
     try:
         yield
     except OSError as exc:
