@@ -49,8 +49,8 @@ from jaxclip_fs.experiment.plan import (
 )
 from jaxclip_fs.features import featfile
 from jaxclip_fs.io import atomic, records
-from jaxclip_fs.io.outputs import writing
 from jaxclip_fs.io.console import progress_bar, stderr_log
+from jaxclip_fs.io.outputs import writing
 from jaxclip_fs.pipelines import ood as ood_lib
 from jaxclip_fs.pipelines.features import ExtractedFeatures, FeatureFiles
 from jaxclip_fs.pipelines.images import ImageSource
