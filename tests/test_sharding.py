@@ -81,3 +81,23 @@ def test_cli_distributed_flag_initializes_jax_first(tmp_path, monkeypatch):
                   "--num-processes", "2", "--process-id", "1"])
     assert seen == [{"coordinator_address": "host:8476", "num_processes": 2, "process_id": 1}]
     assert not any(tmp_path.iterdir())  # nothing happened before the initialisation
+
+
+def test_a_sub_mesh_keeps_a_share_of_every_process():
+    """(2 processes x 4 devices, as `--distributed` gives them): every process keeps devices,
+    so each still takes part in the programs it runs; one process: the first ones."""
+    class Device:
+        def __init__(self, process, index):
+            self.process_index, self.id = process, index
+
+        def __repr__(self):
+            return f"p{self.process_index}d{self.id}"
+
+    two = [Device(p, i) for p in (0, 1) for i in range(4)]
+    assert repr(sharding.spread(two, 2)) == "[p0d0, p1d0]"
+    assert repr(sharding.spread(two, 3)) == "[p0d0, p0d1, p1d0, p1d1]"  # rounded up
+    assert repr(sharding.spread(two, 8)) == repr(two)
+    one = [Device(0, i) for i in range(8)]
+    assert repr(sharding.spread(one, 3)) == "[p0d0, p0d1, p0d2]"
+    mesh = sharding.cell_mesh()
+    assert sharding.sub_mesh(mesh, 4).devices.size == 1  # (one device here)

@@ -53,12 +53,16 @@ def sub_mesh(mesh: Mesh, count: int) -> Mesh:
 
     One process: the first ``count`` devices (all if fewer).
     """
-    devices = list(mesh.devices.flat)
+    return Mesh(np.asarray(spread(list(mesh.devices.flat), count)), (CELL_AXIS,))
+
+
+def spread(devices: Sequence[Any], count: int) -> list:
+    """About ``count`` of ``devices``: the first ``ceil(count / owners)`` of each process
+    owning some (in order of appearance), so every owner keeps a share."""
     owners = list(dict.fromkeys(d.process_index for d in devices))
     per_process = max(1, -(-count // len(owners)))
-    chosen = [d for owner in owners
-              for d in [x for x in devices if x.process_index == owner][:per_process]]
-    return Mesh(np.asarray(chosen), (CELL_AXIS,))
+    return [d for owner in owners
+            for d in [x for x in devices if x.process_index == owner][:per_process]]
 
 
 def padded_length(length: int, mesh: Mesh) -> int:
