@@ -28,7 +28,7 @@ FEATURE_GRID = ["--dataset", "digits", "--backbone", "tiny-vit", "--weights", "r
 LDC_GRID = ["--dataset", "digits", "--backbone", "tiny-vit", "--weights", "random", "--views", "1",
             "--method", "ldc", "--shots", "1", "--seeds", "1,2", "--hp", "epochs=1",
             "batch_size=16"]
-PEER_TIMEOUT = 10  # seconds without a heartbeat that mean a process is lost
+PEER_TIMEOUT = 20  # seconds without a heartbeat that mean a process is lost (loaded CI: room)
 TIMEOUT = 300  # a hard limit on every process of these tests
 
 
