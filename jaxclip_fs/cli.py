@@ -6,7 +6,9 @@ lives in the packages, importable from a notebook. User errors
 (:class:`~jaxclip_fs.errors.JaxclipError`) are printed as one ``error: ...``
 line with exit status 2; a program that hangs
 (:class:`~jaxclip_fs.errors.ProgramHang`, :mod:`~jaxclip_fs.engine.watchdog`)
-likewise, with status 3 and an immediate ``os._exit``.
+likewise, with status 3 and an immediate ``os._exit``. In a multi-process run
+(``run --distributed``) a process that is lost or fails stops the others with
+one line and status 4 (:mod:`~jaxclip_fs.engine.hosts`).
 """
 
 from __future__ import annotations

@@ -33,3 +33,10 @@ class ProgramHang(JaxclipError):
     Its thread cannot be stopped: the CLI prints the message and exits at once
     with status 3 (``os._exit``), as a normal exit could wait on it forever.
     """
+
+
+class OutputError(JaxclipError):
+    """An output path cannot be written (a file where a directory goes, no permission, no
+    space). Raised before any work when the path is checked up front
+    (:func:`jaxclip_fs.io.outputs.check_output_dir`); raised after the work only with the
+    unwritten results printed on stdout first."""

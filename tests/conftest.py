@@ -1,15 +1,35 @@
-"""Test setup: 8 fake CPU devices (for sharding tests) before jax is imported, and fast compiles.
+"""Test setup: one CPU device, fast compiles, a shared compilation cache; ``devices(n)`` tests.
 
 XLA's CPU backend spends most of a test's time optimising the machine code of
 programs that then run for a fraction of a second (an LDC training program:
 16 s to compile at the default level, 3 s at level 1, the same run time); the
 tests check numbers, not speed, so they compile at level 1.
+
+Every test sees ONE CPU device, as a user's laptop does -- except those marked
+``@pytest.mark.devices(n)`` (the sharding tests): such a test runs in a fresh
+``python -m pytest NODEID`` subprocess whose XLA_FLAGS give it ``n`` fake CPU
+devices (the count is fixed when jax starts, so it cannot change within a
+process). Its result is this test's result, so ``python -m pytest -n 2 tests``
+stays the one command that runs everything.
 """
 
 import os
+import subprocess
+import sys
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
-                                   "--xla_backend_optimization_level=1")
+#: Fake CPU devices of this test process (set by the parent of a ``devices(n)`` subprocess).
+DEVICES_ENV = "JAXCLIP_FS_TEST_DEVICES"
+DEVICES = int(os.environ.get(DEVICES_ENV, "1"))
+#: Seconds a ``devices(n)`` subprocess may take.
+DEVICES_TIMEOUT = 600
+
+
+def xla_flags(devices: int) -> str:
+    count = f"--xla_force_host_platform_device_count={devices} " if devices > 1 else ""
+    return count + "--xla_backend_optimization_level=1"
+
+
+os.environ.setdefault("XLA_FLAGS", xla_flags(DEVICES))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -19,8 +39,39 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tempfile  # noqa: E402
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
-jax.config.update("jax_compilation_cache_dir",
-                  os.environ.get("JAXCLIP_FS_TEST_JIT_CACHE",
-                                 os.path.join(tempfile.gettempdir(), "jaxclip-fs-test-jit-cache")))
+JIT_CACHE = os.environ.get("JAXCLIP_FS_TEST_JIT_CACHE",
+                           os.path.join(tempfile.gettempdir(), "jaxclip-fs-test-jit-cache"))
+jax.config.update("jax_compilation_cache_dir", JIT_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "devices(n): runs with n fake CPU devices, in a subprocess of its own")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+    """A ``devices(n)`` test in a process with another device count: run it in a subprocess
+    with ``n`` devices, and pass or fail (or skip) with it."""
+    marker = pyfuncitem.get_closest_marker("devices")
+    if marker is None:
+        return None
+    wanted = int(marker.args[0])
+    if jax.device_count() == wanted:
+        return None  # (the subprocess itself)
+    env = dict(os.environ, XLA_FLAGS=xla_flags(wanted), JAX_PLATFORMS="cpu",
+               JAXCLIP_FS_TEST_JIT_CACHE=JIT_CACHE, **{DEVICES_ENV: str(wanted)})
+    env.pop("PYTEST_XDIST_WORKER", None)
+    argv = [sys.executable, "-m", "pytest", pyfuncitem.nodeid, "-p", "no:xdist", "-p",
+            "no:cacheprovider", "-q", "-rs", "--no-header"]
+    proc = subprocess.run(argv, cwd=str(pyfuncitem.config.rootpath), env=env,
+                          capture_output=True, text=True, timeout=DEVICES_TIMEOUT)
+    output = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        pytest.fail(f"with {wanted} devices, in a subprocess:\n{output[-6000:]}", pytrace=False)
+    if " skipped" in output and " passed" not in output:
+        pytest.skip(f"with {wanted} devices: {output.strip().splitlines()[-1]}")
+    return True

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from jaxclip_fs.report import confusion
 
@@ -49,7 +50,13 @@ def test_write_confusion_json_and_png(tmp_path):
     json_path, png_path = confusion.write_confusion(tmp_path / "confusion", analysis, title="t")
     assert json.loads(open(json_path).read()) == json.loads(json.dumps(analysis))
     assert open(png_path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
-    assert analysis["accuracy_after"] >= analysis["accuracy_before"]
+    # the accuracies are those of each head's own predictions (not just ordered as built)
+    assert analysis["accuracy_before"] == pytest.approx(100 * np.mean(s.argmax(1) == labels))
+    assert analysis["accuracy_after"] == pytest.approx(100 * np.mean(ada.argmax(1) == labels))
+    assert analysis["accuracy_before"] < 100 and analysis["num_images"] == 24
+    before = np.zeros((6, 6), int)
+    np.add.at(before, (labels, s.argmax(1)), 1)
+    assert analysis["confusion_before"] == before.tolist()
     lines = confusion.summary_lines(analysis, limit=2)
     assert len(lines) == 3 and f"s {analysis['accuracy_before']:.1f}%" in lines[0]
 

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import shutil
+import zipfile
 
 import huggingface_hub
 import jax
@@ -192,10 +193,16 @@ def test_truncated_files_fail_in_one_line(fmt, vit_model, hf_vit, tmp_path):
 
 def test_foreign_and_missing_files(tmp_path):
     junk = tmp_path / "junk.pt"
-    junk.write_bytes(os.urandom(1000))
+    junk.write_bytes(bytes(range(7, 256)) * 4)
     with pytest.raises(CheckpointError) as e:
         load_clip("tiny-vit", str(junk))
-    one_line_error(e, "junk.pt", "cannot read as a PyTorch checkpoint")
+    one_line_error(e, "junk.pt", "not a checkpoint (unknown binary data")
+    foreign_zip = tmp_path / "foreign.pt"  # a zip archive, as PyTorch's files are, but not one
+    with zipfile.ZipFile(foreign_zip, "w") as z:
+        z.writestr("readme.txt", "hello")
+    with pytest.raises(CheckpointError) as e:
+        load_clip("tiny-vit", str(foreign_zip))
+    one_line_error(e, "foreign.pt", "cannot read as a PyTorch checkpoint")
     other = str(tmp_path / "other.safetensors")
     save_file({"encoder.weight": np.zeros((2, 2), np.float32)}, other)
     with pytest.raises(CheckpointError) as e:
@@ -267,6 +274,25 @@ def test_missing_torch_is_a_clear_error(vit_model, tmp_path, monkeypatch):
     with pytest.raises(CheckpointError) as e:
         load_clip("tiny-vit", path)
     one_line_error(e, "m.bin", "needs torch", "jaxclip-fs[torch]")
+
+
+@pytest.mark.parametrize("torch_installed", [True, False])
+@pytest.mark.parametrize("content, kind", [(b"<html>not found</html>\n", "a text file"),
+                                           (b"", "an empty file"),
+                                           (b"\x00\x01junk" * 50, "unknown binary data")])
+def test_a_junk_bin_is_not_a_checkpoint_whether_or_not_torch_is_there(
+        tmp_path, monkeypatch, torch_installed, content, kind):
+    """A file that is neither a PyTorch zip / pickle nor safetensors is said to be no checkpoint;
+    without torch it must not send the user off to install torch for it."""
+    path = tmp_path / "pytorch_model.bin"
+    path.write_bytes(content)
+    if not torch_installed:
+        monkeypatch.setitem(__import__("sys").modules, "torch", None)
+    with pytest.raises(CheckpointError) as e:
+        load_clip("tiny-vit", str(path))
+    one_line_error(e, "pytorch_model.bin", f"not a checkpoint ({kind}")
+    said = str(e.value).split(": ", 1)[1]  # (after the file's name, pytorch_model.bin)
+    assert "install" not in said and "torch" not in said.replace("PyTorch", "")
 
 
 # --- convert ------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """``jaxclip-fs evaluate`` / ``validate`` and the Python pipeline, on synthetic feature files."""
 
+import dataclasses
 import functools
 import json
 
@@ -224,3 +225,39 @@ def test_record_marks_missing_provenance_unknown(tmp_path):
                                 "seed", "hyperparameters", "code_version"]
     records.write_record(tmp_path / "r.json", record)
     assert json.loads((tmp_path / "r.json").read_text()) == record
+
+
+def test_hp_values_before_the_feature_file_leave_it_positional(feature_file, tmp_path, capsys):
+    """``--hp alpha=2 FILE.npz``: --hp takes one or more values, so argparse hands it the file
+    too; evaluate moves it back (commands/evaluate.py split_positional)."""
+    path, _ = feature_file
+    out = tmp_path / "run"
+    assert cli.main(["evaluate", "--method", "tip_adapter", "--shots", "2", "--quiet",
+                     "--out", str(out), "--hp", "alpha=2", "beta=3", path]) == 0
+    record = json.loads((out / "result.json").read_text())
+    assert record["hyperparameters"] == {"alpha": 2.0, "beta": 3.0} and record["searched"] == []
+    assert record["feature_file"] == path
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--method", "tip_adapter", "--hp", "alpha=2", path,
+                     "other.npz"]) == 2
+    assert "--hp expects NAME=VALUE, got 'other.npz'" in capsys.readouterr().err
+
+
+def test_default_shots_are_the_largest_the_file_holds_and_said_so(tmp_path, capsys):
+    """A 4-shot file (its few-shot index holds 4 per class for seed 1): no --shots runs 4-shot,
+    not the usual 16, and the output says why; a plain pool: its smallest class."""
+    fs = make_task(4, num_classes=C, dim=D, shots=12, views=2, val_per_class=4,
+                   test_per_class=5, dataset="dtd")
+    index = np.stack([nested_fewshot(fs.train_labels, C, 4, seed=s) for s in (1, 2)])
+    indexed = str(tmp_path / "four_shot.npz")
+    featfile.save(indexed, dataclasses.replace(fs, fewshot={1: index[0], 2: index[1]}))
+    assert cli.main(["evaluate", indexed, "--method", "tip_adapter", "--seed", "2",
+                     "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "(4-shot, the largest the file holds, seed 2)" in out
+    pool = str(tmp_path / "pool.npz")
+    featfile.save(pool, fs)
+    assert cli.main(["evaluate", pool, "--method", "zero_shot", "--quiet"]) == 0
+    assert "(12-shot, the largest the file holds, seed 1)" in capsys.readouterr().out
+    assert cli.main(["evaluate", pool, "--method", "zero_shot", "--shots", "3", "--quiet"]) == 0
+    assert "(3-shot, seed 1)" in capsys.readouterr().out

@@ -81,14 +81,14 @@ def test_saved_config_repeats_a_run_and_refuses_number_changing_flags(tmp_path, 
     config = config_lib.load(saved)
     assert config.protocol.names == ("fewshot", "fair") and config.methods[1].hp == {"alpha": 0.5}
     again = str(tmp_path / "again")
-    assert cli.main(["run", "--config", saved, "--out", again, "--devices", "2", "--quiet",
+    assert cli.main(["run", "--config", saved, "--out", again, "--devices", "1", "--quiet",
                      "--no-report"]) == 0
     a, b = read_records(first), read_records(again)
     assert a.keys() == b.keys() and len(a) == 2 * 2 * 2 * 2 * 2
     for cell in a:
         for field in ("accuracy", "val_accuracy", "hyperparameters", "protocol", "val_size"):
             assert a[cell][field] == b[cell][field], (cell, field)
-    assert config_lib.load(os.path.join(again, "config.json")).execution.devices == 2
+    assert config_lib.load(os.path.join(again, "config.json")).execution.devices == 1
     capsys.readouterr()
     assert cli.main(["run", "--config", saved, "--out", again, "--shots", "4"]) == 2
     assert "--shots cannot be combined with --config" in capsys.readouterr().err

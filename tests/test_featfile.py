@@ -1,6 +1,8 @@
 """The feature-file contract: round trip, and one-line errors naming the key for bad files."""
 
+import io
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -103,5 +105,38 @@ def test_unreadable_and_missing_files(tmp_path):
         featfile.load(tmp_path / "nope.npz")
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"not an npz")
-    with pytest.raises(FeatureFileError, match="not a readable .npz feature file"):
+    with pytest.raises(FeatureFileError, match="not an .npz feature file"):
         featfile.load(junk)
+
+
+def _npy_bytes():
+    buffer = io.BytesIO()
+    np.save(buffer, np.ones(3))
+    return buffer.getvalue()
+
+
+def _object_npz_bytes():
+    buffer = io.BytesIO()
+    np.savez(buffer, text=np.array([{"a": 1}], dtype=object))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b"hello, not features\n", "a text file, not a zip archive"),
+    (bytes(range(256)) * 4, "binary data, not a zip archive"),
+    (b"", "an empty file"),
+    (pickle.dumps({"text": [1, 2]}), "a Python pickle, which is never loaded"),
+    (_npy_bytes(), "a single .npy array"),
+    (_object_npz_bytes(), "object arrays"),
+])
+def test_non_npz_files_say_what_they_are_without_numpys_pickle_advice(tmp_path, content, needle):
+    """numpy answers most of these with "This file contains pickled (object) data. If you trust
+    the file you can load it unsafely using the `allow_pickle=` keyword argument ..." -- advice
+    this library must not pass on."""
+    path = tmp_path / "features.npz"
+    path.write_bytes(content)
+    with pytest.raises(FeatureFileError) as info:
+        featfile.load(path)
+    message = str(info.value)
+    assert needle in message and str(path) in message and "\n" not in message
+    assert "allow_pickle" not in message and "unsafely" not in message and "trust" not in message

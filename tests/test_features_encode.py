@@ -62,22 +62,29 @@ def run(encoder, entry, n=13, r=3, bad=(), **kwargs):
 # --- pipeline ----------------------------------------------------------------------------
 
 
-def test_ordered_prefetch_keeps_order_and_bounds_in_flight():
-    lock, state = threading.Lock(), {"running": 0, "max": 0}
+@pytest.mark.parametrize("workers, ahead", [(8, 3), (2, 6)])
+def test_ordered_prefetch_keeps_order_and_bounds_in_flight(workers, ahead):
+    """At most min(workers, ahead) loads run at once, and that many do: each load waits
+    until the bound is reached (or briefly, at the end of the items), so a pipeline that
+    submitted more than ``ahead`` calls, or ran them one by one, would show another maximum."""
+    bound = min(workers, ahead)
+    lock, full = threading.Condition(), {"running": 0, "max": 0}
 
     def load(i):
         with lock:
-            state["running"] += 1
-            state["max"] = max(state["max"], state["running"])
-        time.sleep(0.002 * ((7 * i) % 5))
+            full["running"] += 1
+            full["max"] = max(full["max"], full["running"])
+            lock.notify_all()
+            lock.wait_for(lambda: full["running"] >= bound, timeout=0.5)
+        time.sleep(0.001 * ((7 * i) % 5))  # finish out of order
         with lock:
-            state["running"] -= 1
+            full["running"] -= 1
         return i * i
 
-    out = [(i, f.result()) for i, f in pipeline.ordered_prefetch(load, range(40), workers=3,
-                                                                  ahead=5)]
-    assert out == [(i, i * i) for i in range(40)]
-    assert 1 <= state["max"] <= 3
+    out = [(i, f.result()) for i, f in pipeline.ordered_prefetch(load, range(24),
+                                                                  workers=workers, ahead=ahead)]
+    assert out == [(i, i * i) for i in range(24)]
+    assert full["max"] == bound
 
 
 def test_ordered_prefetch_reports_errors_at_their_item():

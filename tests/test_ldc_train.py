@@ -80,6 +80,7 @@ def setup(clip, digits):
                 index=index, mask=mask, settings=settings, seeds=seeds, cached=cached)
 
 
+@pytest.mark.slow
 def test_vmapped_cache_path_equals_separate_trunk_runs_on_the_same_views(clip, setup):
     """4 tasks in one vmapped program on the tap cache == each task alone, trunk in the step.
 
@@ -196,6 +197,7 @@ def test_augmented_trunk_fetch_crops_afresh_per_key(clip, setup):
     assert np.abs(np.asarray(other.taps[3]) - np.asarray(got.taps[3])).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_ldc_fits_a_small_support_in_eval_mode_with_update_bn(clip, digits):
     """40 support images, batch 64: one step per epoch, so few BatchNorm updates.
 
@@ -290,6 +292,8 @@ def test_evaluate_writes_an_ldc_cells_files(tmp_path, capsys):
     assert record["accuracy"] == pytest.approx(100 * np.mean(logits.argmax(1) == labels))
 
 
+@pytest.mark.slow
+@pytest.mark.devices(8)
 def test_ldc_tasks_sharded_over_devices_give_the_records_of_one_device(tmp_path):
     """4 tasks on 3 of the 8 fake devices (padded to 6) == the same 4 tasks on one device.
 

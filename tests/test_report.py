@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -15,6 +16,8 @@ from jaxclip_fs.errors import ConfigError
 from jaxclip_fs import catalogue as published
 from jaxclip_fs.report import write_report
 from jaxclip_fs.report.collect import load_records, summarize
+
+from helpers import DiskUsage, run_unprivileged
 
 METHODS = ("zero_shot", "tip_adapter", "ape")
 DATASETS = ("imagenet", "dtd", "eurosat")
@@ -213,3 +216,120 @@ def test_paper_minus_fair_table(tmp_path):
         rows = [r for r in csv.DictReader(f) if r["method"] == "ape" and r["dataset"] == "dtd"]
     assert {(r["protocol"], r["optimistic"]) for r in rows} == {("fair", "False"),
                                                                ("paper", "True")}
+
+
+def test_one_seed_has_no_spread(tmp_path):
+    """n = 1: an entry is the bare accuracy (no ``± 0.00``, which would claim a measured zero
+    spread), the CSV std fields are empty; averages over datasets likewise."""
+    records = [r for r in _records(backbone="tiny-vit") if r["seed"] == 2]  # (nothing published)
+    _write(tmp_path, records)
+    files = write_report(tmp_path, plots=False)
+    markdown = open(files.markdown).read()
+    tables = markdown.split("Entries:", 1)[1].split("\n", 1)[1]
+    assert "±" not in tables and "±" not in files.summary
+    row = _md_row(markdown, "16-shot", "APE")
+    acc = _accs(records, "ape", "dtd", 16)
+    assert row["dtd"] == f"{acc[0]:.2f}"
+    average = np.mean([_accs(records, "ape", d, 16)[0] for d in DATASETS])
+    assert row["average"] == f"{average:.2f}"
+    with open(files.results_csv) as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all(r["std"] == "" and r["num_seeds"] == "1" for r in rows)
+    with open(files.shot_csvs[16]) as f:
+        wide = list(csv.DictReader(f))
+    assert all(r["dtd std"] == "" and r["dtd mean"] for r in wide)
+    # two seeds: the spread is back, and a real zero spread reads ± 0.00
+    twin = [dict(r, seed=3) for r in records]
+    _write(tmp_path / "two", records + twin)
+    two = open(write_report(tmp_path / "two", plots=False).markdown).read()
+    assert _md_row(two, "16-shot", "APE")["dtd"] == f"{acc[0]:.2f} ± 0.00"
+
+
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """The texts (figure texts, titles, suptitle) of every figure saved, by file name."""
+    from matplotlib.figure import Figure
+
+    seen = {}
+    real_savefig = Figure.savefig
+
+    def savefig(figure, path, *args, **kwargs):
+        texts = [t.get_text() for t in figure.texts]
+        texts += [ax.get_title() for ax in figure.axes]
+        if figure._suptitle is not None:
+            texts.append(figure._suptitle.get_text())
+        seen[os.path.basename(str(path))] = " ".join(texts)
+        return real_savefig(figure, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return seen
+
+
+@pytest.mark.parametrize("weights", ["random(seed=0)", "sha256:abc"])
+def test_every_figure_of_random_weights_is_labelled(tmp_path, saved_figures, weights):
+    _write(tmp_path, _records(weights=weights))
+    files = write_report(tmp_path, tmp_path / "out")
+    assert len(saved_figures) == len(files.plots) == len(DATASETS) + 1
+    for name, text in saved_figures.items():
+        assert ("RANDOM WEIGHTS" in text) == weights.startswith("random"), (name, text)
+
+
+def test_report_out_is_checked_before_any_work(tmp_path, capsys, monkeypatch):
+    from jaxclip_fs.report import write as write_lib
+
+    _write(tmp_path / "records", _records()[:6])
+    calls = []
+    monkeypatch.setattr(write_lib, "summarize", lambda *a: calls.append(a))
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    for out, needle in ((taken, "exists and is not a directory"),
+                        (taken / "report", "is a file, not a directory")):
+        assert cli.main(["report", str(tmp_path / "records"), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"--out {out}" in err and needle in err, err
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: DiskUsage(10, 10, 5 << 20))
+    assert cli.main(["report", str(tmp_path / "records"), "--out", str(tmp_path / "new")]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "no space left (5.0 MiB free" in err and err.count("\n") == 1
+    assert not (tmp_path / "new").exists()  # the check left nothing behind
+    assert calls == []  # nothing was read or computed
+
+
+def test_report_out_not_writable_for_a_normal_user(tmp_path):
+    """A read-only report directory: a one-line error naming it, exit 2. (Root writes anywhere,
+    so under root the command runs as 'nobody', which cannot write a 0o555 directory.)"""
+    records, out = tmp_path / "records", tmp_path / "readonly"
+    _write(records, _records()[:6])
+    out.mkdir()
+    os.chmod(out, 0o555)
+    for path in (tmp_path, records, *records.rglob("*")):
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    proc = run_unprivileged([sys.executable, "-m", "jaxclip_fs.cli", "report", str(records),
+                             "--out", str(out)])
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and f"--out {out}: not writable (Permission denied)" \
+        in proc.stderr, proc.stderr
+    assert os.listdir(out) == []
+
+
+def test_report_write_failure_prints_the_tables_first(tmp_path, capsys, monkeypatch):
+    """A disk that fills up after the check: the tables reach stdout, then a one-line error."""
+    import errno
+
+    from jaxclip_fs.io import atomic
+
+    _write(tmp_path / "records", _records())
+    real = atomic.write_bytes
+
+    def full(path, data):
+        if str(path).endswith("results.csv"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, data)
+
+    monkeypatch.setattr(atomic, "write_bytes", full)
+    assert cli.main(["report", str(tmp_path / "records"), "--no-plots"]) == 2
+    captured = capsys.readouterr()
+    assert "### 16-shot -- RN50" in captured.out and "| APE |" in captured.out
+    assert captured.err.count("\n") == 1
+    assert "results.csv: cannot write (No space left on device)" in captured.err
+    assert "printed on stdout" in captured.err

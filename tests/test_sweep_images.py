@@ -56,6 +56,7 @@ def _config(tmp_path, **grid):
         execution=config_lib.ExecutionConfig(cache_dir=str(tmp_path / "cache")))
 
 
+@pytest.mark.slow
 def test_ldc_variants_ood_checkpoints_and_resume(tmp_path, monkeypatch):
     monkeypatch.setattr(ood_lib, "parent_of", lambda name: "digits")
     config = _config(tmp_path)
@@ -124,6 +125,7 @@ def test_ldc_variants_ood_checkpoints_and_resume(tmp_path, monkeypatch):
         assert after[cell]["accuracy"] == found[cell]["accuracy"]
 
 
+@pytest.mark.slow
 def test_cli_sweeps_ldc_options_as_variants(tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["run", "--dataset", "digits", "--backbone", "tiny-rn", "--weights", "random",

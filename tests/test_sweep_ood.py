@@ -61,7 +61,6 @@ def ood_config(datasets=("imagenet",), ood=("imagenet_v2", "imagenet_a"), method
 
 def test_ood_records_score_the_parent_fit_on_each_set(tmp_path):
     out = str(tmp_path)
-    # 8 devices: 4 cells padded to 8, and the rerun's single cell too (one compilation)
     config = ood_config()
     result = run_sweep(out, config, SOURCES)
     found = read_records(out)

@@ -98,12 +98,14 @@ def default_shots(path: str, seed: int) -> int:
 def run(args: argparse.Namespace) -> int:
     from jaxclip_fs import methods
     from jaxclip_fs.engine.run import CellDir, Sources, run_experiment
-    from jaxclip_fs.io import records
+    from jaxclip_fs.errors import OutputError
     from jaxclip_fs.io.console import stderr_log
+    from jaxclip_fs.io.outputs import check_output_dir
     from jaxclip_fs.pipelines.features import FeatureFiles
-    from jaxclip_fs.report.confusion import summary_lines
 
     split_positional(args)
+    if args.out:
+        check_output_dir(args.out, "--out")
     method = methods.get(args.method)
     log = None if args.quiet else stderr_log
     sources = None
@@ -131,7 +133,23 @@ def run(args: argparse.Namespace) -> int:
     if "," in args.protocol:
         raise ConfigError(f"--protocol: evaluate runs one protocol, got '{args.protocol}'")
     sink = CellDir(args.out)
-    run_experiment(config, sink, sources=sources, progress=not args.quiet, log=log)
+    try:
+        run_experiment(config, sink, sources=sources, progress=not args.quiet, log=log)
+    except OutputError:
+        if sink.records:  # fitted and scored, but the files failed: the result is not lost
+            print_result(args, sink)
+        raise
+    print_result(args, sink)
+    if args.out:
+        print("wrote " + ", ".join(os.path.relpath(p) for p in sink.written))
+    return 0
+
+
+def print_result(args: argparse.Namespace, sink) -> None:
+    """The cell's accuracy, chosen hyperparameters and confusion summary, on stdout."""
+    from jaxclip_fs.io import records
+    from jaxclip_fs.report.confusion import summary_lines
+
     result, record = sink.results[0], sink.records[0]
     chosen = records.searched_summary(record)
     heads = record.get("head_accuracies", {})
@@ -143,6 +161,3 @@ def run(args: argparse.Namespace) -> int:
           f"in {record['seconds']:.1f} s")
     if result.confusion is not None:
         print("\n".join(summary_lines(result.confusion)))
-    if args.out:
-        print("wrote " + ", ".join(os.path.relpath(p) for p in sink.written))
-    return 0

@@ -31,8 +31,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jaxclip_fs.report.write import write_report
+    import os
 
+    from jaxclip_fs.io.outputs import check_output_dir
+    from jaxclip_fs.report.write import default_out_dir, write_report
+
+    if os.path.exists(args.dir):  # (else the one-line error says DIR does not exist)
+        check_output_dir(args.out or default_out_dir(args.dir), "--out")
     files = write_report(args.dir, args.out, plots=not args.no_plots)
     print(files.summary)
     print(f"wrote {files.markdown}, {files.results_csv}, "

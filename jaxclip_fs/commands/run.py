@@ -32,7 +32,9 @@ ldc.ablation=full,maf_only` runs the four LDC variants, each recorded as its own
 
 --distributed starts multi-host JAX (TPU pods, multi-GPU clusters): run the same command
 on every host; coordinator and process ids come from the environment on Cloud TPU and
-SLURM, or from --coordinator/--num-processes/--process-id. Process 0 writes.
+SLURM, or from --coordinator/--num-processes/--process-id. Process 0 writes. A process that
+dies or fails stops the others within --peer-timeout seconds (status 4, one line saying
+which); start every process again with the same command to resume.
 
 examples:
   jaxclip-fs run --dataset digits --method all --shots 1,2,4,8,16 --seeds 1,2,3 \\
@@ -48,7 +50,7 @@ examples:
 CONFIG_OVERRIDES = ("--config", "--out", "--devices", "--quiet", "--no-report", "--distributed",
                     "--coordinator", "--num-processes", "--process-id", "--cache-dir",
                     "--no-cache", "--workers", "--data-root", "--stall-timeout",
-                    "--program-timeout")
+                    "--program-timeout", "--peer-timeout")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -91,6 +93,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument("--coordinator", metavar="HOST:PORT", help="with --distributed (default: auto)")
     run.add_argument("--num-processes", type=int, metavar="N", help="with --distributed (default: auto)")
     run.add_argument("--process-id", type=int, metavar="I", help="with --distributed (default: auto)")
+    run.add_argument("--peer-timeout", type=float, metavar="SECONDS",
+                     help="with --distributed: a process silent this long is lost, and every "
+                          "other process stops with status 4 (default 60)")
     run.add_argument("--stall-timeout", type=float, default=300.0, metavar="SECONDS",
                      help="stop with an error (status 3) when a program leaves the CPU idle this "
                           "long on a CPU backend: XLA is deadlocked (default 300; 0: off)")
@@ -102,13 +107,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def start_distributed(args) -> None:
-    """``--distributed``: multi-host JAX before anything touches the devices."""
+    """``--distributed``: multi-host JAX before anything touches the devices, and the watch
+    over the other processes (:mod:`~jaxclip_fs.engine.hosts`)."""
     if args.distributed:
-        from jaxclip_fs.engine.sharding import initialize_distributed
+        from jaxclip_fs.engine import hosts
 
-        initialize_distributed(args.coordinator, args.num_processes, args.process_id)
-    elif args.coordinator or args.num_processes is not None or args.process_id is not None:
-        raise ConfigError("--coordinator / --num-processes / --process-id need --distributed")
+        hosts.start(args.coordinator, args.num_processes, args.process_id,
+                    peer_timeout=(hosts.DEFAULT_PEER_TIMEOUT if args.peer_timeout is None
+                                  else args.peer_timeout))
+    elif (args.coordinator or args.num_processes is not None or args.process_id is not None
+          or args.peer_timeout is not None):
+        raise ConfigError("--coordinator / --num-processes / --process-id / --peer-timeout "
+                          "need --distributed")
 
 
 def given_flags(argv) -> set[str]:
@@ -151,12 +161,22 @@ def config_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     start_distributed(args)
+    from jaxclip_fs.engine import hosts
+
+    # multi-process: a failure here is published to the other processes, which stop too
+    return hosts.run(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
     from jaxclip_fs.engine import sharding
     from jaxclip_fs.engine.run import RunDir, run_experiment
     from jaxclip_fs.io.console import stderr_log
+    from jaxclip_fs.io.outputs import check_output_dir
 
-    config = config_from_args(args)
     writer = sharding.is_writer()
+    if writer:
+        check_output_dir(args.out, "--out")  # before any work
+    config = config_from_args(args)
     sink = RunDir(args.out, writer=writer, argv=args.argv)
     run_experiment(config, sink, progress=not args.quiet, log=stderr_log)
     if writer and not args.no_report:

@@ -91,8 +91,29 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
         return out
 
 
+def _kind_of(head: bytes) -> str | None:
+    """``"zip"`` (PyTorch >= 1.6 / TorchScript), ``"pickle"`` (legacy PyTorch), or None."""
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        return "zip"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle"
+    return None
+
+
 def read_torch(path: str) -> dict[str, np.ndarray]:
-    """Tensors of a PyTorch pickle or TorchScript archive (imports torch)."""
+    """Tensors of a PyTorch pickle or TorchScript archive (imports torch).
+
+    A file that is neither (checked from its first bytes, before torch is
+    imported) is reported as not a checkpoint -- not as a missing torch.
+    """
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if _kind_of(head) is None:
+        what = ("an empty file" if not head else "a text file"
+                if all(32 <= b < 127 or b in b"\t\r\n" for b in head) else "unknown binary data")
+        raise CheckpointError(
+            f"{path}: not a checkpoint ({what}: neither a PyTorch zip archive or pickle nor "
+            f"safetensors)")
     torch = import_torch(path)
     try:
         if is_torchscript(path):

@@ -84,10 +84,11 @@ def _compiled_fit(method: Method, fetch: Callable, batch_size: int, max_epochs: 
 def fit_cells(method: Method, data: ImageData, index: np.ndarray, mask: np.ndarray,
               seeds: Sequence[int], hp: dict, resolved: Resolved, mesh, *, name: str = "fit",
               limits: dict | None = None) -> tuple[Any, dict]:
-    """All T cells in one program, the cell axis spread over (at most T devices of) the mesh;
-    host ``(params, info)``."""
+    """All T cells in one program, the cell axis spread over (at most T devices of) the mesh
+    -- with several processes, the same number of each process's devices
+    (:func:`~jaxclip_fs.engine.sharding.sub_mesh`); host ``(params, info)``."""
     num = len(seeds)
-    mesh = sharding.cell_mesh(min(mesh.devices.size, num))
+    mesh = sharding.sub_mesh(mesh, min(mesh.devices.size, num))
     padded = sharding.padded_length(num, mesh)
     take = np.minimum(np.arange(padded), num - 1)
     per_cell = sharding.place(
@@ -190,8 +191,9 @@ def run_image_program(program: Program, method: Method, data: ImageData, resolve
       ``val_accuracy``, ``test_accuracy``, ``heads`` (name -> test accuracy),
       ``ood_accuracy`` [T, O], ``val_size`` [T], ``selection`` (the split's
       name), ``selection_pre`` (the heads on the selection rows, for the
-      confusion analysis) with ``selection_labels`` / ``selection_rows``, and
-      ``test_logits`` [T, M, C] with ``keep_logits``.
+      confusion analysis) with ``selection_labels`` / ``selection_rows``,
+      ``devices`` (how many the fit ran on) and ``test_logits`` [T, M, C]
+      with ``keep_logits``.
     """
     cells = program.cells
     kmax = max(c.shots for c in cells)
@@ -240,6 +242,7 @@ def run_image_program(program: Program, method: Method, data: ImageData, resolve
         "ood_accuracy": np.stack(ood, axis=1) if ood else np.zeros((len(cells), 0)),
         "val_size": member.sum(axis=1).astype(int), "selection": split,
         "selection_pre": pre_cells, "selection_labels": queries.labels, "selection_rows": member,
+        "devices": sharding.sub_mesh(mesh, min(mesh.devices.size, len(cells))).devices.size,
     }
     if keep_logits:
         outputs["test_logits"] = test["logits"]

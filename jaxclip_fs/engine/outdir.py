@@ -15,8 +15,9 @@ Layout of ``DIR``::
 ``ldc[fusion=concat]``: :func:`safe_name`.) Every file
 is written atomically, and a cell's record is written only after its
 program's params are saved, so **a record on disk means the cell is
-finished**: a rerun skips it. An interruption loses at most the programs in
-flight.
+finished**: a rerun skips it (a record file that is unreadable or incomplete
+is reported, naming it, and its cell recomputed: :func:`is_finished`). An
+interruption loses at most the programs in flight.
 
 The manifest's ``settings`` (the config's fixed sections -- model,
 extraction, image pipeline, protocol, shared hyperparameters -- plus the
@@ -33,7 +34,7 @@ import dataclasses
 import datetime
 import json
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from jaxclip_fs.errors import ConfigError
 from jaxclip_fs.experiment import config as config_lib
@@ -84,9 +85,56 @@ def save_params(out_dir: str, program: Program, tree, slots) -> str:
     return os.path.relpath(path, out_dir)
 
 
-def is_finished(out_dir: str, cell: Cell) -> bool:
-    """A record on disk means the cell is finished (records are written last, atomically)."""
-    return os.path.isfile(record_path(out_dir, cell))
+#: Fields every record has (:func:`~jaxclip_fs.engine.results.cell_records`); one
+#: without them is incomplete.
+RECORD_FIELDS = ("method", "dataset", "shots", "seed", "accuracy", "hyperparameters",
+                 "code_version")
+
+
+def record_problem(path: str, cell: Cell) -> str | None:
+    """Why the record file at ``path`` does not finish ``cell`` (None: it does).
+
+    A record is finished when it is a readable JSON object with every
+    :data:`RECORD_FIELDS` field, a numeric accuracy, and names this cell's
+    method (variant label), shots, seed and protocol (the dataset is in its path; its
+    ``dataset`` field is the provenance's name, e.g. of a folder dataset).
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError) as exc:
+        return f"unreadable ({' '.join(str(exc).split()) or type(exc).__name__})"
+    if not isinstance(record, dict):
+        return f"incomplete (a JSON {type(record).__name__}, not a record)"
+    missing = [k for k in RECORD_FIELDS if k not in record]
+    if missing:
+        return f"incomplete (no {', '.join(missing)})"
+    accuracy = record["accuracy"]
+    if isinstance(accuracy, bool) or not isinstance(accuracy, (int, float)):
+        return f"incomplete (accuracy {accuracy!r} is not a number)"
+    expected = {"method": cell.method, "shots": cell.shots, "seed": cell.seed,
+                "protocol": cell.protocol}
+    for key, value in expected.items():
+        if record.get(key) != value:
+            return f"not this cell's record ({key} {record.get(key)!r}, expected {value!r})"
+    return None
+
+
+def is_finished(out_dir: str, cell: Cell, log: Callable[[str], None] | None = None) -> bool:
+    """A complete record on disk means the cell is finished (records are written last,
+    atomically). A record file that is unreadable or incomplete (:func:`record_problem`:
+    truncated by a crash outside this code, edited, copied half-way) does not: ``log``
+    names it, and the cell is recomputed (its record then replaced).
+    """
+    path = record_path(out_dir, cell)
+    if not os.path.isfile(path):
+        return False
+    problem = record_problem(path, cell)
+    if problem is None:
+        return True
+    if log is not None:
+        log(f"warning: record {path} is {problem}: recomputing its cell")
+    return False
 
 
 # --- the manifest ------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from jax.experimental import multihost_utils
 
 from jaxclip_fs.engine import batch as batch_lib
 from jaxclip_fs.engine import feature_program, image_program, outdir, sharding
+from jaxclip_fs.engine.deliver import deliver
 from jaxclip_fs.engine.results import CellResult, OODResult, cell_records, losses_of, reported
 from jaxclip_fs.errors import ConfigError
 from jaxclip_fs.experiment import config as config_lib
@@ -51,6 +52,7 @@ from jaxclip_fs.experiment.plan import (
 from jaxclip_fs.features import featfile
 from jaxclip_fs.io import atomic, records
 from jaxclip_fs.io.console import progress_bar, stderr_log
+from jaxclip_fs.io.outputs import writing
 from jaxclip_fs.pipelines import ood as ood_lib
 from jaxclip_fs.pipelines.features import ExtractedFeatures, FeatureFiles, Request
 from jaxclip_fs.pipelines.images import ImageSource
@@ -155,26 +157,33 @@ class RunDir:
     def begin(self, config, provenance) -> dict:
         manifest = outdir.merge_manifest(self.out_dir, config, provenance, self.argv)
         if self.writer:
-            outdir.write_manifest(self.out_dir, manifest, config)
+            with writing(os.path.join(self.out_dir, outdir.MANIFEST)):
+                outdir.write_manifest(self.out_dir, manifest, config)
         self.save = config.execution.save_params
         return manifest["grid"]
 
     def finished(self, cell: Cell) -> bool:
-        return outdir.is_finished(self.out_dir, cell)
+        """A complete record of ``cell`` is on disk (an unreadable or incomplete one is
+        reported, naming its file, and its cell recomputed: :func:`outdir.is_finished`)."""
+        return outdir.is_finished(self.out_dir, cell, log=stderr_log if self.writer else None)
 
     def save_params(self, program: Program, tree, slots) -> str | None:
         if not self.writer:
             return None
-        return outdir.save_params(self.out_dir, program, tree, slots)
+        with writing(outdir.params_path(self.out_dir, program), "the params"):
+            return outdir.save_params(self.out_dir, program, tree, slots)
 
     def write(self, result: CellResult, written) -> None:
         if not self.writer:
             return
         if result.confusion is not None:
-            write_confusion(outdir.confusion_prefix(self.out_dir, result.cell), result.confusion,
-                            title=_title(result))
+            prefix = outdir.confusion_prefix(self.out_dir, result.cell)
+            with writing(prefix + ".*"):
+                write_confusion(prefix, result.confusion, title=_title(result))
         for cell, record in written:
-            records.write_record(outdir.record_path(self.out_dir, cell), record)
+            path = outdir.record_path(self.out_dir, cell)
+            with writing(path):
+                records.write_record(path, record)
 
 
 class CellDir:
@@ -205,8 +214,9 @@ class CellDir:
         from jaxclip_fs.io import checkpoints
 
         path = os.path.join(self.out_dir, "params")
-        checkpoints.save_tree(path, tree, {"method": program.method, "cell": [
-            dataclasses.asdict(c) for row in slots for c in row if c is not None]})
+        with writing(path, "the params"):
+            checkpoints.save_tree(path, tree, {"method": program.method, "cell": [
+                dataclasses.asdict(c) for row in slots for c in row if c is not None]})
         self.written.append(path)
         return "params"
 
@@ -216,13 +226,15 @@ class CellDir:
         if self.out_dir is None:
             return
         if result.confusion is not None:
-            self.written += write_confusion(os.path.join(self.out_dir, "confusion"),
-                                            result.confusion, title=_title(result))
+            prefix = os.path.join(self.out_dir, "confusion")
+            with writing(prefix + ".*"):
+                self.written += write_confusion(prefix, result.confusion, title=_title(result))
         logits_path = os.path.join(self.out_dir, "test_logits.npy")
-        with atomic.atomic_path(logits_path, suffix=".npy") as tmp:
+        with writing(logits_path), atomic.atomic_path(logits_path, suffix=".npy") as tmp:
             np.save(tmp, np.asarray(result.test_logits, np.float32))
         result_path = os.path.join(self.out_dir, "result.json")
-        records.write_record(result_path, written[0][1])
+        with writing(result_path):
+            records.write_record(result_path, written[0][1])
         self.written += [logits_path, result_path]
 
 
@@ -321,6 +333,9 @@ def run_experiment(config: config_lib.ExperimentConfig, sink: Sink, *,
     Raises:
       ConfigError: bad method / option / hyperparameter / setting, or settings
         that conflict with the run directory's manifest.
+      OutputError: a params / record file could not be written after its program
+        ran; the unwritten records were printed on stdout first
+        (:mod:`~jaxclip_fs.engine.deliver`).
     """
     started = time.perf_counter()
     say = log or (lambda message: None)
@@ -401,12 +416,10 @@ def run_experiment(config: config_lib.ExperimentConfig, sink: Sink, *,
                 results, params, slots = _run_image_program(program, variant, inputs, config,
                                                             mesh, sink)
             seconds = time.perf_counter() - started_program
-            params_dir = sink.save_params(program, params, slots) if params is not None else None
             rules = _rules(config, program.protocol, variant, program.datasets[0])
-            for result in results:
-                sink.write(result, cell_records(
-                    result, program=program, rules=rules, seconds=seconds,
-                    devices=mesh.devices.size, params_dir=params_dir))
+            deliver(sink, program, params, slots, results, lambda result, params_dir: cell_records(
+                result, program=program, rules=rules, seconds=seconds,
+                devices=mesh.devices.size, params_dir=params_dir))
             program_bar.update(1)
             cell_bar.update(len(program.cells))
     finally:
@@ -569,7 +582,7 @@ def _run_image_program(program: Program, variant: Variant, inputs: _Inputs,
                     "epoch_views": ("fresh crops" if data.path == "trunk" else
                                     epoch_views(data.views, int(resolved.values["epochs"]))
                                     if method.trains else None),
-                    "devices": min(mesh.devices.size, len(program.cells))},
+                    "devices": out["devices"]},
             ood=[OODResult(q.name, float(out["ood_accuracy"][t, i]), int(q.class_mask.sum()),
                            len(q.indices), {**provenance, "dataset": q.name})
                  for i, q in enumerate(oods)],

@@ -162,6 +162,47 @@ def validate(fs: FeatureSet, source: str = "features") -> FeatureSet:
     return fs
 
 
+def _looks_like(head: bytes) -> str:
+    """What a file that is not a zip archive seems to be, from its first bytes."""
+    if head.startswith(b"\x93NUMPY"):
+        return "a single .npy array: np.save, where np.savez writes an .npz"
+    if head[:1] == b"\x80":
+        return "a Python pickle, which is never loaded"
+    if not head:
+        return "an empty file"
+    if all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+        return "a text file, not a zip archive"
+    return "binary data, not a zip archive"
+
+
+def read_npz(path: str, what: str) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` file ``path`` (no pickled objects are ever loaded).
+
+    Raises:
+      FeatureFileError: one line naming the file and what it is instead of ``what``
+        (numpy's own advice to load pickles unsafely is not repeated).
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as exc:
+        raise FeatureFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if not head.startswith(b"PK"):
+        raise FeatureFileError(f"{path}: not {what} ({_looks_like(head)})")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise FeatureFileError(f"{path}: not {what} (it holds object arrays, i.e. pickled "
+                                   "data, which are never loaded: save numeric and string "
+                                   "arrays)") from None
+        raise FeatureFileError(f"{path}: not {what} ({' '.join(str(exc).split())})") from None
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as exc:
+        raise FeatureFileError(f"{path}: not a readable zip archive, so not {what} "
+                               f"({' '.join(str(exc).split()) or type(exc).__name__})") from None
+
+
 def load(path: str | os.PathLike) -> FeatureSet:
     """Reads and validates a feature file.
 
@@ -172,11 +213,7 @@ def load(path: str | os.PathLike) -> FeatureSet:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FeatureFileError(f"{path}: no such feature file")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            data = {k: npz[k] for k in npz.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise FeatureFileError(f"{path}: not a readable .npz feature file ({exc})") from None
+    data = read_npz(path, "an .npz feature file")
     for key in REQUIRED_KEYS:
         if key not in data:
             raise FeatureFileError(f"{path}: missing key '{key}' (have: {', '.join(sorted(data))})")

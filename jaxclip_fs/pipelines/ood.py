@@ -20,6 +20,7 @@ import json
 import numpy as np
 
 from jaxclip_fs.errors import ConfigError, FeatureFileError
+from jaxclip_fs.features import featfile
 from jaxclip_fs.io import atomic
 
 IMAGENET = "imagenet"  # the parent of every registered OOD set (data/coop.py)
@@ -90,11 +91,7 @@ def load_ood(path: str) -> OODSet:
     Raises:
       FeatureFileError: missing or malformed (names the file and key).
     """
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            data = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as exc:
-        raise FeatureFileError(f"{path}: not a readable OOD feature file ({exc})") from None
+    data = featfile.read_npz(path, "an OOD feature file")
     for key in ("test", "test_labels", "class_mask", "meta"):
         if key not in data:
             raise FeatureFileError(f"{path}: missing key '{key}'")

@@ -9,7 +9,8 @@ the per-seed accuracies and their mean and standard deviation.
 
 The standard deviation is the population one (``numpy.std``, ddof = 0) over
 the seeds present, as the papers' ``mean ± std`` over 3 seeds is usually
-computed; a single seed has std 0.
+computed; a single seed has no std (None: shown without ``±``, an empty CSV
+field), as a spread of 0.00 would claim a measured zero spread.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class Cell:
 
     Attributes:
       seeds: the seeds, ascending; ``accuracies`` in the same order (in %).
-      mean, std: over the seeds (population std).
+      mean, std: over the seeds (population std; None for one seed).
       optimistic: some of its records selected on test or report a maximum over test figures.
     """
 
@@ -86,8 +87,8 @@ class Cell:
         return float(np.mean(self.accuracies))
 
     @property
-    def std(self) -> float:
-        return float(np.std(self.accuracies))
+    def std(self) -> float | None:
+        return float(np.std(self.accuracies)) if len(self.accuracies) > 1 else None
 
 
 def is_random_weights(weights: str) -> bool:

@@ -4,7 +4,8 @@ Layout (as the LDC / APE / Tip-Adapter papers): one table per setting and
 shot count, a row per method, a column per dataset, then the average over
 the datasets. An entry is ``mean ± std`` over seeds; where a published
 number exists for the same backbone, dataset and shots (and the weights are
-real), it follows in brackets: ``66.10 ± 0.20 [65.51]``.
+real), it follows in brackets: ``66.10 ± 0.20 [65.51]``. One seed has no std:
+its entry is the bare accuracy (``66.10``).
 
 The average column: when every dataset of the table has the method's record
 for the same seeds, each seed's accuracies are averaged over the datasets
@@ -27,8 +28,9 @@ from jaxclip_fs.catalogue import AVERAGE, display_name, published
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-    """One table entry: mean and std (None when undefined) over ``seeds``; the published number;
-    whether test data chose or formed it (marked ``*``); ``signed``: a difference (``+1.20``)."""
+    """One table entry: mean and std over ``seeds`` (None when undefined: one seed, or seeds
+    that differ between datasets); the published number; whether test data chose or formed
+    it (marked ``*``); ``signed``: a difference (``+1.20``)."""
 
     mean: float
     std: float | None
@@ -81,8 +83,8 @@ def average_entry(cells: Sequence[Cell], datasets: Sequence[str]) -> Entry | Non
     optimistic = any(c.optimistic for c in chosen)
     if len(seed_sets) == 1:
         per_seed = np.mean([c.accuracies for c in chosen], axis=0)  # [S]
-        return Entry(float(np.mean(per_seed)), float(np.std(per_seed)), first.seeds, pub,
-                     optimistic)
+        std = float(np.std(per_seed)) if len(per_seed) > 1 else None
+        return Entry(float(np.mean(per_seed)), std, first.seeds, pub, optimistic)
     common = tuple(sorted(set.intersection(*(set(c.seeds) for c in chosen))))
     return Entry(float(np.mean([c.mean for c in chosen])), None, common, pub, optimistic)
 

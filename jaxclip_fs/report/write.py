@@ -22,8 +22,9 @@ import os
 import re
 from typing import Sequence
 
-from jaxclip_fs.errors import ConfigError
+from jaxclip_fs.errors import ConfigError, OutputError
 from jaxclip_fs.io import atomic
+from jaxclip_fs.io.outputs import show_unsaved, writing
 from jaxclip_fs import catalogue
 from jaxclip_fs.report.collect import Cell, Setting, load_records, summarize
 from jaxclip_fs.report.plots import plot_curves
@@ -82,17 +83,26 @@ def protocol_gaps(cells: Sequence[Cell], settings: Sequence[Setting]) -> list[Ta
     return tables
 
 
+def default_out_dir(records_path: str | os.PathLike) -> str:
+    """``<records_path>/report`` (next to a records file: ``<its directory>/report``)."""
+    records_path = os.fspath(records_path)
+    base = records_path if os.path.isdir(records_path) else os.path.dirname(records_path)
+    return os.path.join(base, "report")
+
+
 def write_report(records_path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-                 plots: bool = True) -> ReportFiles:
+                 plots: bool = True, show=show_unsaved) -> ReportFiles:
     """Builds every table and plot from the records under ``records_path``.
 
     Args:
       records_path: a sweep directory (or any directory / file of records).
       out_dir: default ``<records_path>/report`` (a directory path given).
       plots: draw the PNGs (matplotlib).
+      show: prints the tables when the files cannot be written (default: stdout).
 
     Raises:
       ConfigError: no records found, or unreadable / contradictory records.
+      OutputError: a file could not be written (names it); the tables were shown first.
     """
     records_path = os.fspath(records_path)
     records = load_records(records_path)
@@ -100,22 +110,20 @@ def write_report(records_path: str | os.PathLike, out_dir: str | os.PathLike | N
         raise ConfigError(f"{records_path}: no result records found (JSON files with method, "
                           "dataset, shots, seed, accuracy)")
     cells = summarize(records)
-    if out_dir is None:
-        base = records_path if os.path.isdir(records_path) else os.path.dirname(records_path)
-        out_dir = os.path.join(base, "report")
-    out_dir = os.fspath(out_dir)
+    out_dir = os.fspath(default_out_dir(records_path) if out_dir is None else out_dir)
     settings = _settings(cells)
     random_any = any(s.random_weights for s in settings)
 
     doc = [f"# Results: {len(records)} records from {records_path}", ""]
     if random_any:
         doc += [RANDOM_BANNER, ""]
-    doc += ["Entries: mean ± std over seeds (top-1 %, std with ddof=0). "
+    doc += ["Entries: mean ± std over seeds (top-1 %, std with ddof=0; one seed: no std). "
             f"[x] = published number ({catalogue.PUBLISHED_SOURCE}).", ""]
     summary: list[str] = []
     shot_tables: dict[int, list[tuple[Setting, Table]]] = {}
     averages = []
     plot_paths: list[str] = []
+    plot_jobs: list[tuple[Table, str, Setting]] = []  # drawn once every table is composed
     for setting in settings:
         mine = [c for c in cells if c.setting == setting]
         datasets = list(dict.fromkeys(c.dataset for c in mine))
@@ -137,8 +145,7 @@ def write_report(records_path: str | os.PathLike, out_dir: str | os.PathLike | N
             doc.append(table_markdown(table))
             if plots:
                 path = os.path.join(out_dir, f"{prefix}accuracy_vs_shots_{name}.png")
-                plot_curves(table, path, subtitle=setting.title(),
-                            random_weights=setting.random_weights)
+                plot_jobs.append((table, path, setting))
                 plot_paths.append(path)
         # printed: per-shot tables and the average curve; for one dataset, its curve table
         summary.append(table_markdown(curve_table(cells, setting, curve_names[-1])))
@@ -152,17 +159,28 @@ def write_report(records_path: str | os.PathLike, out_dir: str | os.PathLike | N
         doc += [table_markdown(t) for t in gaps]
         summary += [table_markdown(t) for t in gaps]
 
+    head = [RANDOM_BANNER.replace("**", ""), ""] if random_any else []
+    text = "\n".join(head + summary)
     markdown = os.path.join(out_dir, "report.md")
-    atomic.write_bytes(markdown, "\n".join(doc).encode())
     results_csv = os.path.join(out_dir, "results.csv")
-    atomic.write_bytes(results_csv, long_csv(cells, averages).encode())
+    files = [(markdown, "\n".join(doc)), (results_csv, long_csv(cells, averages))]
     shot_csvs = {}
     for shots, tables in sorted(shot_tables.items()):
         shot_csvs[shots] = os.path.join(out_dir, f"table_{shots}shot.csv")
-        atomic.write_bytes(shot_csvs[shots], table_csv(tables).encode())
-    head = [RANDOM_BANNER.replace("**", ""), ""] if random_any else []
-    return ReportFiles(out_dir, markdown, results_csv, shot_csvs, tuple(plot_paths),
-                       "\n".join(head + summary), tuple(cells))
+        files.append((shot_csvs[shots], table_csv(tables)))
+    try:
+        for path, content in files:
+            with writing(path):
+                atomic.write_bytes(path, content.encode())
+        for table, path, setting in plot_jobs:
+            with writing(path):
+                plot_curves(table, path, subtitle=setting.title(),
+                            random_weights=setting.random_weights)
+    except OutputError as exc:
+        show(text)
+        raise OutputError(f"{exc}; the report's tables are printed on stdout") from None
+    return ReportFiles(out_dir, markdown, results_csv, shot_csvs, tuple(plot_paths), text,
+                       tuple(cells))
 
 
 __all__ = ["ReportFiles", "write_report"]
