@@ -6,8 +6,9 @@ same weights on the same batch. The two are timed alternately (median of
 ``--repeats`` batches each, after warm-up / compilation), with torch using as
 many threads as there are cores, and their L2-normalised outputs compared.
 
-    python benchmarks/bench_encode.py                       # tiny-vit, ViT-B/32, RN50
-    python benchmarks/bench_encode.py --variants ViT-B/16 --batch 16 --repeats 5
+    python -m benchmarks.bench_encode                       # tiny-vit, ViT-B/32, RN50
+    python -m benchmarks.bench_encode --quick               # tiny-vit, RN50 at batch 8
+    python -m benchmarks.bench_encode --variants ViT-B/16 --batch 16 --repeats 5
 
 Prints images/s for both (median) and the ratio ours / PyTorch (target on CPU:
 >= 1.0), plus the ratio of the two best runs (less sensitive to other load on
@@ -83,7 +84,11 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["tiny-vit", "ViT-B/32", "RN50"])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny-vit and RN50 at batch 8, 3 repeats (about a minute)")
     args = parser.parse_args()
+    if args.quick:
+        args.variants, args.batch, args.repeats = ["tiny-vit", "RN50"], 8, 3
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "

@@ -21,7 +21,7 @@ number of images, so the ratio barely moves (2 500: Tip-Adapter 790x, APE
 370x on this machine). Times exclude feature generation; ours is reported
 with and without compilation.
 
-  python benchmarks/bench_search.py [--full] [--val N] [--sample S] [--threads T]
+  python benchmarks/bench_search.py [--quick] [--full] [--val N] [--sample S] [--threads T]
 """
 
 from __future__ import annotations
@@ -35,11 +35,13 @@ import numpy as np
 import torch
 
 from jaxclip_fs import methods
+from jaxclip_fs.features.featfile import support_index
 from jaxclip_fs.features.synthetic import make_task
 from jaxclip_fs.methods import hparams as hp_lib
 from jaxclip_fs.methods.base import as_arrays
 from jaxclip_fs.methods.search import grid_search
-from jaxclip_fs.sweep.evaluate import build_evalset, build_task
+from jaxclip_fs.methods.task import make_evalset
+from jaxclip_fs.methods.task import make_task as task_of
 
 NUM_CLASSES, DIM, SHOTS, VIEWS = 1000, 1024, 16, 11  # view 0 clean + 10 augmented views
 
@@ -135,7 +137,11 @@ def main():
     parser.add_argument("--val", type=int, default=1000, help="validation images (default 1 000)")
     parser.add_argument("--sample", type=int, default=3, help="timed baseline points per method")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    parser.add_argument("--quick", action="store_true",
+                        help="200 validation images, 2 timed baseline points (about a minute)")
     args = parser.parse_args()
+    if args.quick:
+        args.val, args.sample = 200, 2
     num_val = 10_000 if args.full else args.val
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -144,8 +150,8 @@ def main():
     start = time.perf_counter()
     fs = make_task(0, num_classes=NUM_CLASSES, dim=DIM, shots=SHOTS, views=VIEWS,
                    val_per_class=-(-num_val // NUM_CLASSES), test_per_class=1)
-    task = build_task(fs, SHOTS, seed=1)
-    val = build_evalset(fs.val[:num_val], fs.val_labels[:num_val])
+    task = task_of(fs.train[:, support_index(fs, SHOTS, 1)], fs.text, fs.logit_scale)
+    val = make_evalset(fs.val[:num_val], fs.val_labels[:num_val])
     print(f"features: C={NUM_CLASSES} D={DIM} {SHOTS} shots x {VIEWS - 1} augmented views, "
           f"{num_val} validation images (generated in {time.perf_counter() - start:.0f} s)")
     print(f"devices: {jax.devices()}; torch threads: {torch.get_num_threads()}\n")

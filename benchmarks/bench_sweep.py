@@ -6,10 +6,10 @@ shots 1, 2, 4, 8, 16 x seeds 1, 2, 3 on one dataset shaped like the demo's
 ViT-B/32's width D = 512 by default -- run two ways with the *same code*:
 
 * **vmapped** (ours): the engine's program over all 15 cells of a method at
-  once (``sweep.program.run_program`` on the batch ``sweep.batch`` builds);
+  once (``engine.feature_program.run_program`` on the batch ``engine.batch`` builds);
 * **loop** (baseline): the same compiled program called once per cell, on
   that cell's slice of the same batch (shapes equal, so it compiles once too);
-* **per-shots** (``run --program-per-shots``): one program per shot count,
+* **per-shots** (``run --plan per-shots``): one program per shot count,
   vmapped over the seeds, each padded only to its own shots (compiled time).
 
 Both are timed on one device, with compilation (first call) and without
@@ -17,7 +17,7 @@ Both are timed on one device, with compilation (first call) and without
 the looped ones. Synthetic CLIP-like features (``features.synthetic``), or
 ``--features FILE.npz`` (e.g. the demo's ``jaxclip-fs-demo/features/digits.npz``).
 
-  python benchmarks/bench_sweep.py [--methods M1,M2] [--dim D] [--features FILE.npz]
+  python -m benchmarks.bench_sweep [--quick] [--methods M1,M2] [--dim D] [--features FILE.npz]
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ import jax
 import numpy as np
 
 from jaxclip_fs import methods
+from jaxclip_fs.engine import batch as batch_lib
+from jaxclip_fs.engine import feature_program as program_lib
+from jaxclip_fs.engine import sharding
+from jaxclip_fs.experiment.plan import Program, Variant, all_cells
 from jaxclip_fs.features import featfile
 from jaxclip_fs.features.synthetic import make_task
-from jaxclip_fs.sweep import batch as batch_lib
-from jaxclip_fs.sweep import program as program_lib
-from jaxclip_fs.sweep import sharding
-from jaxclip_fs.sweep.cells import Program, all_cells
 
 SHOTS, SEEDS = (1, 2, 4, 8, 16), (1, 2, 3)
 FIELDS = ("test_accuracy", "val_accuracy", "best_epoch")
@@ -57,7 +57,7 @@ def bench_method(name: str, fs: featfile.FeatureSet, mesh) -> dict:
     method = methods.get(name)
     dataset = str(fs.meta.get("dataset", "synthetic"))
     program = Program(name, (dataset,), tuple(all_cells((name,), (dataset,), SHOTS, SEEDS)))
-    resolved = {dataset: batch_lib.resolve(method, dataset, fs.dim, {})}
+    resolved = {dataset: Variant(name, method, {}).resolve(dataset, fs.dim)}
     batch = batch_lib.build_batch(program, method, {dataset: fs}, resolved, val_policy="coop",
                                   pad_cells=lambda n: n)
     program_lib.compiled_program.cache_clear()
@@ -101,11 +101,16 @@ def bench_method(name: str, fs: featfile.FeatureSet, mesh) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--methods", default=",".join(methods.FEATURE_METHODS))
+    feature_methods = [n for n in methods.names() if methods.get(n).inputs == "features"]
+    parser.add_argument("--methods", default=",".join(feature_methods))
     parser.add_argument("--dim", type=int, default=512,
                         help="feature width (default 512, ViT-B/32)")
     parser.add_argument("--features", help="a feature file instead of synthetic features")
+    parser.add_argument("--quick", action="store_true",
+                        help="two methods (Tip-Adapter, Tip-Adapter-F) at D = 64 (about a minute)")
     args = parser.parse_args()
+    if args.quick:
+        args.methods, args.dim = "tip_adapter,tip_adapter_f", 64
     if args.features:
         fs = featfile.load(args.features)
     else:
@@ -133,7 +138,7 @@ def main() -> None:
           f"{totals[2]:10.3f} {totals[3]:9.3f} {totals[3] / totals[2]:6.2f}   {totals[4]:11.3f} "
           f"{totals[3] / totals[4]:6.2f}")
     print("ratio = loop time / program time (same code path, same results checked); per-shots = "
-          "`run --program-per-shots`: one program per shot count, vmapped over the seeds")
+          "`run --plan per-shots`: one program per shot count, vmapped over the seeds")
 
 
 if __name__ == "__main__":
