@@ -24,6 +24,7 @@ from jaxclip_fs.errors import ConfigError
 from jaxclip_fs.features import featfile
 from jaxclip_fs.io.atomic import safe_name
 from jaxclip_fs.pipelines import ood as ood_lib
+from jaxclip_fs.pipelines import sizes as sizes_lib
 from jaxclip_fs.pipelines.session import ClipSession
 
 
@@ -51,6 +52,17 @@ class ExtractedFeatures:
         if self.features_dir is None:
             return None
         return os.path.join(self.features_dir, safe_name(name) + suffix)
+
+    def sizes(self, dataset: str) -> sizes_lib.InputSizes:
+        """The sizes extraction will give ``dataset`` (its labels; no image is read)."""
+        split = sizes_lib.split_sizes(self.session, dataset)
+        return sizes_lib.feature_sizes(split, sizes_lib.embed_dim(self.session),
+                                       self.session.extraction.views)
+
+    def test_size(self, name: str, parent: str) -> int:
+        """Test images of OOD set ``name`` (scored with ``parent`` 's fits; no image is read)."""
+        del parent
+        return sizes_lib.split_sizes(self.session, name).test
 
     def __call__(self, dataset: str, shots: int, seeds: Sequence[int]) -> featfile.FeatureSet:
         path = self._path(dataset, ".npz")
@@ -108,6 +120,18 @@ class GivenFeatures:
     def __call__(self, dataset: str, shots: int, seeds: Sequence[int]) -> featfile.FeatureSet:
         del shots, seeds  # checked when the tasks are built (one-line DataError)
         return self.files[dataset]
+
+    def sizes(self, dataset: str) -> sizes_lib.InputSizes:
+        return sizes_lib.sizes_of(self.files[dataset])
+
+    def check(self, dataset: str, shots: int, seeds: Sequence[int]) -> None:
+        """A missing seed or too few shots fails here, before any work (one-line DataError)."""
+        for seed in seeds:
+            featfile.support_index(self.files[dataset], shots, seed)
+
+    def test_size(self, name: str, parent: str) -> int:
+        """Test images of OOD set ``name`` (its features, in memory like the parent's)."""
+        return int(self.ood(name, self.files[parent]).test.shape[0])
 
     def ood(self, name: str, parent: featfile.FeatureSet) -> ood_lib.OODSet:
         raise ConfigError(f"--ood {name} needs --dataset (the OOD test sets are extracted here)")
