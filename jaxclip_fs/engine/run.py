@@ -9,11 +9,15 @@ grid) and ``demo`` call:
 2. ask the :class:`Sink` which cells are finished (a run directory: a
    record on disk; multi-host: process 0's answer, broadcast); with none left,
    stop -- nothing is loaded or compiled;
-3. get each (input kind, dataset)'s inputs -- feature sets for the feature
-   and paired kinds, the image pipeline for images -- and resolve every
-   variant's hyperparameters there (:meth:`~jaxclip_fs.experiment.plan.Variant.resolve`);
-4. plan one program per variant and dataset (or group of fused datasets, or
-   per shot count: :func:`~jaxclip_fs.experiment.plan.plan_programs`);
+3. plan the programs from the inputs' sizes, before fetching any input
+   (:mod:`~jaxclip_fs.engine.layout`): every variant's hyperparameters are
+   resolved (:meth:`~jaxclip_fs.experiment.plan.Variant.resolve`), one program
+   per variant and dataset (or group of fused datasets) is laid out by the
+   planner (:mod:`~jaxclip_fs.engine.planner`: one program, one per shot count
+   or chunks, from XLA's cost and memory analyses; a program that cannot fit
+   is refused here), and the choice is logged and kept in the manifest;
+4. get each (input kind, dataset)'s inputs when its first program runs --
+   feature sets for the feature and paired kinds, the image pipeline for images;
 5. run each program on the device mesh -- the feature program
    (:mod:`~jaxclip_fs.engine.feature_program`) for ``features`` / ``paired``
    inputs, the image program (:mod:`~jaxclip_fs.engine.image_program`) for
@@ -38,13 +42,12 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxclip_fs.engine import batch as batch_lib
-from jaxclip_fs.engine import feature_program, image_program, outdir, sharding
+from jaxclip_fs.engine import feature_program, image_program, layout, outdir, planner, sharding
 from jaxclip_fs.engine.results import CellResult, OODResult, cell_records, losses_of
 from jaxclip_fs.errors import ConfigError
 from jaxclip_fs.experiment import config as config_lib
 from jaxclip_fs.experiment.plan import (
-    Cell, Program, Variant, all_cells, fusion_groups, ood_parents, plan_programs,
-    resolve_variants,
+    Cell, Program, Variant, all_cells, ood_parents, resolve_variants,
 )
 from jaxclip_fs.features import featfile
 from jaxclip_fs.io import atomic, records
@@ -57,7 +60,7 @@ from jaxclip_fs.pipelines.session import ClipSession
 from jaxclip_fs.report.confusion import confusion_analysis, write_confusion
 
 #: Input kinds whose providers give feature sets (run by the feature program).
-FEATURE_KINDS = ("features", "paired")
+FEATURE_KINDS = layout.FEATURE_KINDS
 
 
 # --- inputs -----------------------------------------------------------------------------------
@@ -130,6 +133,9 @@ class Sink(Protocol):
 
     def write(self, result: CellResult, written: Sequence[tuple[Cell, dict]]) -> None: ...
 
+    def plans(self, decisions: Sequence[planner.Decision]) -> None:
+        """Called once the programs are planned (before any input is fetched)."""
+
 
 class RunDir:
     """A run directory (:mod:`~jaxclip_fs.engine.outdir`): resumable, one record per cell.
@@ -158,6 +164,10 @@ class RunDir:
 
     def finished(self, cell: Cell) -> bool:
         return outdir.is_finished(self.out_dir, cell)
+
+    def plans(self, decisions) -> None:
+        if self.writer and decisions:
+            outdir.add_plans(self.out_dir, [d.to_json() for d in decisions])
 
     def save_params(self, program: Program, tree, slots) -> str | None:
         if not self.writer:
@@ -195,6 +205,9 @@ class CellDir:
 
     def finished(self, cell: Cell) -> bool:
         return False
+
+    def plans(self, decisions) -> None:
+        del decisions
 
     def save_params(self, program: Program, tree, slots) -> str | None:
         if self.out_dir is None:
@@ -238,6 +251,7 @@ class RunResult:
     Attributes:
       cells: every cell of this call's grid; computed / skipped: now / before.
       programs: the programs run. seconds: wall time. devices: size of the mesh.
+      plans: the planner's decision for each (variant, datasets) program.
     """
 
     cells: tuple[Cell, ...]
@@ -246,6 +260,7 @@ class RunResult:
     programs: tuple[Program, ...]
     seconds: float
     devices: int
+    plans: tuple[planner.Decision, ...] = ()
 
 
 def _pending_everywhere(sink: Sink, cells: Sequence[Cell],
@@ -348,23 +363,13 @@ def run_experiment(config: config_lib.ExperimentConfig, sink: Sink, *,
         say(f"resuming: {len(skipped)} of {len(cells)} cells already finished")
 
     inputs = _Inputs(sources, grid, ood_of, say)
-    for label, dataset in dict.fromkeys((c.method, c.dataset) for c in pending):
-        _resolve(variants[label], dataset, inputs)  # bad values fail here, before any work
-
-    def groups_of(label: str, names: Sequence[str]) -> list[tuple[str, ...]]:
-        variant = variants[label]
-        kind = variant.method.inputs
-        if kind not in FEATURE_KINDS or not config.execution.fuse_datasets:
-            return [(d,) for d in names]
-
-        def signature(d):
-            fs = inputs.features(kind, d, label)
-            return (ood_of.get(d, ()), batch_lib.fusion_signature(
-                variant.method, fs, variant.resolve(d, fs.dim)))
-        return fusion_groups(names, signature, True)
-
-    programs = plan_programs(pending, config.labels(), groups_of,
-                             config.execution.program_per_shots)
+    decisions = layout.plan_run(config, variants, sources, pending, ood_of, mesh,
+                                keep_params=lambda v: _keep_params(config, v),
+                                keep_logits=sink.keep_logits)
+    programs = [part for decision in decisions for part in decision.parts]
+    for line in planner.describe(decisions):
+        say(line)
+    sink.plans(decisions)
     say(f"{len(pending)} cells in {len(programs)} programs on {mesh.devices.size} "
         f"{mesh.devices.flat[0].platform} device(s)")
     show = progress and writer
@@ -399,7 +404,7 @@ def run_experiment(config: config_lib.ExperimentConfig, sink: Sink, *,
     say(f"computed {len(pending)} cells in {len(programs)} programs "
         f"({len(skipped)} already finished) in {seconds:.1f} s on {mesh.devices.size} device(s)")
     return RunResult(tuple(cells), tuple(pending), skipped, tuple(programs), seconds,
-                     mesh.devices.size)
+                     mesh.devices.size, tuple(decisions))
 
 
 def _resolve(variant: Variant, dataset: str, inputs: _Inputs):
