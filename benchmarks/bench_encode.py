@@ -27,6 +27,7 @@ import jax
 import numpy as np
 import torch
 
+from benchmarks.efficiency import count_flops, fraction, measured_peak
 from jaxclip_fs.clip.model import CLIP, abstract_variables
 from jaxclip_fs.clip.variants import get_config
 from jaxclip_fs.convert.assemble import assemble
@@ -45,7 +46,11 @@ def bench(variant: str, batch: int, repeats: int) -> dict:
                          OPENAI, variant, "open_clip model")
     variables = jax.device_put(variables)
     model = CLIP(config)
-    encode = jax.jit(lambda v, x: model.apply(v, x, method="encode_image")[0])
+
+    def encode_image(v, x):
+        return model.apply(v, x, method="encode_image")[0]
+
+    encode = jax.jit(encode_image)
 
     images = np.random.default_rng(0).standard_normal(
         (batch, config.image_size, config.image_size, 3)).astype(np.float32)
@@ -76,7 +81,10 @@ def bench(variant: str, batch: int, repeats: int) -> dict:
     ref = batch / statistics.median(times["torch"])
     best_ratio = min(times["torch"]) / min(times["ours"])
     return {"variant": variant, "batch": batch, "ours": ours, "torch": ref, "ratio": ours / ref,
-            "best_ratio": best_ratio, "compile_s": compile_s, "max_diff": max_diff}
+            "best_ratio": best_ratio, "compile_s": compile_s, "max_diff": max_diff,
+            "flops": count_flops(encode_image, variables, images),
+            "ours_s": statistics.median(times["ours"]),
+            "torch_s": statistics.median(times["torch"])}
 
 
 def main() -> None:
@@ -95,11 +103,17 @@ def main() -> None:
           f"with {threads} threads; batch {args.batch}, median of {args.repeats} alternated runs")
     print(f"{'variant':<16}{'jaxclip-fs img/s':>18}{'PyTorch img/s':>16}{'ratio':>8}"
           f"{'best-run ratio':>16}{'compile s':>11}{'max|diff|':>11}")
+    peak = measured_peak("float32")
+    fractions = []
     for variant in args.variants:
         r = bench(variant, args.batch, args.repeats)
         print(f"{r['variant']:<16}{r['ours']:>18.1f}{r['torch']:>16.1f}{r['ratio']:>8.2f}"
               f"{r['best_ratio']:>16.2f}{r['compile_s']:>11.1f}{r['max_diff']:>11.1e}",
               flush=True)
+        fractions += [fraction(f"{variant} encode, ours", r["flops"], r["ours_s"], peak),
+                      fraction(f"{variant} encode, PyTorch (same model, XLA's count)",
+                               r["flops"], r["torch_s"], peak)]
+    print("\n".join(fractions))
 
 
 if __name__ == "__main__":

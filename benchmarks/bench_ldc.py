@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.efficiency import count_flops, fraction, measured_peak
 from jaxclip_fs import methods
 from jaxclip_fs.clip.model import CLIP
 from jaxclip_fs.clip.variants import get_config
@@ -83,13 +84,17 @@ def bench_variant(name: str, *, seeds: int, classes: int, shots: int, batch: int
     values = Variant("ldc", method, {}).resolve(None, clip.config.embed_dim).values
     values = {**values, "epochs": epochs}  # the official lr, eps and weight decay
     settings = {k: np.full(seeds, v, np.float32) for k, v in values.items()}
-    fit = jax.jit(jax.vmap(functools.partial(fit_one, method, fetch, batch_size=batch,
+    vmapped_fit = jax.vmap(functools.partial(fit_one, method, fetch, batch_size=batch,
                                              max_epochs=epochs),
-                           in_axes=(None, None, 0, 0, 0, 0)))
+                           in_axes=(None, None, 0, 0, 0, 0))
+    fit = jax.jit(vmapped_fit)
+
+    def arguments(tasks):
+        return (frozen, pool, jnp.asarray(index[tasks], jnp.int32), jnp.asarray(mask[tasks]),
+                jnp.asarray(tasks + 1, jnp.int32), {k: v[tasks] for k, v in settings.items()})
 
     def run(tasks):
-        return fit(frozen, pool, jnp.asarray(index[tasks], jnp.int32), jnp.asarray(mask[tasks]),
-                   jnp.asarray(tasks + 1, jnp.int32), {k: v[tasks] for k, v in settings.items()})
+        return fit(*arguments(tasks))
 
     everyone = np.arange(seeds)
     first_one = _timed(run, np.arange(1))
@@ -101,7 +106,8 @@ def bench_variant(name: str, *, seeds: int, classes: int, shots: int, batch: int
     sequential, vmapped = min(sequential), min(vmapped)
     steps = epochs * -(-classes * shots // batch)
     return {"variant": name, "first_one": first_one, "first_all": first_all,
-            "sequential": sequential, "vmapped": vmapped, "steps": steps}
+            "sequential": sequential, "vmapped": vmapped, "steps": steps,
+            "flops": count_flops(vmapped_fit, *arguments(everyone))}
 
 
 def tap_cache_report(views: int) -> list[str]:
@@ -137,6 +143,8 @@ def main() -> None:
     print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.device_count()} devices); "
           f"path {args.path}; {args.classes} classes x {args.shots} shots per seed, batch "
           f"{args.batch}, {args.epochs} epochs")
+    peak = measured_peak("float32")
+    fractions = []
     for name in args.variants.split(","):
         r = bench_variant(name, seeds=args.seeds, classes=args.classes, shots=args.shots,
                           batch=args.batch, epochs=args.epochs, path=args.path, views=args.views,
@@ -148,6 +156,10 @@ def main() -> None:
               f"{r['first_all']:.1f} s) | {s} sequential runs: {r['sequential']:.3f} s | "
               f"speed-up of vmapping: {r['sequential'] / r['vmapped']:.2f}x (target >= "
               f"{0.7 * s:.1f}x on accelerators)", flush=True)
+        fractions.append(fraction(f"{name} LDC training, {s} seeds vmapped ({r['steps']} steps "
+                                  "each, init and selection included)", r["flops"], r["vmapped"],
+                                  peak))
+    print("\n".join(fractions))
     print("\n".join(tap_cache_report(args.views)))
 
 

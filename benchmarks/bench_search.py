@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
+from benchmarks.efficiency import count_flops, fraction, measured_peak
 from jaxclip_fs import methods
 from jaxclip_fs.features.featfile import support_index
 from jaxclip_fs.features.synthetic import make_task
@@ -53,13 +54,15 @@ def _timed(fn, *args):
 
 
 def _ours(method, task, val, hp, grid):
-    run = jax.jit(lambda task, val, hp, grid: grid_search(
-        method, method.init(None, task, hp), task, val, hp, grid))
+    def search(task, val, hp, grid):
+        return grid_search(method, method.init(None, task, hp), task, val, hp, grid)
+
+    run = jax.jit(search)
     grid = {n: jnp.asarray(g, jnp.float32) for n, g in grid.items()}
     hp = as_arrays(hp)
     out, first = _timed(run, task, val, hp, grid)
     out, steady = _timed(run, task, val, hp, grid)
-    return out, first, steady
+    return out, first, steady, count_flops(search, task, val, hp, grid)
 
 
 def _torch_setup(task, val):
@@ -160,30 +163,35 @@ def main():
     results = []
     ta = methods.get("tip_adapter")
     ta_grid = ta.grid("imagenet")
-    out, first, steady = _ours(ta, task, val, {}, ta_grid)
+    out, first, steady, flops = _ours(ta, task, val, {}, ta_grid)
     per_point, loop_total = _baseline(tip_adapter_point, setup, ta_grid, ("beta", "alpha"),
                                       np.asarray(out["counts"]), num_val, args.sample, rng)
-    results.append(("Tip-Adapter 200 x 20", 200 * 20, first, steady, per_point, loop_total))
+    results.append(("Tip-Adapter 200 x 20", 200 * 20, first, steady, per_point, loop_total,
+                     flops))
 
     ape = methods.get("ape")
     ape_hp = {k: v for k, v in ape.defaults("imagenet", DIM).items()
               if k in ("k", "lambda1", "lambda2")}
     ape_grid = dict(ape.grid("imagenet"))
     ape_grid["gamma"] = hp_lib.official_grid(1.0, 21, start=0.0)  # the issue's 21 γ values
-    out, first, steady = _ours(ape, task, val, ape_hp, ape_grid)
+    out, first, steady, flops = _ours(ape, task, val, ape_hp, ape_grid)
     params = jax.jit(ape.init)(None, task, as_arrays(ape_hp))
     state = ape_setup(setup, params, task)
     per_point, loop_total = _baseline(ape_point, state, ape_grid, ("beta", "alpha", "gamma"),
                                       np.asarray(out["counts"]), num_val, args.sample, rng)
-    results.append(("APE 200 x 20 x 21", 200 * 20 * 21, first, steady, per_point, loop_total))
+    results.append(("APE 200 x 20 x 21", 200 * 20 * 21, first, steady, per_point, loop_total,
+                    flops))
 
     print(f"{'grid':24s} {'points':>7s} {'ours (s)':>10s} {'ours+jit':>9s} {'loop/pt (s)':>12s} "
           f"{'loop (s, est.)':>15s} {'speed-up':>9s}")
-    for name, points, first, steady, per_point, loop_total in results:
+    for name, points, first, steady, per_point, loop_total, _ in results:
         print(f"{name:24s} {points:7d} {steady:10.1f} {first:9.1f} {per_point:12.3f} "
               f"{loop_total:15.0f} {loop_total / steady:8.0f}x")
     print(f"\nloop times: mean of {args.sample} random grid points (after one warm-up) "
           "x grid size; those points' accuracies equal ours.")
+    peak = measured_peak("float32")
+    for name, _, _, steady, _, _, flops in results:
+        print(fraction(f"ours, {name}", flops, steady, peak))
 
 
 if __name__ == "__main__":

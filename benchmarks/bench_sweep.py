@@ -14,7 +14,15 @@ ViT-B/32's width D = 512 by default -- run two ways with the *same code*:
 
 Both are timed on one device, with compilation (first call) and without
 (steady state, a second full pass); the vmapped records are checked equal to
-the looped ones. Synthetic CLIP-like features (``features.synthetic``), or
+the looped ones. The vmapped program's achieved FLOP/s (XLA's count / its
+steady time) is printed as a fraction of this machine's measured matmul peak.
+
+Then the whole sweep of each method goes through the engine end to end
+(``engine.run.run_experiment`` into a scratch ``RunDir``, compilation
+included, caches cleared first) with ``--plan one``, ``per-shots`` and
+``auto``: what a user waits for, and what the planner chose.
+
+Synthetic CLIP-like features (``features.synthetic``), or
 ``--features FILE.npz`` (e.g. the demo's ``jaxclip-fs-demo/features/digits.npz``).
 
   python -m benchmarks.bench_sweep [--quick] [--methods M1,M2] [--dim D] [--features FILE.npz]
@@ -23,18 +31,23 @@ the looped ones. Synthetic CLIP-like features (``features.synthetic``), or
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 
 import jax
 import numpy as np
 
+from benchmarks.efficiency import count_flops, fraction, measured_peak
 from jaxclip_fs import methods
 from jaxclip_fs.engine import batch as batch_lib
 from jaxclip_fs.engine import feature_program as program_lib
 from jaxclip_fs.engine import sharding
+from jaxclip_fs.engine.run import RunDir, Sources, run_experiment
+from jaxclip_fs.experiment import config as config_lib
 from jaxclip_fs.experiment.plan import Program, Variant, all_cells
 from jaxclip_fs.features import featfile
 from jaxclip_fs.features.synthetic import make_task
+from jaxclip_fs.pipelines.features import GivenFeatures
 
 SHOTS, SEEDS = (1, 2, 4, 8, 16), (1, 2, 3)
 FIELDS = ("test_accuracy", "val_accuracy", "best_epoch")
@@ -96,7 +109,34 @@ def bench_method(name: str, fs: featfile.FeatureSet, mesh) -> dict:
             np.testing.assert_allclose(np.asarray(results["vmapped"][0][field], np.float64),
                                        np.asarray(results[other][0][field], np.float64),
                                        atol=1e-4, err_msg=f"{name}: {field} ({other})")
-    return {label: (first, steady) for label, (_, first, steady) in results.items()}
+    statics = dict(batch_size=batch.batch_size, max_epochs=batch.max_epochs, select_on_test=False,
+                   keep_params=True, keep_logits=False)
+    flops = count_flops(program_lib.program_fn(method, **statics), batch.per_cell, batch.shared)
+    timings = {label: (first, steady) for label, (_, first, steady) in results.items()}
+    return {**timings, "flops": flops}
+
+
+def end_to_end(name: str, fs: featfile.FeatureSet) -> dict:
+    """Seconds of the whole sweep of ``name`` through the engine per plan, and auto's choice."""
+    dataset = str(fs.meta.get("dataset", "synthetic"))
+    sources = Sources(features=GivenFeatures({dataset: fs}))
+    found = {}
+    for plan in ("one", "per-shots", "auto"):
+        jax.clear_caches()
+        program_lib.compiled_program.cache_clear()
+        experiment = config_lib.ExperimentConfig(
+            methods=(config_lib.MethodConfig(name),),
+            data=config_lib.DataConfig(datasets=(dataset,)),
+            grid=config_lib.GridConfig(shots=SHOTS, seeds=SEEDS),
+            execution=config_lib.ExecutionConfig(devices=1, plan=plan, save_params="none"))
+        with tempfile.TemporaryDirectory() as out:
+            start = time.perf_counter()
+            result = run_experiment(experiment, RunDir(out), sources=sources, progress=False,
+                                    log=None)
+            found[plan] = time.perf_counter() - start
+        if plan == "auto":
+            found["chosen"] = result.plans[0].plan
+    return found
 
 
 def main() -> None:
@@ -126,8 +166,12 @@ def main() -> None:
     print(f"{'':14s} {'(with compilation)':>27s}         {'(compiled)':>24s}"
           f"   {'(compiled)':>18s}")
     totals = np.zeros(5)
+    peak = measured_peak("float32")
+    fractions, whole = [], []
     for name in args.methods.split(","):
         t = bench_method(name, fs, mesh)
+        fractions.append(fraction(f"{name}, vmapped program", t["flops"], t["vmapped"][1], peak))
+        whole.append((name, end_to_end(name, fs)))
         row = np.array([t["vmapped"][0], t["loop"][0], t["vmapped"][1], t["loop"][1],
                         t["per_shots"][1]])
         totals += row
@@ -139,6 +183,12 @@ def main() -> None:
           f"{totals[3] / totals[4]:6.2f}")
     print("ratio = loop time / program time (same code path, same results checked); per-shots = "
           "`run --plan per-shots`: one program per shot count, vmapped over the seeds")
+    print("\n".join(fractions))
+    print(f"\nwhole sweep through the engine, compilation included (seconds):\n"
+          f"{'method':14s} {'--plan one':>11s} {'per-shots':>10s} {'auto':>8s}  auto chose")
+    for name, t in whole:
+        print(f"{name:14s} {t['one']:11.2f} {t['per-shots']:10.2f} {t['auto']:8.2f}  "
+              f"{t['chosen']}")
 
 
 if __name__ == "__main__":

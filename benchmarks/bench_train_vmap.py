@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.efficiency import count_flops, fraction, measured_peak
 from jaxclip_fs import methods
 from jaxclip_fs.data.fewshot import coop_val_rows
 from jaxclip_fs.features.featfile import support_index
@@ -73,8 +74,9 @@ def bench(name, num_classes, dim, num_seeds, epochs):
     hp = as_arrays(values)
     run = functools.partial(fit, method, batch_size=int(values["batch_size"]),
                             max_epochs=int(values["epochs"]))
-    single = jax.jit(lambda key, task, val: run(key, task, val, hp)[0])
-    batched = jax.jit(jax.vmap(lambda key, task, val: run(key, task, val, hp)[0]))
+    one = lambda key, task, val: run(key, task, val, hp)[0]  # noqa: E731
+    single = jax.jit(one)
+    batched = jax.jit(jax.vmap(one))
     keys, tasks, vals = _tasks(num_classes, dim, range(1, num_seeds + 1))
 
     first_single = _timed(single, keys[0], tasks[0], vals[0])
@@ -90,7 +92,8 @@ def bench(name, num_classes, dim, num_seeds, epochs):
         for x, y in zip(a, b):
             np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-3, atol=1e-4)
     return {"method": name, "epochs": int(values["epochs"]), "sequential": sequential,
-            "vmapped": vmapped, "first_single": first_single, "first_batched": first_batched}
+            "vmapped": vmapped, "first_single": first_single, "first_batched": first_batched,
+            "flops": count_flops(jax.vmap(one), *stacked)}
 
 
 def main():
@@ -106,6 +109,8 @@ def main():
     if args.quick:
         args.sizes, args.seeds = "small", 4
     epochs = None if args.official_epochs else (2 if args.quick else 5)
+    peak = measured_peak("float32")
+    fractions = []
     print(f"devices: {jax.devices()}; {args.seeds} seeds; "
           f"{SHOTS} shots x {VIEWS - 1} augmented views\n")
     print(f"{'method':14s} {'size':18s} {'epochs':>6s} {'sequential (s)':>15s} "
@@ -120,8 +125,10 @@ def main():
                   f"{r['vmapped']:12.2f} "
                   f"{r['sequential'] / r['vmapped']:8.1f}x {0.7 * args.seeds:6.1f}x   "
                   f"{r['first_single']:.1f} s / {r['first_batched']:.1f} s", flush=True)
+            fractions.append(fraction(f"vmapped {name} ({label})", r["flops"], r["vmapped"], peak))
     print("\nsequential = sum of the S single-seed runs of one compiled program; vmapped = one "
           "call of the vmapped program; both exclude compilation and give the same parameters.")
+    print("\n".join(fractions))
 
 
 if __name__ == "__main__":

@@ -263,3 +263,17 @@ def test_synthetic_sizes_helper_is_exact():
     found = sizes_of(fs)
     assert (found.num_classes, found.dim, found.views, found.val, found.test) == (3, 8, 2, 12, 12)
     assert found.val_rows("coop", 16) == 12 and found.val_rows("coop", 2) == 6
+
+
+def test_program_per_shots_flag_is_plan_per_shots():
+    import argparse
+
+    from jaxclip_fs.commands.common import plan_of
+
+    assert plan_of(argparse.Namespace(plan=None, program_per_shots=True)) == "per-shots"
+    assert plan_of(argparse.Namespace(plan="chunk:4", program_per_shots=False)) == "chunk:4"
+    assert plan_of(argparse.Namespace()) == "auto"
+    with pytest.raises(ConfigError, match="--program-per-shots means --plan per-shots"):
+        plan_of(argparse.Namespace(plan="one", program_per_shots=True))
+    with pytest.raises(ConfigError, match="--plan must be one of"):
+        plan_of(argparse.Namespace(plan="fast", program_per_shots=False))

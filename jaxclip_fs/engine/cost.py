@@ -79,8 +79,9 @@ class Memory:
 
 
 def xla_numbers(lowered) -> Cost:
-    """XLA's own count for a lowered program (loops counted once): its bytes are an upper
-    bound on the buffers it could ever allocate, the planner's memory screen."""
+    """XLA's own count for a lowered (or compiled) program, loops counted once. A lowered
+    program's bytes charge every intermediate: an upper bound on the buffers it could ever
+    allocate (the planner's memory screen)."""
     return _xla_numbers(lowered)
 
 

@@ -17,6 +17,11 @@ built from the inputs' sizes (:mod:`~jaxclip_fs.pipelines.sizes`,
   cell's selection rows). Its cost is the sum (a stream's batch cost times
   its number of batches), its memory the largest stage's.
 
+Bytes: XLA's count of the lowered program charges every intermediate; once a
+stage is compiled, its loop-counted bytes are scaled by the compiled
+program's own ratio of fused to unfused bytes (so uncompiled estimates are
+upper bounds).
+
 ``mode`` (:data:`~jaxclip_fs.engine.planner.Measure`): None -- costs and the
 memory screen only; ``"memory"`` -- every stage compiled for its memory
 analysis (fast); ``"run"`` -- the main stage compiled as the run compiles it,
@@ -77,7 +82,14 @@ def _stage(jitted, fn, args: tuple, abstract: tuple, per_device_args: int, mode:
     found = _Stage(counted * times, per_device_args + int(once.bytes_accessed),
                    analysis_seconds=time.perf_counter() - start)
     if mode is not None:
-        _, found.memory = cost_lib.compiled_memory(lowered, fast=mode != "run")
+        executable, found.memory = cost_lib.compiled_memory(lowered, fast=mode != "run")
+        fused = cost_lib.xla_numbers(executable)
+        if once.bytes_accessed > 0 and fused.bytes_accessed > 0:
+            # the lowered program's bytes count every intermediate; after fusion XLA moves
+            # fewer: scale the loop-counted bytes by the compiled program's own ratio
+            ratio = min(1.0, fused.bytes_accessed / once.bytes_accessed)
+            found.cost = dataclasses.replace(found.cost,
+                                             bytes_accessed=found.cost.bytes_accessed * ratio)
     return found
 
 
@@ -87,7 +99,7 @@ def _estimate(program: Program, stages: Sequence[_Stage], main: _Stage, devices:
     exact = all(s.memory is not None for s in stages)
     return Estimate(program, total, max(s.known for s in stages), exact,
                     main.memory.compile_seconds if main.memory is not None else None,
-                    fixed, devices, tuple(notes), main.analysis_seconds)
+                    fixed, devices, tuple(notes), sum(s.analysis_seconds for s in stages))
 
 
 def _shape(name: str, leaf) -> str:

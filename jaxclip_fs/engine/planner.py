@@ -16,8 +16,9 @@ layouts give the same records (``execution.plan`` / ``--plan``):
 
 1. where cells run side by side: ``one``;
 2. on a serial platform (CPU) with several shot counts: ``per-shots`` when
-   the work it saves -- XLA's FLOPs and bytes of ``one`` minus those of the
-   per-shot programs, at this machine's calibrated FLOP/s and bandwidth --
+   the work it saves -- XLA's FLOPs of ``one`` minus those of the per-shot
+   programs, at this machine's calibrated matmul FLOP/s (memory traffic is
+   left out: XLA's uncompiled byte counts charge every intermediate) --
    exceeds the time of its extra compilations (the measured compile time of
    ``one``, at least :data:`COMPILE_PER_ANALYSIS` times its analysis time,
    per extra program) and, for image programs, of its extra streaming
@@ -128,6 +129,10 @@ class Machine:
         if self.calibration is None:
             return 0.0
         return self.calibration.seconds(cost.flops, cost.bytes_accessed)
+
+    def compute_seconds(self, cost: Cost) -> float:
+        """Seconds of ``cost`` 's FLOPs at the calibrated matmul rate (no memory traffic)."""
+        return 0.0 if self.calibration is None else cost.flops / self.calibration.flops_per_s
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,8 +267,8 @@ def _one_or_per_shots(one: Estimate, machine: Machine, measure: Measure,
     pieces = split_per_shots(one.program)
     extra = len(pieces) - 1
     compile_s = max(one.compile_seconds or 0.0, COMPILE_PER_ANALYSIS * one.analysis_seconds)
-    added = extra * (compile_s + (machine.seconds(one.fixed) if streams else 0.0))
-    run_one = machine.seconds(one.cost)
+    added = extra * (compile_s + (machine.compute_seconds(one.fixed) if streams else 0.0))
+    run_one = machine.compute_seconds(one.cost)
     if run_one <= added:
         return [one], "one", (
             f"one program: per-shots could save at most {run_one:.1f} s of work here, its "
@@ -271,7 +276,7 @@ def _one_or_per_shots(one: Estimate, machine: Machine, measure: Measure,
             f"{' and streaming' if streams else ''})")
     found = [measure(p, None) for p in pieces]
     total = sum((e.cost for e in found), Cost(0.0, 0.0))
-    saved = run_one - machine.seconds(total)
+    saved = run_one - machine.compute_seconds(total)
     if saved > added:
         return found, "per-shots", (
             f"per-shots: saves about {saved:.1f} s of padded work ({one.cost.flops:.3g} -> "
