@@ -198,6 +198,19 @@ def dry_run(config: config_lib.ExperimentConfig, out_dir: str | None = None, *,
     return DryRun(tuple(decisions), tuple(extraction), machine, len(cells), len(pending), report)
 
 
+def _equal_parts(estimates: Sequence[planner.Estimate]) -> list[list[planner.Estimate]]:
+    """Consecutive parts with the same numbers (chunks of one shape), grouped."""
+    groups: list[list[planner.Estimate]] = []
+    for e in estimates:
+        key = (len(e.program.cells), e.cost, e.memory, e.notes)
+        if groups and (len(groups[-1][0].program.cells), groups[-1][0].cost,
+                       groups[-1][0].memory, groups[-1][0].notes) == key:
+            groups[-1].append(e)
+        else:
+            groups.append([e])
+    return groups
+
+
 def _report(config, machine: planner.Machine, decisions: Sequence[planner.Decision],
             extraction: Sequence[Extraction], cells: int, pending: int, splits) -> str:
     cal = machine.calibration
@@ -245,19 +258,23 @@ def _report(config, machine: planner.Machine, decisions: Sequence[planner.Decisi
             lines.append(row(x.dataset, "", x.cost, "", 0.0))
             lines.append(f"    {x.images} images: {x.note}")
         lines.append("")
-    lines += ["programs:", header]
+    lines += ["programs (parts of equal shape on one row, their costs summed):", header]
     for d in decisions:
         lines.append(f"  {d.program.name}: plan {d.plan} -- {d.reason}")
-        for e in d.estimates:
-            compile_s = e.compile_seconds or 0.0
-            lines.append(row("  " + e.program.name, str(len(e.program.cells)), e.cost,
-                             _gib(e.peak if e.exact else e.memory), compile_s))
+        for group in _equal_parts(d.estimates):
+            e, count = group[0], len(group)
+            name = (e.program.name if count == 1 else
+                    f"{d.program.name} [{count} x {len(e.program.cells)} cells]")
+            total = sum((g.cost for g in group), ZERO)
+            lines.append(row("  " + name, str(sum(len(g.program.cells) for g in group)), total,
+                             _gib(e.peak if e.exact else e.memory),
+                             sum(g.compile_seconds or 0.0 for g in group)))
             lines += [f"      {note}" for note in e.notes]
             if e.cost.while_loops:
                 lines.append(f"      ({e.cost.while_loops} while loop(s) counted once)")
             for a in accelerators:
                 if e.memory > planner.FIT_FRACTION * a.memory_bytes:
-                    too_big[a.name].append(e.program.name)
+                    too_big[a.name].append(name)
     lines += ["", f"{'total':<{width}} {'':>5} {'':>11} {'':>9} {'':>12} "
               + " ".join(f"{_time(t):>13}" for t in totals), ""]
     for a in accelerators:
