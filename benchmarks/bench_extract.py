@@ -19,7 +19,7 @@ Throughput is image-views per second, end to end (decode to features).
 
 Usage::
 
-    python benchmarks/bench_extract.py [--images 96] [--views 4] [--batch-size 32]
+    python -m benchmarks.bench_extract [--quick] [--images 96] [--views 4] [--batch-size 32]
 """
 
 from __future__ import annotations
@@ -144,7 +144,11 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--variants", default="tiny-vit,ViT-B/32")
+    parser.add_argument("--quick", action="store_true",
+                        help="32 images, 2 views, tiny-vit only (about a minute)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.images, args.views, args.variants = 32, 2, "tiny-vit"
 
     from jaxclip_fs.convert import load_clip
     from jaxclip_fs.data import get_dataset

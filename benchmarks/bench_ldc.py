@@ -3,9 +3,11 @@
 For each variant (random weights -- speed does not depend on the values),
 a synthetic support pool of C x K images is trained with LDC's official
 settings (AdamW, cosine, batch ``--batch``), for ``--epochs`` short epochs
-(one step each by default), on the chosen training path:
+(one step each by default), on the chosen training path, through the image
+program's own fit (:func:`~jaxclip_fs.engine.image_program.fit_one`, LDC
+bound to the CLIP with :func:`~jaxclip_fs.engine.image_program.bind`):
 
-* **sequential**: ``jit(vmap(fit_ldc))`` over ONE task, called S times
+* **sequential**: ``jit(vmap(fit_one))`` over ONE task, called S times
   (the baseline: S separate runs, compiled once, compilation excluded);
 * **vmapped**: the same over S tasks (seeds) in one call (compilation excluded).
 
@@ -19,7 +21,7 @@ Then the memory a tap cache would need for a 16-shot ImageNet support set
 (16 000 images) is printed from the variant tables (nothing is allocated),
 beside the in-step path's uint8 image pool.
 
-  python benchmarks/bench_ldc.py [--variants tiny-rn,RN50] [--seeds 3] [--path trunk]
+  python -m benchmarks.bench_ldc [--quick] [--variants tiny-rn,RN50] [--seeds 3] [--path trunk]
 """
 
 from __future__ import annotations
@@ -27,16 +29,20 @@ from __future__ import annotations
 import argparse
 import functools
 import time
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.efficiency import count_flops, fraction, measured_peak
+from jaxclip_fs import methods
+from jaxclip_fs.clip.model import CLIP
 from jaxclip_fs.clip.variants import get_config
 from jaxclip_fs.convert import load_clip
-from jaxclip_fs.sweep.image_methods import task_keys
-from jaxclip_fs.train import ldc_inputs
-from jaxclip_fs.train.ldc import LDCData, fit_ldc
+from jaxclip_fs.engine.image_program import bind, fit_one
+from jaxclip_fs.experiment.plan import Variant
+from jaxclip_fs.pipelines import images as image_inputs
 
 IMAGENET_IMAGES = 1000 * 16
 
@@ -47,37 +53,48 @@ def _timed(fn, *args):
     return time.perf_counter() - start
 
 
+def ldc_for(clip):
+    """LDC bound to ``clip`` (anything with ``config`` and ``model``): the method and its taps."""
+    method = bind(methods.get("ldc"), image_inputs.image_spec(clip))
+    return method, method.taps
+
+
 def bench_variant(name: str, *, seeds: int, classes: int, shots: int, batch: int, epochs: int,
                   path: str, views: int, repeats: int) -> dict:
     clip = load_clip(name, "random")
     size = clip.config.image_size
-    model, taps = ldc_inputs.ldc_for_clip(clip, classes)
+    method, taps = ldc_for(clip)
     rng = np.random.default_rng(0)
     text = rng.standard_normal((classes, clip.config.embed_dim)).astype(np.float32)
-    frozen = ldc_inputs.frozen_arguments(clip, text / np.linalg.norm(text, axis=1, keepdims=True))
+    frozen = image_inputs.frozen_arrays(clip, text / np.linalg.norm(text, axis=1, keepdims=True))
     pool_size = classes * shots * seeds
     pixels = rng.integers(0, 256, (1, pool_size, size, size, 3), dtype=np.uint8)
     if path == "trunk":
-        pool, fetch = pixels, ldc_inputs.trunk_fetch(clip.model, taps, augment_views=True)
+        pool = pixels
+        fetch = image_inputs.trunk_fetch(clip.model, taps, augment_views=True)
     else:  # encode V fixed views through the trunk once, as the tap cache holds them
-        encode = jax.jit(ldc_inputs.trunk_fetch(clip.model, taps, augment_views=False))
+        encode = jax.jit(image_inputs.trunk_fetch(clip.model, taps, augment_views=False))
         views_px = rng.integers(0, 256, (views, pool_size, size, size, 3), dtype=np.uint8)
         encoded = [encode(frozen, None, v) for v in views_px]
-        pool = {"taps": tuple(jnp.stack([e.taps[i] for e in encoded]) for i in range(4)),
+        pool = {"taps": tuple(jnp.stack([e.taps[i] for e in encoded]) for i in range(len(taps))),
                 "features": jnp.stack([e.features for e in encoded])}
-        fetch = ldc_inputs.cache_fetch
+        fetch = image_inputs.cache_fetch
     index = np.arange(pool_size).reshape(seeds, classes, shots)
     mask = np.ones((seeds, classes, shots), np.float32)
-    official = {"epochs": epochs, "lr": 1e-4, "eps": 1e-4, "weight_decay": 1e-4}
-    settings = {k: np.full(seeds, v, np.float32) for k, v in official.items()}
-    keys = task_keys(range(1, seeds + 1))
-    fit = jax.jit(jax.vmap(functools.partial(fit_ldc, model, fetch, batch_size=batch,
+    values = Variant("ldc", method, {}).resolve(None, clip.config.embed_dim).values
+    values = {**values, "epochs": epochs}  # the official lr, eps and weight decay
+    settings = {k: np.full(seeds, v, np.float32) for k, v in values.items()}
+    vmapped_fit = jax.vmap(functools.partial(fit_one, method, fetch, batch_size=batch,
                                              max_epochs=epochs),
-                           in_axes=(None, LDCData(None, 0, 0), 0, 0)))
+                           in_axes=(None, None, 0, 0, 0, 0))
+    fit = jax.jit(vmapped_fit)
+
+    def arguments(tasks):
+        return (frozen, pool, jnp.asarray(index[tasks], jnp.int32), jnp.asarray(mask[tasks]),
+                jnp.asarray(tasks + 1, jnp.int32), {k: v[tasks] for k, v in settings.items()})
 
     def run(tasks):
-        data = LDCData(pool, jnp.asarray(index[tasks], jnp.int32), jnp.asarray(mask[tasks]))
-        return fit(frozen, data, keys[tasks], {k: v[tasks] for k, v in settings.items()})
+        return fit(*arguments(tasks))
 
     everyone = np.arange(seeds)
     first_one = _timed(run, np.arange(1))
@@ -89,15 +106,16 @@ def bench_variant(name: str, *, seeds: int, classes: int, shots: int, batch: int
     sequential, vmapped = min(sequential), min(vmapped)
     steps = epochs * -(-classes * shots // batch)
     return {"variant": name, "first_one": first_one, "first_all": first_all,
-            "sequential": sequential, "vmapped": vmapped, "steps": steps}
+            "sequential": sequential, "vmapped": vmapped, "steps": steps,
+            "flops": count_flops(vmapped_fit, *arguments(everyone))}
 
 
 def tap_cache_report(views: int) -> list[str]:
     lines = [f"tap cache for a 16-shot ImageNet support set ({IMAGENET_IMAGES} images), float32:"]
     for name in ("RN50", "RN101", "ViT-B/16", "ViT-L/14"):
         config = get_config(name)
-        taps = ldc_inputs.ldc_tap_names(config)
-        per_view = ldc_inputs.tap_cache_bytes(config, taps, IMAGENET_IMAGES, 1)
+        _, taps = ldc_for(types.SimpleNamespace(config=config, model=CLIP(config)))
+        per_view = image_inputs.tap_cache_bytes(config, taps, IMAGENET_IMAGES, 1)
         pixels = IMAGENET_IMAGES * config.image_size ** 2 * 3
         lines.append(f"  {name:9s} taps {', '.join(taps)}: {per_view / 2**30:8.1f} GiB per view, "
                      f"{views * per_view / 2**30:9.1f} GiB for {views} views; in-step trunk "
@@ -117,10 +135,16 @@ def main() -> None:
     parser.add_argument("--views", type=int, default=10,
                         help="tap-cache views (report, and --path cache)")
     parser.add_argument("--repeats", type=int, default=2, help="timings alternate; best kept")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny-rn only, 2 epochs, 1 repeat (under a minute)")
     args = parser.parse_args()
+    if args.quick:
+        args.variants, args.epochs, args.repeats = "tiny-rn", 2, 1
     print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.device_count()} devices); "
           f"path {args.path}; {args.classes} classes x {args.shots} shots per seed, batch "
           f"{args.batch}, {args.epochs} epochs")
+    peak = measured_peak("float32")
+    fractions = []
     for name in args.variants.split(","):
         r = bench_variant(name, seeds=args.seeds, classes=args.classes, shots=args.shots,
                           batch=args.batch, epochs=args.epochs, path=args.path, views=args.views,
@@ -131,7 +155,11 @@ def main() -> None:
               f"{r['vmapped']:.3f} s = {r['vmapped'] / s:.3f} s per seed (first call "
               f"{r['first_all']:.1f} s) | {s} sequential runs: {r['sequential']:.3f} s | "
               f"speed-up of vmapping: {r['sequential'] / r['vmapped']:.2f}x (target >= "
-              f"{0.7 * s:.1f}x on accelerators)")
+              f"{0.7 * s:.1f}x on accelerators)", flush=True)
+        fractions.append(fraction(f"{name} LDC training, {s} seeds vmapped ({r['steps']} steps "
+                                  "each, init and selection included)", r["flops"], r["vmapped"],
+                                  peak))
+    print("\n".join(fractions))
     print("\n".join(tap_cache_report(args.views)))
 
 

@@ -21,7 +21,7 @@ number of images, so the ratio barely moves (2 500: Tip-Adapter 790x, APE
 370x on this machine). Times exclude feature generation; ours is reported
 with and without compilation.
 
-  python benchmarks/bench_search.py [--full] [--val N] [--sample S] [--threads T]
+  python benchmarks/bench_search.py [--quick] [--full] [--val N] [--sample S] [--threads T]
 """
 
 from __future__ import annotations
@@ -34,12 +34,15 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
+from benchmarks.efficiency import count_flops, fraction, measured_peak
 from jaxclip_fs import methods
+from jaxclip_fs.features.featfile import support_index
 from jaxclip_fs.features.synthetic import make_task
 from jaxclip_fs.methods import hparams as hp_lib
 from jaxclip_fs.methods.base import as_arrays
 from jaxclip_fs.methods.search import grid_search
-from jaxclip_fs.sweep.evaluate import build_evalset, build_task
+from jaxclip_fs.methods.task import make_evalset
+from jaxclip_fs.methods.task import make_task as task_of
 
 NUM_CLASSES, DIM, SHOTS, VIEWS = 1000, 1024, 16, 11  # view 0 clean + 10 augmented views
 
@@ -51,13 +54,15 @@ def _timed(fn, *args):
 
 
 def _ours(method, task, val, hp, grid):
-    run = jax.jit(lambda task, val, hp, grid: grid_search(
-        method, method.init(None, task, hp), task, val, hp, grid))
+    def search(task, val, hp, grid):
+        return grid_search(method, method.init(None, task, hp), task, val, hp, grid)
+
+    run = jax.jit(search)
     grid = {n: jnp.asarray(g, jnp.float32) for n, g in grid.items()}
     hp = as_arrays(hp)
     out, first = _timed(run, task, val, hp, grid)
     out, steady = _timed(run, task, val, hp, grid)
-    return out, first, steady
+    return out, first, steady, count_flops(search, task, val, hp, grid)
 
 
 def _torch_setup(task, val):
@@ -135,7 +140,11 @@ def main():
     parser.add_argument("--val", type=int, default=1000, help="validation images (default 1 000)")
     parser.add_argument("--sample", type=int, default=3, help="timed baseline points per method")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    parser.add_argument("--quick", action="store_true",
+                        help="200 validation images, 2 timed baseline points (about a minute)")
     args = parser.parse_args()
+    if args.quick:
+        args.val, args.sample = 200, 2
     num_val = 10_000 if args.full else args.val
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -144,8 +153,8 @@ def main():
     start = time.perf_counter()
     fs = make_task(0, num_classes=NUM_CLASSES, dim=DIM, shots=SHOTS, views=VIEWS,
                    val_per_class=-(-num_val // NUM_CLASSES), test_per_class=1)
-    task = build_task(fs, SHOTS, seed=1)
-    val = build_evalset(fs.val[:num_val], fs.val_labels[:num_val])
+    task = task_of(fs.train[:, support_index(fs, SHOTS, 1)], fs.text, fs.logit_scale)
+    val = make_evalset(fs.val[:num_val], fs.val_labels[:num_val])
     print(f"features: C={NUM_CLASSES} D={DIM} {SHOTS} shots x {VIEWS - 1} augmented views, "
           f"{num_val} validation images (generated in {time.perf_counter() - start:.0f} s)")
     print(f"devices: {jax.devices()}; torch threads: {torch.get_num_threads()}\n")
@@ -154,30 +163,35 @@ def main():
     results = []
     ta = methods.get("tip_adapter")
     ta_grid = ta.grid("imagenet")
-    out, first, steady = _ours(ta, task, val, {}, ta_grid)
+    out, first, steady, flops = _ours(ta, task, val, {}, ta_grid)
     per_point, loop_total = _baseline(tip_adapter_point, setup, ta_grid, ("beta", "alpha"),
                                       np.asarray(out["counts"]), num_val, args.sample, rng)
-    results.append(("Tip-Adapter 200 x 20", 200 * 20, first, steady, per_point, loop_total))
+    results.append(("Tip-Adapter 200 x 20", 200 * 20, first, steady, per_point, loop_total,
+                     flops))
 
     ape = methods.get("ape")
     ape_hp = {k: v for k, v in ape.defaults("imagenet", DIM).items()
               if k in ("k", "lambda1", "lambda2")}
     ape_grid = dict(ape.grid("imagenet"))
     ape_grid["gamma"] = hp_lib.official_grid(1.0, 21, start=0.0)  # the issue's 21 γ values
-    out, first, steady = _ours(ape, task, val, ape_hp, ape_grid)
+    out, first, steady, flops = _ours(ape, task, val, ape_hp, ape_grid)
     params = jax.jit(ape.init)(None, task, as_arrays(ape_hp))
     state = ape_setup(setup, params, task)
     per_point, loop_total = _baseline(ape_point, state, ape_grid, ("beta", "alpha", "gamma"),
                                       np.asarray(out["counts"]), num_val, args.sample, rng)
-    results.append(("APE 200 x 20 x 21", 200 * 20 * 21, first, steady, per_point, loop_total))
+    results.append(("APE 200 x 20 x 21", 200 * 20 * 21, first, steady, per_point, loop_total,
+                    flops))
 
     print(f"{'grid':24s} {'points':>7s} {'ours (s)':>10s} {'ours+jit':>9s} {'loop/pt (s)':>12s} "
           f"{'loop (s, est.)':>15s} {'speed-up':>9s}")
-    for name, points, first, steady, per_point, loop_total in results:
+    for name, points, first, steady, per_point, loop_total, _ in results:
         print(f"{name:24s} {points:7d} {steady:10.1f} {first:9.1f} {per_point:12.3f} "
               f"{loop_total:15.0f} {loop_total / steady:8.0f}x")
     print(f"\nloop times: mean of {args.sample} random grid points (after one warm-up) "
           "x grid size; those points' accuracies equal ours.")
+    peak = measured_peak("float32")
+    for name, _, _, steady, _, _, flops in results:
+        print(fraction(f"ours, {name}", flops, steady, peak))
 
 
 if __name__ == "__main__":

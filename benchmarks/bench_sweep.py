@@ -6,35 +6,48 @@ shots 1, 2, 4, 8, 16 x seeds 1, 2, 3 on one dataset shaped like the demo's
 ViT-B/32's width D = 512 by default -- run two ways with the *same code*:
 
 * **vmapped** (ours): the engine's program over all 15 cells of a method at
-  once (``sweep.program.run_program`` on the batch ``sweep.batch`` builds);
+  once (``engine.feature_program.run_program`` on the batch ``engine.batch`` builds);
 * **loop** (baseline): the same compiled program called once per cell, on
   that cell's slice of the same batch (shapes equal, so it compiles once too);
-* **per-shots** (``run --program-per-shots``): one program per shot count,
+* **per-shots** (``run --plan per-shots``): one program per shot count,
   vmapped over the seeds, each padded only to its own shots (compiled time).
 
 Both are timed on one device, with compilation (first call) and without
 (steady state, a second full pass); the vmapped records are checked equal to
-the looped ones. Synthetic CLIP-like features (``features.synthetic``), or
+the looped ones. The vmapped program's achieved FLOP/s (XLA's count / its
+steady time) is printed as a fraction of this machine's measured matmul peak.
+
+Then the whole sweep of each method goes through the engine end to end
+(``engine.run.run_experiment`` into a scratch ``RunDir``, compilation
+included, caches cleared first) with ``--plan one``, ``per-shots`` and
+``auto``: what a user waits for, and what the planner chose.
+
+Synthetic CLIP-like features (``features.synthetic``), or
 ``--features FILE.npz`` (e.g. the demo's ``jaxclip-fs-demo/features/digits.npz``).
 
-  python benchmarks/bench_sweep.py [--methods M1,M2] [--dim D] [--features FILE.npz]
+  python -m benchmarks.bench_sweep [--quick] [--methods M1,M2] [--dim D] [--features FILE.npz]
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 
 import jax
 import numpy as np
 
+from benchmarks.efficiency import count_flops, fraction, measured_peak
 from jaxclip_fs import methods
+from jaxclip_fs.engine import batch as batch_lib
+from jaxclip_fs.engine import feature_program as program_lib
+from jaxclip_fs.engine import sharding
+from jaxclip_fs.engine.run import RunDir, Sources, run_experiment
+from jaxclip_fs.experiment import config as config_lib
+from jaxclip_fs.experiment.plan import Program, Variant, all_cells
 from jaxclip_fs.features import featfile
 from jaxclip_fs.features.synthetic import make_task
-from jaxclip_fs.sweep import batch as batch_lib
-from jaxclip_fs.sweep import program as program_lib
-from jaxclip_fs.sweep import sharding
-from jaxclip_fs.sweep.cells import Program, all_cells
+from jaxclip_fs.pipelines.features import GivenFeatures
 
 SHOTS, SEEDS = (1, 2, 4, 8, 16), (1, 2, 3)
 FIELDS = ("test_accuracy", "val_accuracy", "best_epoch")
@@ -57,31 +70,30 @@ def bench_method(name: str, fs: featfile.FeatureSet, mesh) -> dict:
     method = methods.get(name)
     dataset = str(fs.meta.get("dataset", "synthetic"))
     program = Program(name, (dataset,), tuple(all_cells((name,), (dataset,), SHOTS, SEEDS)))
-    resolved = {dataset: batch_lib.resolve(method, dataset, fs.dim, {})}
-    batch = batch_lib.build_batch(program, method, {dataset: fs}, resolved, val_policy="coop",
+    resolved = {dataset: Variant(name, method, {}).resolve(dataset, fs.dim)}
+    batch = batch_lib.build_batch(program, method, {dataset: fs}, resolved, val_rows="full",
                                   pad_cells=lambda n: n)
     program_lib.compiled_program.cache_clear()
 
     def vmapped():
-        return program_lib.run_program(method, batch, select_on_test=False, mesh=mesh)
+        return program_lib.run_program(method, batch, mesh=mesh)
 
     def loop():
-        outs = [program_lib.run_program(method, cell_slice(batch, t), select_on_test=False,
-                                        mesh=mesh) for t in range(len(program.cells))]
+        outs = [program_lib.run_program(method, cell_slice(batch, t), mesh=mesh) for t in range(len(program.cells))]
         return {f: np.concatenate([o[f] for o in outs], axis=1) for f in FIELDS}
 
     # `run --program-per-shots`: one program per shot count, each padded only to its own shots
     per_shot_programs = [Program(name, (dataset,), tuple(c for c in program.cells if c.shots == k))
                          for k in SHOTS]
     per_shot_batches = [batch_lib.build_batch(p, method, {dataset: fs}, resolved,
-                                              val_policy="coop", pad_cells=lambda n: n)
+                                              val_rows="full", pad_cells=lambda n: n)
                         for p in per_shot_programs]
     position = {cell: t for t, cell in enumerate(program.cells)}
 
     def per_shots():
         merged = {f: np.zeros((1, len(program.cells))) for f in FIELDS}
         for p, b in zip(per_shot_programs, per_shot_batches):
-            out = program_lib.run_program(method, b, select_on_test=False, mesh=mesh)
+            out = program_lib.run_program(method, b, mesh=mesh)
             for f in FIELDS:
                 merged[f][0, [position[c] for c in p.cells]] = np.asarray(out[f])[0, :len(p.cells)]
         return merged
@@ -96,16 +108,48 @@ def bench_method(name: str, fs: featfile.FeatureSet, mesh) -> dict:
             np.testing.assert_allclose(np.asarray(results["vmapped"][0][field], np.float64),
                                        np.asarray(results[other][0][field], np.float64),
                                        atol=1e-4, err_msg=f"{name}: {field} ({other})")
-    return {label: (first, steady) for label, (_, first, steady) in results.items()}
+    statics = dict(batch_size=batch.batch_size, max_epochs=batch.max_epochs, epochs_on="val",
+                   search_on="val", keep_params=True, keep_logits=False)
+    flops = count_flops(program_lib.program_fn(method, **statics), batch.per_cell, batch.shared)
+    timings = {label: (first, steady) for label, (_, first, steady) in results.items()}
+    return {**timings, "flops": flops}
+
+
+def end_to_end(name: str, fs: featfile.FeatureSet) -> dict:
+    """Seconds of the whole sweep of ``name`` through the engine per plan, and auto's choice."""
+    dataset = str(fs.meta.get("dataset", "synthetic"))
+    sources = Sources(features=GivenFeatures({dataset: fs}))
+    found = {}
+    for plan in ("one", "per-shots", "auto"):
+        jax.clear_caches()
+        program_lib.compiled_program.cache_clear()
+        experiment = config_lib.ExperimentConfig(
+            methods=(config_lib.MethodConfig(name),),
+            data=config_lib.DataConfig(datasets=(dataset,)),
+            grid=config_lib.GridConfig(shots=SHOTS, seeds=SEEDS),
+            execution=config_lib.ExecutionConfig(devices=1, plan=plan, save_params="none"))
+        with tempfile.TemporaryDirectory() as out:
+            start = time.perf_counter()
+            result = run_experiment(experiment, RunDir(out), sources=sources, progress=False,
+                                    log=None)
+            found[plan] = time.perf_counter() - start
+        if plan == "auto":
+            found["chosen"] = result.plans[0].plan
+    return found
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--methods", default=",".join(methods.FEATURE_METHODS))
+    feature_methods = [n for n in methods.names() if methods.get(n).inputs == "features"]
+    parser.add_argument("--methods", default=",".join(feature_methods))
     parser.add_argument("--dim", type=int, default=512,
                         help="feature width (default 512, ViT-B/32)")
     parser.add_argument("--features", help="a feature file instead of synthetic features")
+    parser.add_argument("--quick", action="store_true",
+                        help="two methods (Tip-Adapter, Tip-Adapter-F) at D = 64 (about a minute)")
     args = parser.parse_args()
+    if args.quick:
+        args.methods, args.dim = "tip_adapter,tip_adapter_f", 64
     if args.features:
         fs = featfile.load(args.features)
     else:
@@ -121,8 +165,12 @@ def main() -> None:
     print(f"{'':14s} {'(with compilation)':>27s}         {'(compiled)':>24s}"
           f"   {'(compiled)':>18s}")
     totals = np.zeros(5)
+    peak = measured_peak("float32")
+    fractions, whole = [], []
     for name in args.methods.split(","):
         t = bench_method(name, fs, mesh)
+        fractions.append(fraction(f"{name}, vmapped program", t["flops"], t["vmapped"][1], peak))
+        whole.append((name, end_to_end(name, fs)))
         row = np.array([t["vmapped"][0], t["loop"][0], t["vmapped"][1], t["loop"][1],
                         t["per_shots"][1]])
         totals += row
@@ -133,7 +181,13 @@ def main() -> None:
           f"{totals[2]:10.3f} {totals[3]:9.3f} {totals[3] / totals[2]:6.2f}   {totals[4]:11.3f} "
           f"{totals[3] / totals[4]:6.2f}")
     print("ratio = loop time / program time (same code path, same results checked); per-shots = "
-          "`run --program-per-shots`: one program per shot count, vmapped over the seeds")
+          "`run --plan per-shots`: one program per shot count, vmapped over the seeds")
+    print("\n".join(fractions))
+    print(f"\nwhole sweep through the engine, compilation included (seconds):\n"
+          f"{'method':14s} {'--plan one':>11s} {'per-shots':>10s} {'auto':>8s}  auto chose")
+    for name, t in whole:
+        print(f"{name:14s} {t['one']:11.2f} {t['per-shots']:10.2f} {t['auto']:8.2f}  "
+              f"{t['chosen']}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ task). Default: both sizes with every run cut to 5 epochs (a few minutes on
 2 CPU cores; the ratio barely depends on the epoch count);
 ``--official-epochs`` trains the methods' own 20 / 30 epochs.
 
-  python benchmarks/bench_train_vmap.py [--sizes small,caltech] [--seeds 8] [--official-epochs]
+  python -m benchmarks.bench_train_vmap [--quick] [--sizes small,caltech] [--seeds 8]
+      [--official-epochs]
 """
 
 from __future__ import annotations
@@ -32,12 +33,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.efficiency import count_flops, fraction, measured_peak
 from jaxclip_fs import methods
+from jaxclip_fs.data.fewshot import coop_val_rows
+from jaxclip_fs.features.featfile import support_index
 from jaxclip_fs.features.synthetic import make_task
 from jaxclip_fs.methods.base import as_arrays
-from jaxclip_fs.methods.task import stack
-from jaxclip_fs.sweep.evaluate import build_evalset, build_task, task_key, val_rows
-from jaxclip_fs.train import fit
+from jaxclip_fs.methods.task import make_evalset, stack
+from jaxclip_fs.methods.task import make_task as task_of
+from jaxclip_fs.train.fit import fit, task_key
 
 SIZES = {"small": (10, 64), "caltech": (100, 1024)}
 SHOTS, VIEWS = 16, 11
@@ -52,9 +56,14 @@ def _timed(fn, *args):
 def _tasks(num_classes, dim, seeds):
     fs = make_task(0, num_classes=num_classes, dim=dim, shots=SHOTS, views=VIEWS,
                    train_per_class=2 * SHOTS, val_per_class=4, test_per_class=1)
-    tasks = [build_task(fs, SHOTS, seed) for seed in seeds]
-    vals = [build_evalset(fs.val, fs.val_labels, val_rows(fs, SHOTS, seed, "coop"))
-            for seed in seeds]
+    tasks = [task_of(fs.train[:, support_index(fs, SHOTS, seed)], fs.text, fs.logit_scale)
+             for seed in seeds]
+
+    def val_mask(seed):  # CoOp's min(K, 4) rows per class, as a mask over the val split
+        rows = coop_val_rows(fs.val_labels, fs.num_classes, SHOTS, seed)
+        return np.isin(np.arange(fs.val.shape[0]), rows).astype(np.float32)
+
+    vals = [make_evalset(fs.val, fs.val_labels, val_mask(seed)) for seed in seeds]
     keys = [task_key(seed) for seed in seeds]
     return keys, tasks, vals
 
@@ -65,8 +74,9 @@ def bench(name, num_classes, dim, num_seeds, epochs):
     hp = as_arrays(values)
     run = functools.partial(fit, method, batch_size=int(values["batch_size"]),
                             max_epochs=int(values["epochs"]))
-    single = jax.jit(lambda key, task, val: run(key, task, val, hp)[0])
-    batched = jax.jit(jax.vmap(lambda key, task, val: run(key, task, val, hp)[0]))
+    one = lambda key, task, val: run(key, task, val, hp)[0]  # noqa: E731
+    single = jax.jit(one)
+    batched = jax.jit(jax.vmap(one))
     keys, tasks, vals = _tasks(num_classes, dim, range(1, num_seeds + 1))
 
     first_single = _timed(single, keys[0], tasks[0], vals[0])
@@ -82,7 +92,8 @@ def bench(name, num_classes, dim, num_seeds, epochs):
         for x, y in zip(a, b):
             np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-3, atol=1e-4)
     return {"method": name, "epochs": int(values["epochs"]), "sequential": sequential,
-            "vmapped": vmapped, "first_single": first_single, "first_batched": first_batched}
+            "vmapped": vmapped, "first_single": first_single, "first_batched": first_batched,
+            "flops": count_flops(jax.vmap(one), *stacked)}
 
 
 def main():
@@ -92,8 +103,14 @@ def main():
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--official-epochs", action="store_true",
                         help="train the methods' own epochs (default: 5 epochs per run)")
+    parser.add_argument("--quick", action="store_true",
+                        help="the small size, 4 seeds, 2 epochs (under a minute)")
     args = parser.parse_args()
-    epochs = None if args.official_epochs else 5
+    if args.quick:
+        args.sizes, args.seeds = "small", 4
+    epochs = None if args.official_epochs else (2 if args.quick else 5)
+    peak = measured_peak("float32")
+    fractions = []
     print(f"devices: {jax.devices()}; {args.seeds} seeds; "
           f"{SHOTS} shots x {VIEWS - 1} augmented views\n")
     print(f"{'method':14s} {'size':18s} {'epochs':>6s} {'sequential (s)':>15s} "
@@ -108,8 +125,10 @@ def main():
                   f"{r['vmapped']:12.2f} "
                   f"{r['sequential'] / r['vmapped']:8.1f}x {0.7 * args.seeds:6.1f}x   "
                   f"{r['first_single']:.1f} s / {r['first_batched']:.1f} s", flush=True)
+            fractions.append(fraction(f"vmapped {name} ({label})", r["flops"], r["vmapped"], peak))
     print("\nsequential = sum of the S single-seed runs of one compiled program; vmapped = one "
           "call of the vmapped program; both exclude compilation and give the same parameters.")
+    print("\n".join(fractions))
 
 
 if __name__ == "__main__":

@@ -100,9 +100,9 @@ def test_fused_datasets_give_the_records_of_separate_programs(fused_run, tmp_pat
 
 def test_program_per_shots_gives_the_records_of_one_program(fused_run, tmp_path):
     out, _ = fused_run
-    per_shots = run_sweep(str(tmp_path), config(program_per_shots=True))
+    per_shots = run_sweep(str(tmp_path), config(plan="per-shots"))
     assert [(p.name, {c.shots for c in p.cells}) for p in per_shots.programs] == [
-        (f"tip_adapter_f/{d}", {k}) for d in ("oxford_pets", "dtd") for k in (1, 2, 4)]
+        (f"tip_adapter_f/{d} [shots {k}]", {k}) for d in ("oxford_pets", "dtd") for k in (1, 2, 4)]
     assert_same_records(read_records(out), read_records(str(tmp_path)))
 
 

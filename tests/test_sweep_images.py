@@ -44,6 +44,10 @@ class ShiftedDigits(images.ImageSource):
         return images.QuerySet(name, parent.dataset, "test", keep, labels[keep].astype(np.int32),
                                mask)
 
+    def ood_size(self, name):
+        labels = self.session.dataset("digits").split("test").labels
+        return int(np.isin(labels, OOD_CLASSES).sum())
+
 
 def _config(tmp_path, **grid):
     return config_lib.ExperimentConfig(

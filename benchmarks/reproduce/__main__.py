@@ -2,6 +2,7 @@
 
   python -m benchmarks.reproduce CONFIG --data-root DIR [--weights W] [--out DIR]
   python -m benchmarks.reproduce CONFIG --compare-only --out DIR
+  python -m benchmarks.reproduce CONFIG --dry-run [--out DIR]
 
 CONFIG is a name from ``benchmarks/reproduce/configs`` (``rn50_16shot``,
 ``rn50_curves``, ``imagenet_ood``) or a path to such a JSON file: a name, a
@@ -14,7 +15,10 @@ it prints, in one line, what it needs and exits with 2), runs the experiment
 dataset, shots): ours (mean ± std over seeds), the published number, the
 difference, the tolerance band and pass / FAIL. Exit status 0 when nothing
 failed or is missing. Methods this build does not provide are named and
-skipped (their published cells then show ``missing``).
+skipped (their published cells then show ``missing``). ``--dry-run`` prints what
+the run would cost (``jaxclip-fs run --dry-run``: per program its cells, shapes,
+FLOPs, bytes, memory, plan and time estimates) and needs neither the data nor
+the weights (the benchmark sets' sizes come from a table when the data is absent).
 """
 
 from __future__ import annotations
@@ -101,9 +105,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, help="use the first N devices (default: all)")
     parser.add_argument("--compare-only", action="store_true",
                         help="compare the records in --out, run nothing")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print what the run would cost; extract, train and write nothing")
     args = parser.parse_args(argv)
     config = load_config(args.config)
     args.out = args.out or os.path.join("runs", config["name"])
+
+    if args.dry_run:
+        from jaxclip_fs.engine.dryrun import dry_run
+        from jaxclip_fs.errors import JaxclipError
+        from jaxclip_fs.io.console import stderr_log
+
+        methods, lacking = available_methods(config)
+        try:
+            dry_run(experiment_config(config, methods, args), args.out, log=stderr_log)
+        except JaxclipError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
 
     if not args.compare_only:
         missing = missing_data(config, args.data_root, args.source)

@@ -249,6 +249,22 @@ def method_configs(names: Sequence[str], option_items: Sequence[str],
                  for n in names), shared
 
 
+def plan_of(args: argparse.Namespace) -> str:
+    """``--plan`` (``--program-per-shots`` = ``--plan per-shots``); default ``auto``.
+
+    Raises:
+      ConfigError: both flags, disagreeing (names them).
+    """
+    plan = getattr(args, "plan", None)
+    if getattr(args, "program_per_shots", False):
+        if plan not in (None, "per-shots"):
+            raise ConfigError(f"--program-per-shots means --plan per-shots, not --plan {plan}")
+        plan = "per-shots"
+    plan = plan or "auto"
+    config_lib.parse_plan(plan, "--plan")
+    return plan
+
+
 def experiment_config(args: argparse.Namespace, *, datasets: Sequence[str] = (),
                       features: Sequence[str] = (), methods: Sequence[str],
                       shots: Sequence[int], seeds: Sequence[int],
@@ -286,7 +302,7 @@ def experiment_config(args: argparse.Namespace, *, datasets: Sequence[str] = (),
         grid=config_lib.GridConfig(shots=tuple(shots), seeds=tuple(seeds)),
         execution=config_lib.ExecutionConfig(
             devices=get("devices"), fuse_datasets=bool(get("fuse_datasets", False)),
-            program_per_shots=bool(get("program_per_shots", False)),
+            plan=plan_of(args),
             save_params=get("save_params", "trained"), cache_dir=get("cache_dir"),
             use_cache=not get("no_cache", False), workers=get("workers"),
             stall_timeout=get("stall_timeout", 300.0),

@@ -26,6 +26,15 @@ report/ (tables and plots, see `jaxclip-fs report`). A rerun skips finished cell
 interrupted sweep resumes by repeating the command; more methods / datasets / shots / seeds
 extend DIR, other settings are refused.
 
+Programs are laid out by --plan (default auto: one program where the devices run cells side
+by side; on CPUs one program per shot count when the padding work it saves outweighs its
+extra compilations; chunks of fewer cells when a program would not fit a device's memory,
+checked with XLA's memory analysis before anything is extracted; the choice and its reason
+are logged and kept in DIR/manifest.json). --dry-run prints what the sweep will cost --
+per program its cells, shapes, XLA's FLOPs and bytes, peak memory per device, the plan, and
+time estimates for this machine and for published accelerator peaks -- without extracting,
+training or writing anything (dataset sizes from the split files, or the benchmark table).
+
 --option sweeps a method's structural options: `--option ldc.fusion=fixed,concat
 ldc.ablation=full,maf_only` runs the four LDC variants, each recorded as its own method
 (`ldc[ablation=maf_only,fusion=concat]`). --ood scores every fit on shifted test sets.
@@ -44,13 +53,16 @@ examples:
   jaxclip-fs run --features pets.npz dtd.npz --method tip_adapter_f --out runs/byo
   jaxclip-fs run --dataset digits --backbone tiny-rn --weights random --method ldc \\
       --option ldc.fusion=fixed,concat --shots 4 --seeds 1 --out runs/ldc_fusions
-  jaxclip-fs run --config runs/digits/config.json --out runs/digits_again"""
+  jaxclip-fs run --config runs/digits/config.json --out runs/digits_again
+  jaxclip-fs run --dataset imagenet,dtd --backbone RN50 --weights openai --method all \\
+      --shots 16 --out runs/rn50 --dry-run"""
 
 #: Flags that may accompany --config (where things go and how they run; no number changes).
 CONFIG_OVERRIDES = ("--config", "--out", "--devices", "--quiet", "--no-report", "--distributed",
                     "--coordinator", "--num-processes", "--process-id", "--cache-dir",
                     "--no-cache", "--workers", "--data-root", "--stall-timeout",
-                    "--program-timeout", "--peer-timeout")
+                    "--program-timeout", "--peer-timeout", "--plan", "--program-per-shots",
+                    "--dry-run")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -82,9 +94,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument("--fuse-datasets", action="store_true",
                      help="run compatible datasets in one program per method (padded classes and "
                           "samples, masked; same records as separate programs)")
+    run.add_argument("--plan", metavar="auto|one|per-shots|chunk:N",
+                     help="how each method x dataset program is laid out (same records): auto "
+                          "(default: decided per program from the platform and XLA's cost and "
+                          "memory analyses; logged and kept in the manifest), one, per-shots "
+                          "(one program per shot count: no padding work on CPUs, more "
+                          "compilations) or chunk:N (programs of at most N cells: less memory)")
     run.add_argument("--program-per-shots", action="store_true",
-                     help="one program per shot count too: no work padding small-shot cells to "
-                          "the largest (faster on CPUs; same records)")
+                     help="the same as --plan per-shots (kept for older command lines)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print what the sweep will cost -- per program its cells, shapes, "
+                          "FLOPs, bytes, peak memory per device, plan and time estimates for "
+                          "this machine and published accelerators -- without extracting, "
+                          "training or writing anything")
     run.add_argument("--devices", type=int, metavar="N", help="use the first N devices (default: all)")
     run.add_argument("--save-params", choices=["trained", "all", "none"], default="trained",
                      help="orbax checkpoints of fitted params: methods that train (default), all, none")
@@ -142,7 +164,9 @@ def config_from_args(args: argparse.Namespace):
             loaded.execution, **{k: getattr(args, k) for k in ("devices", "cache_dir", "workers",
                                                                 "stall_timeout", "program_timeout")
                                  if flag(k) in given},
-            **({"use_cache": False} if "--no-cache" in given else {}))
+            **({"use_cache": False} if "--no-cache" in given else {}),
+            **({"plan": common.plan_of(args)} if given & {"--plan", "--program-per-shots"}
+               else {}))
         data = (dataclasses.replace(loaded.data, data_root=args.data_root)
                 if "--data-root" in given else loaded.data)
         return config_lib.check(loaded.replace(execution=execution, data=data))
@@ -160,6 +184,13 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from jaxclip_fs.io.console import stderr_log
+
+    if args.dry_run:  # plans and prints; nothing extracted, trained or written
+        from jaxclip_fs.engine.dryrun import dry_run
+
+        dry_run(config_from_args(args), args.out, log=None if args.quiet else stderr_log)
+        return 0
     start_distributed(args)
     from jaxclip_fs.engine import hosts
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Hashable, Mapping, Sequence
 
+import jax
 import numpy as np
 
 from jaxclip_fs.data.fewshot import capped_val_shots, ranked_val_rows
@@ -47,6 +48,7 @@ from jaxclip_fs.experiment.plan import Cell, Program, Resolved
 from jaxclip_fs.features.featfile import FeatureSet, support_index
 from jaxclip_fs.methods.base import Method
 from jaxclip_fs.pipelines.ood import OODSet
+from jaxclip_fs.pipelines.sizes import InputSizes
 
 PADDING_RANK = np.inf
 
@@ -221,6 +223,56 @@ def _ood_arrays(ood: Sequence[OODSet], num_classes: int) -> dict:
                               for o in ood])[None],
         "ood_class_mask": np.stack([_pad(o.class_mask, 0, num_classes) for o in ood])[None],
     }
+
+
+# --- shapes without arrays (planning, dry runs) ---------------------------------------------
+
+
+def abstract_batch(program: Program, method: Method, sizes: Mapping[str, InputSizes],
+                   resolved: Mapping[str, Resolved], *, val_rows: str,
+                   pad_cells: Callable[[int], int], ood_test: Sequence[int] = (),
+                   sampler: str = "nested") -> ProgramBatch:
+    """:func:`build_batch`'s arrays as ``jax.ShapeDtypeStruct`` s, from sizes alone.
+
+    Same shapes and dtypes as :func:`build_batch` on feature sets of these
+    sizes (a test checks it), so a program can be lowered, costed and
+    compiled without its inputs (``jax.jit(...).lower(...)``).
+    """
+    datasets = program.datasets
+    info = [sizes[d] for d in datasets]
+    sets = program_sets(program, sampler)
+    shots = max(c.shots for c in program.cells)
+    g, s, c = len(datasets), len(sets), max(i.num_classes for i in info)
+    views, dim = info[0].views, info[0].dim
+    width_d = info[0].feature_dim or dim  # image rows (paired: 2E)
+    mv = max(i.val_rows(val_rows, k) for i in info for _, k in sets)
+    m = max(i.test for i in info)
+    f32, i32 = np.float32, np.int32
+    spec = jax.ShapeDtypeStruct
+    shared = {
+        "supports": spec((g, s, views, c, shots, width_d), f32), "text": spec((g, c, dim), f32),
+        "class_mask": spec((g, c), f32), "logit_scale": spec((g,), f32),
+        "val": spec((g, s, mv, width_d), f32), "val_labels": spec((g, s, mv), i32),
+        "val_rank": spec((g, s, mv), f32), "test": spec((g, m, width_d), f32),
+        "test_labels": spec((g, m), i32), "test_mask": spec((g, m), f32),
+    }
+    ood = tuple(ood_test)
+    if ood:
+        if g != 1:
+            raise ValueError(f"{program.name}: OOD sets need a single-dataset program")
+        o, mo = len(ood), max(ood)
+        shared.update({"ood": spec((1, o, mo, width_d), f32), "ood_labels": spec((1, o, mo), i32),
+                       "ood_mask": spec((1, o, mo), f32), "ood_class_mask": spec((1, o, c), f32)})
+    width = pad_cells(max(len(program.cells_of(d)) for d in datasets))
+    first = resolved[datasets[0]]
+    per_cell = {name: spec((g, width), i32) for name in ("seed", "set_index", "shots", "val_take")}
+    per_cell["hp"] = {n: spec((g, width), f32) for n in first.values}
+    per_cell["grid"] = {n: spec((g, width, len(v)), f32) for n, v in first.grid.items()}
+    slots = tuple(program.cells_of(d) + (None,) * (width - len(program.cells_of(d)))
+                  for d in datasets)
+    statics = {resolved[d].static(method) for d in datasets}
+    return ProgramBatch(shared, per_cell, slots, dict(resolved), next(iter(statics))[0],
+                        max(e for _, e in statics), {})
 
 
 def slot_cells(batch: ProgramBatch) -> list[tuple[int, int, Cell]]:

@@ -230,6 +230,16 @@ def _show(value: Any) -> str:
     return "(unset)" if value is None else json.dumps(value)
 
 
+def add_plans(out_dir: str, plans: Sequence[Mapping[str, Any]]) -> None:
+    """Records this invocation's program plans (the planner's choice, reason and numbers) in
+    the manifest's latest ``invocations`` entry."""
+    manifest = read_manifest(out_dir)
+    if manifest is None or not manifest.get("invocations"):
+        return
+    manifest["invocations"][-1]["plans"] = _canonical(list(plans))
+    atomic.write_json(os.path.join(out_dir, MANIFEST), manifest)
+
+
 def write_manifest(out_dir: str, manifest: Mapping[str, Any],
                    config: config_lib.ExperimentConfig) -> None:
     """Writes ``manifest.json`` and this invocation's ``config.json``."""

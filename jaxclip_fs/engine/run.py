@@ -9,11 +9,15 @@ grid) and ``demo`` call:
 2. ask the :class:`Sink` which cells are finished (a run directory: a
    record on disk; multi-host: process 0's answer, broadcast); with none left,
    stop -- nothing is loaded or compiled;
-3. get each (input kind, dataset)'s inputs -- feature sets for the feature
-   and paired kinds, the image pipeline for images -- and resolve every
-   variant's hyperparameters there (:meth:`~jaxclip_fs.experiment.plan.Variant.resolve`);
-4. plan one program per variant and dataset (or group of fused datasets, or
-   per shot count: :func:`~jaxclip_fs.experiment.plan.plan_programs`);
+3. plan the programs from the inputs' sizes, before fetching any input
+   (:mod:`~jaxclip_fs.engine.layout`): every variant's hyperparameters are
+   resolved (:meth:`~jaxclip_fs.experiment.plan.Variant.resolve`), one program
+   per variant and dataset (or group of fused datasets) is laid out by the
+   planner (:mod:`~jaxclip_fs.engine.planner`: one program, one per shot count
+   or chunks, from XLA's cost and memory analyses; a program that cannot fit
+   is refused here), and the choice is logged and kept in the manifest;
+4. get each (input kind, dataset)'s inputs when its first program runs --
+   feature sets for the feature and paired kinds, the image pipeline for images;
 5. run each program on the device mesh -- the feature program
    (:mod:`~jaxclip_fs.engine.feature_program`) for ``features`` / ``paired``
    inputs, the image program (:mod:`~jaxclip_fs.engine.image_program`) for
@@ -29,7 +33,6 @@ process 0 alone writes.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import time
 from typing import Any, Callable, Mapping, Protocol, Sequence
@@ -39,30 +42,29 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxclip_fs.engine import batch as batch_lib
-from jaxclip_fs.engine import feature_program, image_program, outdir, sharding
+from jaxclip_fs.engine import feature_program, image_program, layout, outdir, planner, sharding
 from jaxclip_fs.engine.deliver import deliver
+from jaxclip_fs.engine.rules import FEATURE_KINDS, as_trained, requests_of, rules_of
 from jaxclip_fs.engine.results import CellResult, OODResult, cell_records, losses_of, reported
 from jaxclip_fs.errors import ConfigError
 from jaxclip_fs.experiment import config as config_lib
-from jaxclip_fs.experiment import protocol as protocol_lib
 from jaxclip_fs.experiment.plan import (
-    Cell, Program, Variant, all_cells, fusion_groups, ood_parents, plan_programs,
-    resolve_variants,
+    Cell, Program, Variant, all_cells, ood_parents, resolve_variants,
 )
 from jaxclip_fs.features import featfile
 from jaxclip_fs.io import atomic, records
 from jaxclip_fs.io.console import progress_bar, stderr_log
 from jaxclip_fs.io.outputs import writing
 from jaxclip_fs.pipelines import ood as ood_lib
-from jaxclip_fs.pipelines.features import ExtractedFeatures, FeatureFiles, Request
+from jaxclip_fs.pipelines.features import (
+    ExtractedFeatures, FeatureFiles, Request, check_sets,
+)
 from jaxclip_fs.pipelines.images import ImageSource
 from jaxclip_fs.pipelines.paired import PairedFeatures
 from jaxclip_fs.pipelines.session import ClipSession
 from jaxclip_fs.train.trainer import epoch_views
 from jaxclip_fs.report.confusion import confusion_analysis, write_confusion
 
-#: Input kinds whose providers give feature sets (run by the feature program).
-FEATURE_KINDS = ("features", "paired")
 
 
 # --- inputs -----------------------------------------------------------------------------------
@@ -135,6 +137,9 @@ class Sink(Protocol):
 
     def write(self, result: CellResult, written: Sequence[tuple[Cell, dict]]) -> None: ...
 
+    def plans(self, decisions: Sequence[planner.Decision]) -> None:
+        """Called once the programs are planned (before any input is fetched)."""
+
 
 class RunDir:
     """A run directory (:mod:`~jaxclip_fs.engine.outdir`): resumable, one record per cell.
@@ -166,6 +171,10 @@ class RunDir:
         """A complete record of ``cell`` is on disk (an unreadable or incomplete one is
         reported, naming its file, and its cell recomputed: :func:`outdir.is_finished`)."""
         return outdir.is_finished(self.out_dir, cell, log=stderr_log if self.writer else None)
+
+    def plans(self, decisions) -> None:
+        if self.writer and decisions:
+            outdir.add_plans(self.out_dir, [d.to_json() for d in decisions])
 
     def save_params(self, program: Program, tree, slots) -> str | None:
         if not self.writer:
@@ -207,6 +216,9 @@ class CellDir:
 
     def finished(self, cell: Cell) -> bool:
         return False
+
+    def plans(self, decisions) -> None:
+        del decisions
 
     def save_params(self, program: Program, tree, slots) -> str | None:
         if self.out_dir is None:
@@ -253,6 +265,7 @@ class RunResult:
     Attributes:
       cells: every cell of this call's grid; computed / skipped: now / before.
       programs: the programs run. seconds: wall time. devices: size of the mesh.
+      plans: the planner's decision for each (variant, datasets) program.
     """
 
     cells: tuple[Cell, ...]
@@ -261,6 +274,7 @@ class RunResult:
     programs: tuple[Program, ...]
     seconds: float
     devices: int
+    plans: tuple[planner.Decision, ...] = ()
 
 
 def _pending_everywhere(sink: Sink, cells: Sequence[Cell],
@@ -293,11 +307,7 @@ class _Inputs:
         if key not in self._features:
             request = self.requests(kind, dataset)
             fs = self.sources.provider(kind, label)(dataset, request)
-            # a missing seed, draw or too few shots fails here, before any work
-            for seed in request.seeds:
-                featfile.support_index(fs, request.max_shots, seed)
-            for sampler, seed, shots in request.draws():
-                featfile.support_index(fs, shots, seed, sampler)
+            check_sets(fs, request)  # a missing seed, draw or too few shots fails before work
             self._features[key] = fs
         return self._features[key]
 
@@ -371,33 +381,16 @@ def run_experiment(config: config_lib.ExperimentConfig, sink: Sink, *,
     if skipped:
         say(f"resuming: {len(skipped)} of {len(cells)} cells already finished")
 
-    def requests(kind: str, dataset: str) -> Request:
-        """What the cells of one input kind need of a dataset: its samplers and prompts."""
-        found = [_rules(config, protocol, v, dataset) for protocol in config.protocol.names
-                 for v in variants.values() if _kind(v.method) == kind]
-        samplers = tuple(dict.fromkeys(["nested"] + [r.sampler for r in found]))
-        prompts = config.protocol.prompts if any(r.prompts for r in found) else None
-        return Request(tuple(grid["shots"]), tuple(grid["seeds"]), samplers, prompts)
-
+    requests = requests_of(config, variants, grid["shots"], grid["seeds"])
     inputs = _Inputs(sources, requests, ood_of, say)
     _warn_missing_prompts(config, variants, say)
-    for label, dataset in dict.fromkeys((c.method, c.dataset) for c in pending):
-        _resolve(variants[label], dataset, inputs)  # bad values fail here, before any work
-
-    def groups_of(protocol: str, label: str, names: Sequence[str]) -> list[tuple[str, ...]]:
-        variant = variants[label]
-        kind = variant.method.inputs
-        if kind not in FEATURE_KINDS or not config.execution.fuse_datasets:
-            return [(d,) for d in names]
-
-        def signature(d):
-            fs = inputs.features(kind, d, label)
-            return (ood_of.get(d, ()), _rules(config, protocol, variant, d),
-                    batch_lib.fusion_signature(variant.method, fs, variant.resolve(d, fs.dim)))
-        return fusion_groups(names, signature, True)
-
-    programs = plan_programs(pending, config.labels(), groups_of,
-                             config.execution.program_per_shots)
+    decisions = layout.plan_run(config, variants, sources, pending, ood_of, mesh, requests,
+                                keep_params=lambda v: _keep_params(config, v),
+                                keep_logits=sink.keep_logits)
+    programs = [part for decision in decisions for part in decision.parts]
+    for line in planner.describe(decisions):
+        say(line)
+    sink.plans(decisions)
     say(f"{len(pending)} cells in {len(programs)} programs on {mesh.devices.size} "
         f"{mesh.devices.flat[0].platform} device(s)")
     show = progress and writer
@@ -416,7 +409,7 @@ def run_experiment(config: config_lib.ExperimentConfig, sink: Sink, *,
                 results, params, slots = _run_image_program(program, variant, inputs, config,
                                                             mesh, sink)
             seconds = time.perf_counter() - started_program
-            rules = _rules(config, program.protocol, variant, program.datasets[0])
+            rules = rules_of(config, program.protocol, variant, program.datasets[0])
             deliver(sink, program, params, slots, results, lambda result, params_dir: cell_records(
                 result, program=program, rules=rules, seconds=seconds,
                 devices=mesh.devices.size, params_dir=params_dir))
@@ -429,7 +422,7 @@ def run_experiment(config: config_lib.ExperimentConfig, sink: Sink, *,
     say(f"computed {len(pending)} cells in {len(programs)} programs "
         f"({len(skipped)} already finished) in {seconds:.1f} s on {mesh.devices.size} device(s)")
     return RunResult(tuple(cells), tuple(pending), skipped, tuple(programs), seconds,
-                     mesh.devices.size)
+                     mesh.devices.size, tuple(decisions))
 
 
 def _warn_missing_prompts(config: config_lib.ExperimentConfig, variants: Mapping[str, Variant],
@@ -444,29 +437,6 @@ def _warn_missing_prompts(config: config_lib.ExperimentConfig, variants: Mapping
             "sentences to the templates; without --prompts FILE.json they use the templates "
             "only (recorded). The files: gpt3_prompts/CuPL_prompts_<dataset>.json of the APE "
             "repository (yangyangyang127/APE), in CuPL's format (class name -> sentences).")
-
-
-def _kind(method) -> str:
-    """The provider kind of a method's inputs."""
-    return method.inputs if method.inputs in FEATURE_KINDS else "images"
-
-
-def _rules(config: config_lib.ExperimentConfig, protocol: str, variant: Variant,
-           dataset: str) -> protocol_lib.Rules:
-    """The rules of a variant's cells on ``dataset`` under ``protocol``."""
-    return protocol_lib.rules(protocol, variant.method, dataset, sampler=config.protocol.sampler,
-                              prompts=bool(config.protocol.prompts))
-
-
-@functools.lru_cache(maxsize=64)
-def _keeping_last_epoch(method):
-    """``method`` keeping its final epoch (a protocol's ``epochs_on="final"``)."""
-    return dataclasses.replace(method, epoch_selection="final")
-
-
-def _for_rules(method, rules: protocol_lib.Rules):
-    """The method as the rules train it."""
-    return _keeping_last_epoch(method) if rules.epochs_on == "final" and method.trains else method
 
 
 def _resolve(variant: Variant, dataset: str, inputs: _Inputs):
@@ -491,8 +461,8 @@ def _keep_params(config: config_lib.ExperimentConfig, variant: Variant) -> bool:
 def _run_feature_program(program: Program, variant: Variant, inputs: _Inputs,
                          config: config_lib.ExperimentConfig, mesh, sink: Sink):
     """A feature / paired program → (cell results, params tree or None, slots)."""
-    rules = _rules(config, program.protocol, variant, program.datasets[0])
-    method, kind = _for_rules(variant.method, rules), variant.method.inputs
+    rules = rules_of(config, program.protocol, variant, program.datasets[0])
+    method, kind = as_trained(variant.method, rules), variant.method.inputs
     fsets = {d: inputs.features(kind, d, program.method) for d in program.datasets}
     oods = {d: inputs.feature_oods(kind, d, program.method) for d in program.datasets}
     resolved = {d: _resolve(variant, d, inputs) for d in program.datasets}
@@ -542,9 +512,9 @@ def _run_image_program(program: Program, variant: Variant, inputs: _Inputs,
                        config: config_lib.ExperimentConfig, mesh, sink: Sink):
     """An image program → (cell results, params tree [1, T, ...] or None, slots)."""
     (dataset,) = program.datasets
-    rules = _rules(config, program.protocol, variant, dataset)
+    rules = rules_of(config, program.protocol, variant, dataset)
     source = inputs.sources.provider("images", program.method)
-    method = image_program.bind(_for_rules(variant.method, rules), source.spec())
+    method = image_program.bind(as_trained(variant.method, rules), source.spec())
     data = inputs.images(dataset, method.taps, program.method)
     resolved = _resolve(variant, dataset, inputs)
     oods = [source.ood(name, data) for name in inputs.ood_of.get(dataset, ())]

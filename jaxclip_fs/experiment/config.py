@@ -178,7 +178,10 @@ class ExecutionConfig:
     Attributes:
       devices: use the first N devices (default: all).
       fuse_datasets: compatible datasets share a program (padded, masked).
-      program_per_shots: one program per shot count (no padding work; for CPUs).
+      plan: how each (variant, datasets) program is laid out: ``auto`` (the
+        engine's planner decides from the platform and XLA's cost and memory
+        analyses), ``one``, ``per-shots`` (one program per shot count) or
+        ``chunk:N`` (programs of at most N cells). Same records either way.
       save_params: orbax checkpoints of fitted params: ``trained``, ``all`` or ``none``.
       cache_dir, use_cache: the feature cache.
       workers: image loading threads.
@@ -189,7 +192,7 @@ class ExecutionConfig:
 
     devices: int | None = None
     fuse_datasets: bool = False
-    program_per_shots: bool = False
+    plan: str = "auto"
     save_params: str = "trained"
     cache_dir: str | None = None
     use_cache: bool = True
@@ -294,6 +297,7 @@ def check(config: ExperimentConfig) -> ExperimentConfig:
         choose("protocol.sampler", config.protocol.sampler, protocol_lib.SAMPLERS)
     choose("images.train_path", config.images.train_path, TRAIN_PATHS)
     choose("execution.save_params", config.execution.save_params, SAVE_PARAMS)
+    parse_plan(config.execution.plan)
     for name, value, low in (("grid.shots", config.grid.shots, 1),
                              ("grid.seeds", config.grid.seeds, 0)):
         if not value:
@@ -322,6 +326,23 @@ def check(config: ExperimentConfig) -> ExperimentConfig:
     return config
 
 
+PLANS = ("auto", "one", "per-shots", "chunk:N")
+
+
+def parse_plan(text: str, field: str = "execution.plan") -> tuple[str, int]:
+    """``auto`` / ``one`` / ``per-shots`` / ``chunk:N`` -> ``(kind, N)`` (N = 0 unless chunk).
+
+    Raises:
+      ConfigError: anything else (names ``field``).
+    """
+    kind, _, size = str(text).partition(":")
+    if kind in ("auto", "one", "per-shots") and not size:
+        return kind, 0
+    if kind == "chunk" and size.isdigit() and int(size) >= 1:
+        return kind, int(size)
+    raise ConfigError(f"{field} must be one of {', '.join(PLANS)} (N >= 1 cells), got '{text}'")
+
+
 # --- JSON -------------------------------------------------------------------------------------
 
 
@@ -335,6 +356,12 @@ def from_dict(raw: Mapping[str, Any], where: str = "config") -> ExperimentConfig
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where} must be a JSON object")
     raw = dict(raw)
+    execution = raw.get("execution")
+    if isinstance(execution, Mapping) and "program_per_shots" in execution:
+        execution = dict(execution)  # written before execution.plan replaced the flag
+        per_shots = execution.pop("program_per_shots")
+        execution.setdefault("plan", "per-shots" if per_shots is True else "auto")
+        raw["execution"] = execution
     fmt = raw.pop("format", FORMAT)
     version = raw.pop("format_version", FORMAT_VERSION)
     if fmt != FORMAT or version != FORMAT_VERSION:

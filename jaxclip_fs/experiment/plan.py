@@ -6,7 +6,9 @@ a :class:`Cell` and gets one result record. Cells are computed by
 dataset -- or, with fusion, per variant and *group* of datasets whose arrays
 can be padded into one batch (same feature width and view count, same
 static training settings, same search-grid lengths: :func:`fusion_groups`)
--- optionally one per shot count too (:func:`plan_programs`).
+-- (:func:`plan_programs`); the engine's planner may then split a program
+per shot count or into chunks of its cells (:func:`split_per_shots`,
+:func:`split_chunks`).
 
 Hyperparameters are resolved in one place, :meth:`Variant.resolve`: the
 method's per-dataset defaults, then the config's global ``hp`` (for the
@@ -102,11 +104,14 @@ class Program:
       method: variant label.
       datasets: the datasets, in sweep order (several when fused).
       cells: the cells to compute, dataset-major, then seed, then shots.
+      part: which part of its (variant, datasets) program this is, when the
+        planner split it (``"shots 4"``, ``"cells 1-8 of 15"``); empty when whole.
     """
 
     method: str
     datasets: tuple[str, ...]
     cells: tuple[Cell, ...]
+    part: str = ""
 
     @property
     def protocol(self) -> str:
@@ -114,10 +119,12 @@ class Program:
 
     @property
     def name(self) -> str:
-        """``method/dataset`` or ``method/dataset1+dataset2`` (``paper:`` etc. before it, for
-        protocols other than ``fair``) -- for messages and records."""
+        """``method/dataset`` or ``method/dataset1+dataset2``, with ``paper:`` etc. before it for
+        protocols other than ``fair`` and its part after it (for messages and records):
+        ``paper:tip_adapter_f/dtd [shots 4]``."""
         prefix = "" if self.protocol == "fair" else f"{self.protocol}:"
-        return f"{prefix}{self.method}/{'+'.join(self.datasets)}"
+        whole = f"{prefix}{self.method}/{'+'.join(self.datasets)}"
+        return f"{whole} [{self.part}]" if self.part else whole
 
     @property
     def key(self) -> str:
@@ -159,20 +166,14 @@ def fusion_groups(datasets: Sequence[str], signature: Callable[[str], Hashable],
 
 
 def plan_programs(pending: Iterable[Cell], labels: Sequence[str],
-                  groups_of: Callable[[str, str, Sequence[str]], list[tuple[str, ...]]],
-                  per_shots: bool = False) -> list[Program]:
+                  groups_of: Callable[[str, str, Sequence[str]], list[tuple[str, ...]]]
+                  ) -> list[Program]:
     """Programs covering the ``pending`` cells: per protocol and variant, per dataset group.
 
     Args:
       pending: cells still to compute.
       labels: variant order.
       groups_of: ``(protocol, label, datasets with pending cells) -> dataset groups``.
-      per_shots: one program per shot count as well. A program pads every
-        cell to its largest shot count (a 1-shot cell trains as many scanned
-        steps as the 16-shot one), which costs nothing on hardware that runs
-        the cells in parallel but, for shots 1-16, 80 units of work where a
-        loop does 31 on a saturated CPU; per-shot programs do no padding
-        work. Same records either way.
     """
     by_label: dict[tuple[str, str], list[Cell]] = {}
     for cell in pending:
@@ -185,10 +186,38 @@ def plan_programs(pending: Iterable[Cell], labels: Sequence[str],
         for group in groups_of(protocol, label, datasets) if datasets else ():
             mine = sorted((c for c in cells if c.dataset in group),
                           key=lambda c: (group.index(c.dataset), c.seed, c.shots))
-            parts = ([[c for c in mine if c.shots == k] for k in sorted({c.shots for c in mine})]
-                     if per_shots else [mine])
-            programs.extend(Program(label, tuple(group), tuple(part)) for part in parts)
+            programs.append(Program(label, tuple(group), tuple(mine)))
     return programs
+
+
+def split_per_shots(program: Program) -> list[Program]:
+    """One program per shot count (in increasing shots; a single count: the program itself).
+
+    A program pads every cell's training to its largest shot count (a 1-shot
+    cell trains as many scanned steps as the 16-shot one) -- free where the
+    cells run side by side, not on a saturated CPU; per-shot programs do no
+    padding work, but each compiles on its own. Same records either way.
+    """
+    shots = program.shots
+    if len(shots) == 1:
+        return [program]
+    prefix = f"{program.part}, " if program.part else ""
+    return [dataclasses.replace(program, cells=tuple(c for c in program.cells if c.shots == k),
+                                part=f"{prefix}shots {k}") for k in shots]
+
+
+def split_chunks(program: Program, size: int) -> list[Program]:
+    """Consecutive chunks of at most ``size`` cells (the program itself when it has no more)."""
+    if size < 1:
+        raise ValueError(f"chunk size must be >= 1, got {size}")
+    cells = program.cells
+    if len(cells) <= size:
+        return [program]
+    prefix = f"{program.part}, " if program.part else ""
+    return [dataclasses.replace(program, cells=cells[i:i + size],
+                                part=f"{prefix}cells {i + 1}-{min(i + size, len(cells))} of "
+                                     f"{len(cells)}")
+            for i in range(0, len(cells), size)]
 
 
 def ood_parents(config: ExperimentConfig, parent_of: Callable[[str], str]) -> dict[str, tuple]:

@@ -26,6 +26,7 @@ from jaxclip_fs.features import featfile
 from jaxclip_fs.io.atomic import safe_name
 from jaxclip_fs.features.text_classifier import prompts_digest
 from jaxclip_fs.pipelines import ood as ood_lib
+from jaxclip_fs.pipelines import sizes as sizes_lib
 from jaxclip_fs.pipelines.session import ClipSession
 
 
@@ -65,6 +66,18 @@ def covers(fs: featfile.FeatureSet, request: Request) -> bool:
     return nested and prompts and all(key in fs.draws for key in request.draws())
 
 
+def check_sets(fs: featfile.FeatureSet, request: Request) -> None:
+    """Every few-shot set ``request`` needs is in ``fs``.
+
+    Raises:
+      DataError: a missing seed or draw, or too few shots (one line, naming it).
+    """
+    for seed in request.seeds:
+        featfile.support_index(fs, request.max_shots, seed)
+    for sampler, seed, shots in request.draws():
+        featfile.support_index(fs, shots, seed, sampler)
+
+
 class ExtractedFeatures:
     """Feature sets encoded from a dataset's images with the session's CLIP.
 
@@ -84,6 +97,17 @@ class ExtractedFeatures:
         if self.features_dir is None:
             return None
         return os.path.join(self.features_dir, safe_name(name) + suffix)
+
+    def sizes(self, dataset: str) -> sizes_lib.InputSizes:
+        """The sizes extraction will give ``dataset`` (its labels; no image is read)."""
+        split = sizes_lib.split_sizes(self.session, dataset)
+        return sizes_lib.feature_sizes(split, sizes_lib.embed_dim(self.session),
+                                       self.session.train_views)
+
+    def test_size(self, name: str, parent: str) -> int:
+        """Test images of OOD set ``name`` (scored with ``parent`` 's fits; no image is read)."""
+        del parent
+        return sizes_lib.split_sizes(self.session, name).test
 
     def __call__(self, dataset: str, request: Request) -> featfile.FeatureSet:
         path = self._path(dataset, ".npz")
@@ -140,11 +164,26 @@ class GivenFeatures:
                 "weights": first.meta.get("weights", "unknown")}
 
     def __call__(self, dataset: str, request: Request) -> featfile.FeatureSet:
+        return self._serving(dataset, request)  # its few-shot sets: checked by the run
+
+    def _serving(self, dataset: str, request: Request) -> featfile.FeatureSet:
         fs = self.files[dataset]
         if request.prompts is not None and fs.text_prompts is None:
             raise ConfigError(f"--prompts: the features of {dataset} hold no prompt classifier "
                               "(extract them with --prompts)")
-        return fs  # the few-shot sets are checked when the tasks are built (one-line DataError)
+        return fs
+
+    def sizes(self, dataset: str) -> sizes_lib.InputSizes:
+        return sizes_lib.sizes_of(self.files[dataset])
+
+    def check(self, dataset: str, request: Request) -> None:
+        """A missing seed, draw or prompt classifier, or too few shots, fails here, before any
+        work (one-line error)."""
+        check_sets(self._serving(dataset, request), request)
+
+    def test_size(self, name: str, parent: str) -> int:
+        """Test images of OOD set ``name`` (its features, in memory like the parent's)."""
+        return int(self.ood(name, self.files[parent]).test.shape[0])
 
     def ood(self, name: str, parent: featfile.FeatureSet) -> ood_lib.OODSet:
         raise ConfigError(f"--ood {name} needs --dataset (the OOD test sets are extracted here)")

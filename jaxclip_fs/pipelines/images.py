@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxclip_fs.clip.preprocess import CLIP_MEAN, CLIP_STD
-from jaxclip_fs.errors import ConfigError
+from jaxclip_fs.errors import ConfigError, DataError
 from jaxclip_fs.experiment.config import TRAIN_PATHS, ImagesConfig
 from jaxclip_fs.features import augment
 from jaxclip_fs.features.encode import FixedBatchEncoder, encode_items
@@ -55,6 +55,7 @@ from jaxclip_fs.features.taps import TAP_ITEMSIZE, tap_nbytes, tap_shape
 from jaxclip_fs.methods.cache import l2_normalize
 from jaxclip_fs.methods.images import ImageInputs, ImageSpec
 from jaxclip_fs.pipelines import ood as ood_lib
+from jaxclip_fs.pipelines import sizes as sizes_lib
 from jaxclip_fs.pipelines.session import ClipSession
 
 _MEAN = np.asarray(CLIP_MEAN, np.float32)
@@ -76,6 +77,30 @@ def image_spec(clip) -> ImageSpec:
     return ImageSpec(tower="vit" if config.is_vit else "resnet",
                      taps=tuple((n, tuple(tap_shape(config, n))) for n in names),
                      embed_dim=config.embed_dim, project=projector)
+
+
+@dataclasses.dataclass(frozen=True)
+class AbstractCLIP:
+    """A CLIP's architecture without weights: ``config``, ``model`` and abstract ``params``
+    (``jax.ShapeDtypeStruct`` leaves) -- enough for :func:`image_spec` and for shapes."""
+
+    config: Any
+    model: Any
+
+    @property
+    def params(self) -> dict:
+        from jaxclip_fs.clip.model import abstract_variables
+
+        return abstract_variables(self.config)
+
+
+def abstract_clip(backbone: str) -> AbstractCLIP:
+    """The :class:`AbstractCLIP` of a variant name (no weights are read)."""
+    from jaxclip_fs.clip.model import CLIP
+    from jaxclip_fs.clip.variants import get_config
+
+    config = get_config(backbone)
+    return AbstractCLIP(config, CLIP(config))
 
 
 @functools.lru_cache(maxsize=32)
@@ -157,6 +182,14 @@ def tap_cache_bytes(clip_config, tap_names: Sequence[str], num_images: int, view
     unique = tuple(dict.fromkeys(tap_names))
     taps = sum(tap_nbytes(clip_config, unique, num_images, views).values())
     return taps + clip_config.embed_dim * TAP_ITEMSIZE * num_images * views
+
+
+def train_path(clip_config, taps: Sequence[str], pool_images: int,
+               settings: ImagesConfig, views: int) -> tuple[str, int, int]:
+    """``(path, tap-cache bytes, budget bytes)``: the path :meth:`ImageSource.prepare` takes."""
+    needed = tap_cache_bytes(clip_config, taps, pool_images, views)
+    budget = int(settings.tap_cache_budget_gib * 2**30)
+    return choose_train_path(settings.train_path, needed, budget), needed, budget
 
 
 def choose_train_path(requested: str, needed_bytes: int, budget_bytes: int) -> str:
@@ -321,14 +354,12 @@ class ImageSource:
           ConfigError: a bad setting. DataError: too few images for ``shots``.
         """
         s, x, o = self.session, self.session.extraction, self.settings
-        views = (x.views if o.tap_cache_views is None else o.tap_cache_views) + 1
+        views = self.cache_views()
         clip, dataset = s.clip(), s.dataset(name)
         text = s.text(name, request.prompts)
         pool = select_train_pool(dataset, request.max_shots, request.seeds,
                                  draws=request.draws())
-        needed = tap_cache_bytes(clip.config, taps, len(pool.indices), views)
-        budget = int(o.tap_cache_budget_gib * 2**30)
-        path = choose_train_path(o.train_path, needed, budget)
+        path, needed, budget = train_path(clip.config, taps, len(pool.indices), o, views)
         note = (f"{len(pool.indices)} support images, taps {', '.join(taps)}; training path "
                 f"'{path}' (a tap cache of {views} views needs "
                 f"{needed / 2**20:.1f} MiB, budget {budget / 2**20:.0f} MiB)")
@@ -354,6 +385,33 @@ class ImageSource:
                          float(np.exp(np.asarray(clip.params["params"]["logit_scale"]))),
                          frozen_arrays(clip, text), arrays, fetch, pool.fewshot, pool.draws,
                          pool.val_draws, path, note, views, meta, tuple(taps), self)
+
+    def abstract_clip(self) -> AbstractCLIP:
+        """The CLIP's architecture without loading its weights."""
+        return abstract_clip(self.session.config.model.backbone)
+
+    def cache_views(self) -> int:
+        """Views per support image in a tap cache: the plain one and the augmented ones."""
+        views = self.settings.tap_cache_views
+        return (self.session.extraction.views if views is None else views) + 1
+
+    def split_sizes(self, name: str):
+        """Dataset ``name`` 's :class:`~jaxclip_fs.data.sizes.SplitSizes` (no image is read)."""
+        return sizes_lib.split_sizes(self.session, name)
+
+    def ood_size(self, name: str) -> int:
+        """Test images of OOD set ``name`` (what :meth:`ood` will stream)."""
+        return self.split_sizes(name).test
+
+    def pool_size(self, name: str, request) -> int:
+        """Support images :meth:`prepare` would hold for ``request`` (exact when the dataset
+        loads)."""
+        try:
+            dataset = self.session.dataset(name)
+        except DataError:  # a dry run without the data: the table's bound
+            dataset = None
+        return sizes_lib.pool_size(self.split_sizes(name), request.max_shots, request.seeds,
+                                   dataset, request.draws())
 
     def ood(self, name: str, parent: ImageData) -> QuerySet:
         """The test split of OOD set ``name``, labels in ``parent`` 's classes."""

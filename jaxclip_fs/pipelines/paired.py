@@ -17,6 +17,7 @@ import numpy as np
 
 from jaxclip_fs.features import augment, featfile
 from jaxclip_fs.pipelines import ood as ood_lib
+from jaxclip_fs.pipelines import sizes as sizes_lib
 from jaxclip_fs.pipelines.features import Request
 from jaxclip_fs.pipelines.session import ClipSession
 
@@ -42,6 +43,16 @@ class PairedFeatures:
             seeds=request.seeds, views=s.train_views, aug_scale=augment.TIP_ADAPTER_SCALE,
             aug_seed=x.aug_seed, dtype=x.dtype, batch_size=x.batch_size, draws=request.draws(),
             prompts=prompts, **s.encoding_options()).features
+
+    def sizes(self, dataset: str) -> sizes_lib.InputSizes:
+        """The sizes of the paired features of ``dataset`` (width 2E; no image is read)."""
+        split = sizes_lib.split_sizes(self.session, dataset)
+        width = sizes_lib.embed_dim(self.session)
+        return sizes_lib.feature_sizes(split, width, self.session.train_views, 2 * width)
+
+    def test_size(self, name: str, parent: str) -> int:
+        del parent
+        return sizes_lib.split_sizes(self.session, name).test
 
     def __call__(self, dataset: str, request: Request) -> featfile.FeatureSet:
         s = self.session

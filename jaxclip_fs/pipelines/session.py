@@ -23,12 +23,16 @@ class ClipSession:
         ``execution`` sections are read).
       progress: progress bars on stderr.
       banner: print the random-weights banner when the CLIP is random.
+      tables: dataset sizes may come from the benchmark table when the data is
+        not here (dry runs: :mod:`~jaxclip_fs.pipelines.sizes`).
     """
 
-    def __init__(self, config: ExperimentConfig, *, progress: bool = True, banner: bool = True):
+    def __init__(self, config: ExperimentConfig, *, progress: bool = True, banner: bool = True,
+                 tables: bool = False):
         self.config = config
         self.progress = progress
         self.banner = banner
+        self.tables = tables
         self._clip = None
         self._adapted = None
         self._tokenizer = None
