@@ -73,3 +73,25 @@ def test_dry_run_errors_are_one_line(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "no_such_set" in err and "\n" not in err
     assert not os.path.exists(tmp_path / "x")
+
+
+def test_a_program_that_cannot_fit_is_reported_and_the_dry_run_goes_on(tmp_path, monkeypatch,
+                                                                       capsys):
+    """A run would refuse it before any work; the dry run names it, prices its smallest part
+    and still prices the programs that fit."""
+    from jaxclip_fs.engine import hardware
+
+    monkeypatch.setenv(hardware.MEMORY_ENV, "8MiB")
+    argv = ["run", "--dataset", "digits", "--backbone", "tiny-vit", "--weights", "random",
+            "--method", "zero_shot,tip_adapter_f", "--shots", "1,2", "--seeds", "1",
+            "--views", "2", "--out", str(tmp_path / "run"), "--dry-run", "--quiet",
+            "--cache-dir", str(tmp_path / "cache")]
+    assert cli.main(argv) == 0
+    report = capsys.readouterr().out
+    assert "zero_shot/digits: plan one" in report  # fits: priced as usual
+    refused = [line for line in report.splitlines() if "REFUSED here" in line]
+    assert len(refused) == 1 and refused[0].startswith("  tip_adapter_f/digits: REFUSED here")
+    assert "per device" in refused[0] and "even in chunks" in refused[0]
+    assert "a run here would stop before any work: 1 program(s)" in report
+    assert "smallest part: tip_adapter_f/digits [cells 1-1 of 2]" in report
+    assert not (tmp_path / "run").exists()

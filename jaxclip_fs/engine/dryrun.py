@@ -190,7 +190,8 @@ def dry_run(config: config_lib.ExperimentConfig, out_dir: str | None = None, *,
     decisions = layout.plan_run(
         config, variants, sources, pending, ood_of, mesh, requests,
         keep_params=lambda v: save == "all" or (save == "trained" and v.method.trains),
-        machine_=machine, compile_for_run=True, exact_memory=True, progress=log)
+        machine_=machine, compile_for_run=True, exact_memory=True, keep_going=True,
+        progress=log)
     extraction = _extraction(config, session, decisions, ood_of, out_dir, requests)
     splits = [] if session is None else [
         (name, sizes_lib.split_sizes(session, name))
@@ -220,7 +221,7 @@ def _report(config, machine: planner.Machine, decisions: Sequence[planner.Decisi
     cal = machine.calibration
     accelerators = hardware.ACCELERATORS
     dtype = config.extraction.dtype
-    parts = [e for d in decisions for e in d.estimates]
+    parts = [e for d in decisions if d.plan != "refused" for e in d.estimates]
     lines = [
         f"dry run: {len(config.labels())} method variant(s) x "
         f"{len(config.data.datasets) or len(config.data.features)} dataset(s) x shots "
@@ -264,6 +265,14 @@ def _report(config, machine: planner.Machine, decisions: Sequence[planner.Decisi
         lines.append("")
     lines += ["programs (parts of equal shape on one row, their costs summed):", header]
     for d in decisions:
+        if d.plan == "refused":  # priced as its smallest part; not in the totals
+            e = d.estimates[0]
+            lines.append(f"  {d.program.name}: REFUSED here -- {d.reason}")
+            lines.append(f"{'    smallest part: ' + e.program.name:<{width}} "
+                         f"{len(e.program.cells):>5} {e.cost.flops / 1e9:>11.1f} "
+                         f"{e.cost.bytes_accessed / 1e9:>9.1f} {_gib(e.memory):>12}")
+            lines += [f"      {note}" for note in e.notes]
+            continue
         lines.append(f"  {d.program.name}: plan {d.plan} -- {d.reason}")
         for group in _equal_parts(d.estimates):
             e, count = group[0], len(group)
@@ -281,6 +290,10 @@ def _report(config, machine: planner.Machine, decisions: Sequence[planner.Decisi
                     too_big[a.name].append(name)
     lines += ["", f"{'total':<{width}} {'':>5} {'':>11} {'':>9} {'':>12} "
               + " ".join(f"{_time(t):>13}" for t in totals), ""]
+    refused = [d.program.name for d in decisions if d.plan == "refused"]
+    if refused:
+        lines.append(f"a run here would stop before any work: {len(refused)} program(s) cannot "
+                     f"fit this machine's devices ({', '.join(refused)}; not in the totals)")
     for a in accelerators:
         if too_big[a.name]:
             lines.append(f"on one {a.name} ({a.memory_bytes / 2**30:.0f} GiB) these need more "

@@ -82,7 +82,7 @@ def plan_run(config: config_lib.ExperimentConfig, variants: Mapping[str, Variant
              requests: Callable[[str, str], Request], *,
              keep_params: Callable[[Variant], bool], keep_logits: bool = False,
              machine_: planner.Machine | None = None, compile_for_run: bool = True,
-             exact_memory: bool = False,
+             exact_memory: bool = False, keep_going: bool = False,
              progress: Callable[[str], None] | None = None) -> list[planner.Decision]:
     """The decided layout of every program covering ``pending`` (module docstring).
 
@@ -94,6 +94,9 @@ def plan_run(config: config_lib.ExperimentConfig, variants: Mapping[str, Variant
       machine_: the machine to plan for (default: :func:`machine` of ``mesh``).
       compile_for_run: see :func:`~jaxclip_fs.engine.planner.decide`.
       exact_memory: compile every part for its memory analysis (dry runs report it).
+      keep_going: a program that cannot fit gets a ``refused`` decision (its reason the
+        refusal, its estimate the smallest part tried) and planning goes on (dry runs);
+        else the refusal is raised.
       progress: a line per program planned (None: silent).
 
     Raises:
@@ -135,9 +138,15 @@ def plan_run(config: config_lib.ExperimentConfig, variants: Mapping[str, Variant
         measure = _measure(program, variant, sizes, config, mesh, ood_of, requests,
                            keep_params(variant), keep_logits)
         image = variant.method.inputs not in FEATURE_KINDS
-        decision = planner.decide(program, config.execution.plan, here, measure,
-                                  streams_per_program=image,
-                                  compile_for_run=compile_for_run and not image)
+        try:
+            decision = planner.decide(program, config.execution.plan, here, measure,
+                                      streams_per_program=image,
+                                      compile_for_run=compile_for_run and not image)
+        except planner.DoesNotFit as refusal:
+            if not keep_going:
+                raise
+            decision = planner.Decision(program, "refused", (), str(refusal),
+                                        (refusal.estimate,), config.execution.plan)
         if exact_memory:
             decision = dataclasses.replace(decision, estimates=tuple(
                 e if e.exact else measure(e.program, "memory") for e in decision.estimates))

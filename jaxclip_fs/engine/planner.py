@@ -170,6 +170,15 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
+class DoesNotFit(ConfigError):
+    """A program that cannot fit the device, even split: the one-line refusal, with the
+    estimate of the smallest part tried (``estimate``)."""
+
+    def __init__(self, message: str, estimate: Estimate):
+        super().__init__(message)
+        self.estimate = estimate
+
+
 def _fits(estimate: Estimate, machine: Machine, measure: Measure) -> Estimate:
     """The estimate with its memory known well enough to say whether it fits."""
     if estimate.exact or estimate.memory <= machine.budget:
@@ -180,7 +189,7 @@ def _fits(estimate: Estimate, machine: Machine, measure: Measure) -> Estimate:
 def _fit_or_refuse(estimate: Estimate, machine: Machine, measure: Measure, forced: str) -> Estimate:
     found = _fits(estimate, machine, measure)
     if found.memory > machine.budget:
-        raise ConfigError(_refusal(found, machine, f"with --plan {forced}"))
+        raise DoesNotFit(_refusal(found, machine, f"with --plan {forced}"), found)
     return found
 
 
@@ -211,7 +220,7 @@ def _chunked(estimate: Estimate, machine: Machine, measure: Measure) -> list[Est
                 return [first] + rest
             first = worst
         found = first
-    raise ConfigError(_refusal(found, machine, "even in chunks"))
+    raise DoesNotFit(_refusal(found, machine, "even in chunks"), found)
 
 
 def decide(program: Program, requested: str, machine: Machine, measure: Measure, *,
