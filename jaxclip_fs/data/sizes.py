@@ -70,11 +70,13 @@ _COOP = {
     "imagenet_r": (200, 0, 0, 30_000),
 }
 SOURCE = ("CoOp's split files, as tabulated by Zhou et al., Learning to Prompt for "
-          "Vision-Language Models (IJCV 2022); ImageNet val carved from train, 50 per class")
+          "Vision-Language Models (IJCV 2022)")
+_CARVED = "; val carved from ILSVRC-2012 train, 50 per class"
 
 #: The papers' benchmark and OOD sets: sizes without the data (module docstring).
 BENCHMARK_SIZES: dict[str, SplitSizes] = {
-    name: SplitSizes(c, train, val, test, origin=SOURCE)
+    name: SplitSizes(c, train, val, test,
+                     origin=SOURCE + (_CARVED if name == "imagenet" else ""))
     for name, (c, train, val, test) in _COOP.items()}
 
 
