@@ -35,7 +35,7 @@ import os
 from typing import Callable, Sequence
 
 from jaxclip_fs.engine import estimate as estimate_lib
-from jaxclip_fs.engine import hardware, layout, outdir, planner, sharding
+from jaxclip_fs.engine import hardware, layout, outdir, planner
 from jaxclip_fs.engine.cost import ZERO, Cost
 from jaxclip_fs.engine.rules import FEATURE_KINDS, requests_of
 from jaxclip_fs.errors import ConfigError, DataError
@@ -173,10 +173,7 @@ def dry_run(config: config_lib.ExperimentConfig, out_dir: str | None = None, *,
     say = log or (lambda message: None)
     config_lib.check(config)
     variants = {v.label: v for v in resolve_variants(config)}
-    try:
-        mesh = sharding.cell_mesh(config.execution.devices)
-    except ValueError as exc:
-        raise ConfigError(f"--devices: {exc}") from None
+    mesh = layout.mesh_of(config)
     sources, session = _sources(config)
     ood_of = ood_parents(config, ood_lib.parent_of) if config.data.ood else {}
     datasets = tuple(config.data.datasets) or sources.datasets

@@ -30,11 +30,24 @@ import numpy as np
 
 from jaxclip_fs.engine import batch as batch_lib
 from jaxclip_fs.engine import estimate as estimate_lib
-from jaxclip_fs.engine import hardware, planner
+from jaxclip_fs.engine import hardware, planner, sharding
 from jaxclip_fs.engine.rules import FEATURE_KINDS, rules_of
+from jaxclip_fs.errors import ConfigError
 from jaxclip_fs.experiment import config as config_lib
 from jaxclip_fs.experiment.plan import Cell, Program, Variant, fusion_groups, plan_programs
 from jaxclip_fs.pipelines.features import Request
+
+
+def mesh_of(config: config_lib.ExperimentConfig):
+    """The cell mesh of ``execution.devices`` (default: every device).
+
+    Raises:
+      ConfigError: more devices asked for than there are (names --devices).
+    """
+    try:
+        return sharding.cell_mesh(config.execution.devices)
+    except ValueError as exc:
+        raise ConfigError(f"--devices: {exc}") from None
 
 
 def machine(mesh, *, calibrate: bool) -> planner.Machine:

@@ -351,10 +351,7 @@ def run_experiment(config: config_lib.ExperimentConfig, sink: Sink, *,
     say = log or (lambda message: None)
     config_lib.check(config)
     variants = {v.label: v for v in resolve_variants(config)}
-    try:
-        mesh = sharding.cell_mesh(config.execution.devices)
-    except ValueError as exc:
-        raise ConfigError(f"--devices: {exc}") from None
+    mesh = layout.mesh_of(config)
     writer = sharding.is_writer()
     if sources is None:
         features_dir = outdir.features_dir(sink.out_dir) if isinstance(sink, RunDir) else None
