@@ -44,8 +44,8 @@ from jax.experimental import multihost_utils
 from jaxclip_fs.engine import batch as batch_lib
 from jaxclip_fs.engine import feature_program, image_program, layout, outdir, planner, sharding
 from jaxclip_fs.engine.deliver import deliver
-from jaxclip_fs.engine.rules import FEATURE_KINDS, as_trained, requests_of, rules_of
 from jaxclip_fs.engine.results import CellResult, OODResult, cell_records, losses_of, reported
+from jaxclip_fs.engine.rules import FEATURE_KINDS, as_trained, requests_of, rules_of
 from jaxclip_fs.errors import ConfigError
 from jaxclip_fs.experiment import config as config_lib
 from jaxclip_fs.experiment.plan import (
@@ -64,7 +64,6 @@ from jaxclip_fs.pipelines.paired import PairedFeatures
 from jaxclip_fs.pipelines.session import ClipSession
 from jaxclip_fs.train.trainer import epoch_views
 from jaxclip_fs.report.confusion import confusion_analysis, write_confusion
-
 
 
 # --- inputs -----------------------------------------------------------------------------------
