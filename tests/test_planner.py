@@ -280,3 +280,24 @@ def test_program_per_shots_flag_is_plan_per_shots():
         plan_of(argparse.Namespace(plan="one", program_per_shots=True))
     with pytest.raises(ConfigError, match="--plan must be one of"):
         plan_of(argparse.Namespace(plan="fast", program_per_shots=False))
+
+
+def test_backends_without_lowered_cost_analysis_are_costed_on_the_cpu(monkeypatch):
+    """The CUDA / TPU plugins (PJRT C API) raise on ``Lowered.cost_analysis``: the planner
+    then reads the same HLO module's cost on the CPU backend -- the same numbers here."""
+    def program(x, w):
+        return jax.lax.scan(lambda c, _: (jnp.tanh(c @ w), None), x, None, length=5)[0]
+
+    x = jax.ShapeDtypeStruct((32, 32), jnp.float32)
+    expected = cost_lib.lowered_cost(program, x, x)
+    lowered_type = type(jax.jit(program).lower(x, x))
+
+    def refuse(self):
+        raise NotImplementedError("Lowered.cost_analysis not implemented on platform 'gpu'")
+
+    monkeypatch.setattr(lowered_type, "cost_analysis", refuse)
+    with pytest.raises(NotImplementedError):
+        jax.jit(program).lower(x, x).cost_analysis()
+    found = cost_lib.lowered_cost(program, x, x)
+    assert found.flops == pytest.approx(expected.flops) and found.flops > 5 * 2 * 32 ** 3 * 0.99
+    assert found.bytes_accessed == pytest.approx(expected.bytes_accessed)

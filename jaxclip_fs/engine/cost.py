@@ -81,16 +81,34 @@ class Memory:
 def xla_numbers(lowered) -> Cost:
     """XLA's own count for a lowered (or compiled) program, loops counted once. A lowered
     program's bytes charge every intermediate: an upper bound on the buffers it could ever
-    allocate (the planner's memory screen)."""
-    return _xla_numbers(lowered)
+    allocate (the planner's memory screen).
 
-
-def _xla_numbers(lowered) -> Cost:
-    found = lowered.cost_analysis()
+    Backends behind the PJRT C API (the CUDA and TPU plugins) refuse
+    ``Lowered.cost_analysis``; there the same HLO module is analysed by the CPU
+    backend's cost model (XLA's ``HloCostAnalysis``, as ``cost_analysis`` does
+    elsewhere). A compiled program whose backend gives no analysis counts zero.
+    """
+    try:
+        found = lowered.cost_analysis()
+    except NotImplementedError:
+        found = _cost_on_cpu(lowered)
     if isinstance(found, (list, tuple)):  # older jax: one dict per computation
         found = found[0] if found else {}
     found = found or {}
     return Cost(float(found.get("flops", 0.0)), float(found.get("bytes accessed", 0.0)))
+
+
+def _cost_on_cpu(lowered) -> dict:
+    """XLA's cost analysis of a lowered program's HLO module on the CPU backend ({} when the
+    program is not a lowered one)."""
+    from jax._src import xla_bridge
+    from jax._src.lib import _jax
+
+    computation = getattr(lowered, "_lowering", None)
+    if computation is None or not hasattr(computation, "hlo"):
+        return {}
+    return _jax.hlo_module_cost_analysis(xla_bridge.get_backend("cpu"),
+                                         computation.hlo().as_hlo_module())
 
 
 def nbytes(tree) -> int:
@@ -108,7 +126,7 @@ def _closed_cost(closed: jex.ClosedJaxpr, memo: dict) -> Cost:
     key = id(closed.jaxpr)
     if key not in memo:
         lowered = jax.jit(jex.jaxpr_as_fun(closed)).lower(*_abstract(closed.in_avals))
-        memo[key] = (_xla_numbers(lowered), closed)  # keep the jaxpr alive: ids stay unique
+        memo[key] = (xla_numbers(lowered), closed)  # keep the jaxpr alive: ids stay unique
     return memo[key][0]
 
 
@@ -154,7 +172,7 @@ def lowered_cost(fn: Callable, *args: Any, lowered=None) -> Cost:
     if lowered is None:
         lowered = jax.jit(fn).lower(*args)
     memo: dict = {}
-    return _xla_numbers(lowered) + _loop_correction(closed.jaxpr, memo)
+    return xla_numbers(lowered) + _loop_correction(closed.jaxpr, memo)
 
 
 def compiled_memory(lowered, *, fast: bool = False) -> tuple[Any, Memory]:
