@@ -160,19 +160,19 @@ def _loop_correction(jaxpr: jex.Jaxpr, memo: dict) -> Cost:
     return extra
 
 
-def lowered_cost(fn: Callable, *args: Any, lowered=None) -> Cost:
+def loop_correction(fn: Callable, *args: Any) -> Cost:
+    """What XLA's count of ``fn(*args)`` misses: every scan body's further trips."""
+    return _loop_correction(jax.make_jaxpr(fn)(*args).jaxpr, {})
+
+
+def lowered_cost(fn: Callable, *args: Any) -> Cost:
     """FLOPs and bytes of ``fn(*args)`` in XLA's cost model, loops counted over their trips.
 
     Args:
       fn: the program (not jitted, or jitted: it is traced either way).
       args: abstract arguments (``jax.ShapeDtypeStruct`` pytrees) or arrays.
-      lowered: ``jax.jit(fn).lower(*args)`` when the caller has it already.
     """
-    closed = jax.make_jaxpr(fn)(*args)
-    if lowered is None:
-        lowered = jax.jit(fn).lower(*args)
-    memo: dict = {}
-    return xla_numbers(lowered) + _loop_correction(closed.jaxpr, memo)
+    return xla_numbers(jax.jit(fn).lower(*args)) + loop_correction(fn, *args)
 
 
 def compiled_memory(lowered, *, fast: bool = False) -> tuple[Any, Memory]:

@@ -37,10 +37,10 @@ from typing import Callable, Sequence
 from jaxclip_fs.engine import estimate as estimate_lib
 from jaxclip_fs.engine import hardware, layout, outdir, planner
 from jaxclip_fs.engine.cost import ZERO, Cost
-from jaxclip_fs.engine.rules import FEATURE_KINDS, requests_of
+from jaxclip_fs.engine.rules import FEATURE_KINDS, keeps_params, requests_of
 from jaxclip_fs.errors import ConfigError, DataError
 from jaxclip_fs.experiment import config as config_lib
-from jaxclip_fs.experiment.plan import all_cells, ood_parents, resolve_variants
+from jaxclip_fs.experiment.plan import all_cells, ood_cells, ood_parents, resolve_variants
 from jaxclip_fs.pipelines import ood as ood_lib
 from jaxclip_fs.pipelines import sizes as sizes_lib
 from jaxclip_fs.pipelines.features import ExtractedFeatures, FeatureFiles
@@ -92,12 +92,12 @@ def _pending(out_dir: str | None, cells, ood_of) -> list:
         return list(cells)
 
     def done(cell) -> bool:
-        others = [dataclasses.replace(cell, dataset=o) for o in ood_of.get(cell.dataset, ())]
-        return all(outdir.is_finished(out_dir, c) for c in [cell] + others)
+        return all(outdir.is_finished(out_dir, c) for c in [cell] + ood_cells(cell, ood_of))
     return [c for c in cells if not done(c)]
 
 
-def _extraction(config, session, decisions, ood_of, out_dir, requests) -> list[Extraction]:
+def _extraction(config, session, variants, decisions, ood_of, out_dir,
+                requests) -> list[Extraction]:
     """Image encoding of every dataset a feature / paired program reads (module docstring)."""
     if session is None:
         return []
@@ -106,7 +106,7 @@ def _extraction(config, session, decisions, ood_of, out_dir, requests) -> list[E
     needs: dict[str, set] = {}
     for d in decisions:
         for dataset in d.program.datasets:
-            kind = _kind(d)
+            kind = variants[d.program.method].method.inputs
             if kind in FEATURE_KINDS:
                 needs.setdefault(dataset, set()).add(kind)
     clip = abstract_clip(config.model.backbone)
@@ -135,12 +135,6 @@ def _extraction(config, session, decisions, ood_of, out_dir, requests) -> list[E
             + (f" + OOD {oods}" if oods else "") + (" (x2: paired encoders)"
                                                     if encoders > 1 else "")))
     return found
-
-
-def _kind(decision: planner.Decision) -> str:
-    from jaxclip_fs import methods
-
-    return methods.get_variant(decision.program.method).inputs
 
 
 def _time(seconds: float) -> str:
@@ -183,13 +177,12 @@ def dry_run(config: config_lib.ExperimentConfig, out_dir: str | None = None, *,
     requests = requests_of(config, variants, config.grid.shots, config.grid.seeds)
     say(f"dry run: calibrating this machine, then planning {len(pending)} cells")
     machine = layout.machine(mesh, calibrate=True)
-    save = config.execution.save_params
     decisions = layout.plan_run(
         config, variants, sources, pending, ood_of, mesh, requests,
-        keep_params=lambda v: save == "all" or (save == "trained" and v.method.trains),
+        keep_params=lambda v: keeps_params(config, v),
         machine_=machine, compile_for_run=True, exact_memory=True, keep_going=True,
         progress=log)
-    extraction = _extraction(config, session, decisions, ood_of, out_dir, requests)
+    extraction = _extraction(config, session, variants, decisions, ood_of, out_dir, requests)
     splits = [] if session is None else [
         (name, sizes_lib.split_sizes(session, name))
         for name in dict.fromkeys(list(datasets) + [o for d in datasets

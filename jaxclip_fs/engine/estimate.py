@@ -56,8 +56,9 @@ def _sharded(tree, spec) -> Any:
     return jax.tree.map(lambda leaf: _S(leaf.shape, leaf.dtype, sharding=spec), tree)
 
 
-def _per_device(tree, devices: int, split: bool) -> int:
-    return cost_lib.nbytes(tree) // (devices if split else 1)
+def _per_device(tree, devices: int) -> int:
+    """Bytes per device of ``tree`` split over ``devices``."""
+    return cost_lib.nbytes(tree) // devices
 
 
 @dataclasses.dataclass
@@ -80,7 +81,7 @@ def _stage(jitted, fn, args: tuple, abstract: tuple, per_device_args: int, mode:
     lowered = jitted.lower(*args)
     once = cost_lib.xla_numbers(lowered)
     start = time.perf_counter()
-    counted = cost_lib.lowered_cost(fn, *abstract, lowered=lowered)
+    counted = once + cost_lib.loop_correction(fn, *abstract)
     found = _Stage(counted * times, per_device_args + int(once.bytes_accessed),
                    analysis_seconds=time.perf_counter() - start)
     if mode is not None:
@@ -130,7 +131,7 @@ def feature_estimate(program: Program, variant: Variant, sizes: Mapping[str, Inp
             _sharded(batch.shared, sharding.replicated(mesh)))
     stage = _stage(jitted, feature_program.program_fn(method, **statics), args,
                    (batch.per_cell, batch.shared),
-                   _per_device(batch.per_cell, devices, True) + cost_lib.nbytes(batch.shared),
+                   _per_device(batch.per_cell, devices) + cost_lib.nbytes(batch.shared),
                    mode)
     width = len(batch.slots[0])
     notes = [f"cells {len(program.cells)} (padded to {width} x {len(batch.slots)} dataset(s))",
@@ -196,8 +197,9 @@ def image_sizes(source, name: str, program: Program, method, clip, *, rules: Rul
                       budget, split.origin)
 
 
-def _pool(clip, method, sizes: ImageSizes):
-    """The support pool's abstract arrays and the fetch of its training path."""
+def _pool(clip, method, sizes: ImageSizes, scale: tuple[float, float]):
+    """The support pool's abstract arrays and the fetch of its training path (the trunk's
+    crops of area ``scale``)."""
     config = clip.config
     if sizes.path == "cache":
         from jaxclip_fs.features.taps import tap_shape
@@ -209,7 +211,8 @@ def _pool(clip, method, sizes: ImageSizes):
         return pool, images_lib.cache_fetch
     size = config.image_size
     pool = _S((1, sizes.pool, size, size, 3), jnp.uint8)
-    return pool, images_lib.trunk_fetch(clip.model, method.taps, augment_views=True)
+    return pool, images_lib.trunk_fetch(clip.model, method.taps, augment_views=True,
+                                        scale=tuple(scale))
 
 
 def image_estimate(program: Program, variant: Variant, clip, sizes: ImageSizes, *,
@@ -227,15 +230,12 @@ def image_estimate(program: Program, variant: Variant, clip, sizes: ImageSizes, 
     resolved = variant.resolve(program.datasets[0], config.embed_dim)
     cells = len(program.cells)
     kmax, c = max(program.shots), sizes.num_classes
-    fit_mesh = sharding.sub_mesh(mesh, min(mesh.devices.size, cells))
+    fit_mesh = image_program.fit_mesh(mesh, cells)
     devices = fit_mesh.devices.size
     padded = sharding.padded_length(cells, fit_mesh)
     frozen = {"clip": jax.tree.map(lambda x: _S(x.shape, x.dtype), clip.params),
               "text": _S((c, config.embed_dim), jnp.float32), "logit_scale": _S((), jnp.float32)}
-    pool, fetch = _pool(clip, method, sizes)
-    if sizes.path == "trunk":
-        fetch = images_lib.trunk_fetch(clip.model, method.taps, augment_views=True,
-                                       scale=tuple(settings.aug_scale))
+    pool, fetch = _pool(clip, method, sizes, settings.aug_scale)
     per_cell = (_S((padded, c, kmax), jnp.int32), _S((padded, c, kmax), jnp.float32),
                 _S((padded,), jnp.int32), {k: _S((padded,), jnp.float32) for k in resolved.values})
     batch_size, max_epochs = resolved.static(method)
@@ -246,7 +246,7 @@ def image_estimate(program: Program, variant: Variant, clip, sizes: ImageSizes, 
                                         batch_size=batch_size, max_epochs=max_epochs),
                       in_axes=(None, None, 0, 0, 0, 0))
     fit = _stage(jitted, fit_fn, args, (frozen, pool, *per_cell),
-                 cost_lib.nbytes((frozen, pool)) + _per_device(per_cell, devices, True), mode)
+                 cost_lib.nbytes((frozen, pool)) + _per_device(per_cell, devices), mode)
     params = jax.eval_shape(fit_fn, frozen, pool, *per_cell)[0]
     params = jax.tree.map(lambda x: _S((cells, *x.shape[1:]), x.dtype), params)
     masks = _S((cells, c, kmax), jnp.float32)

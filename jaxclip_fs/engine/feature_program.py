@@ -73,9 +73,10 @@ def cell(method: Method, per_cell: dict, shared: dict, *, batch_size: int, max_e
     hp = per_cell["hp"]
     params, info = fit(method, key, task, test if epochs_on == "test" else val, hp,
                        batch_size=batch_size, max_epochs=max_epochs)
-    chosen = select(method, params, task, test if search_on == "test" else val, hp,
-                    per_cell["grid"])
     pre = method.precompute(params, task, test.features, test.mask)
+    on_test = search_on == "test"  # (the test precompute serves the search too)
+    chosen = select(method, params, task, test if on_test else val, hp, per_cell["grid"],
+                    pre=pre if on_test else None)
     test_logits = logits_from(method, pre, params, task, chosen["hp"])
     result = {
         "test_accuracy": accuracy(test_logits, test), "val_accuracy": chosen["val_accuracy"],

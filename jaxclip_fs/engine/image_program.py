@@ -81,6 +81,12 @@ def _compiled_fit(method: Method, fetch: Callable, batch_size: int, max_epochs: 
     return jax.jit(vmapped, out_shardings=sharding.replicated(mesh))
 
 
+def fit_mesh(mesh, cells: int):
+    """The devices an image program's fit spreads its ``cells`` over: at most one per cell
+    (:func:`~jaxclip_fs.engine.sharding.sub_mesh`)."""
+    return sharding.sub_mesh(mesh, min(mesh.devices.size, cells))
+
+
 def fit_cells(method: Method, data: ImageData, index: np.ndarray, mask: np.ndarray,
               seeds: Sequence[int], hp: dict, resolved: Resolved, mesh, *, name: str = "fit",
               limits: dict | None = None) -> tuple[Any, dict]:
@@ -88,7 +94,7 @@ def fit_cells(method: Method, data: ImageData, index: np.ndarray, mask: np.ndarr
     -- with several processes, the same number of each process's devices
     (:func:`~jaxclip_fs.engine.sharding.sub_mesh`); host ``(params, info)``."""
     num = len(seeds)
-    mesh = sharding.sub_mesh(mesh, min(mesh.devices.size, num))
+    mesh = fit_mesh(mesh, num)
     padded = sharding.padded_length(num, mesh)
     take = np.minimum(np.arange(padded), num - 1)
     per_cell = sharding.place(
@@ -242,7 +248,7 @@ def run_image_program(program: Program, method: Method, data: ImageData, resolve
         "ood_accuracy": np.stack(ood, axis=1) if ood else np.zeros((len(cells), 0)),
         "val_size": member.sum(axis=1).astype(int), "selection": split,
         "selection_pre": pre_cells, "selection_labels": queries.labels, "selection_rows": member,
-        "devices": sharding.sub_mesh(mesh, min(mesh.devices.size, len(cells))).devices.size,
+        "devices": fit_mesh(mesh, len(cells)).devices.size,
     }
     if keep_logits:
         outputs["test_logits"] = test["logits"]

@@ -7,6 +7,7 @@ as they will run) and the run (:mod:`~jaxclip_fs.engine.run`):
   variant's cells on a dataset under a protocol;
 * :func:`as_trained` -- the method as those rules train it (``epochs_on="final"``:
   no epoch selection);
+* :func:`keeps_params` -- whether a variant's fitted params are saved;
 * :func:`requests_of` -- per input kind and dataset, the
   :class:`~jaxclip_fs.pipelines.features.Request` (shots, seeds, samplers,
   prompts) its providers must serve.
@@ -27,11 +28,6 @@ from jaxclip_fs.pipelines.features import Request
 FEATURE_KINDS = ("features", "paired")
 
 
-def input_kind(method) -> str:
-    """The provider kind of a method's inputs: ``features``, ``paired`` or ``images``."""
-    return method.inputs if method.inputs in FEATURE_KINDS else "images"
-
-
 def rules_of(config: config_lib.ExperimentConfig, protocol: str, variant: Variant,
              dataset: str) -> protocol_lib.Rules:
     """The rules of a variant's cells on ``dataset`` under ``protocol``."""
@@ -49,6 +45,13 @@ def as_trained(method, rules: protocol_lib.Rules):
     return _keeping_last_epoch(method) if rules.epochs_on == "final" and method.trains else method
 
 
+def keeps_params(config: config_lib.ExperimentConfig, variant: Variant) -> bool:
+    """Whether a variant's fitted params are gathered to the host and saved
+    (``execution.save_params``: ``all``, ``trained`` or ``none``)."""
+    save = config.execution.save_params
+    return save == "all" or (save == "trained" and variant.method.trains)
+
+
 def requests_of(config: config_lib.ExperimentConfig, variants: Mapping[str, Variant],
                 shots: Sequence[int], seeds: Sequence[int]) -> Callable[[str, str], Request]:
     """``requests(kind, dataset)``: what the cells of one input kind need of a dataset -- the
@@ -57,7 +60,7 @@ def requests_of(config: config_lib.ExperimentConfig, variants: Mapping[str, Vari
 
     def requests(kind: str, dataset: str) -> Request:
         found = [rules_of(config, protocol, v, dataset) for protocol in config.protocol.names
-                 for v in variants.values() if input_kind(v.method) == kind]
+                 for v in variants.values() if v.method.inputs == kind]
         samplers = tuple(dict.fromkeys(["nested"] + [r.sampler for r in found]))
         prompts = config.protocol.prompts if any(r.prompts for r in found) else None
         return Request(tuple(shots), tuple(seeds), samplers, prompts)

@@ -45,11 +45,13 @@ from jaxclip_fs.engine import batch as batch_lib
 from jaxclip_fs.engine import feature_program, image_program, layout, outdir, planner, sharding
 from jaxclip_fs.engine.deliver import deliver
 from jaxclip_fs.engine.results import CellResult, OODResult, cell_records, losses_of, reported
-from jaxclip_fs.engine.rules import FEATURE_KINDS, as_trained, requests_of, rules_of
+from jaxclip_fs.engine.rules import (
+    FEATURE_KINDS, as_trained, keeps_params, requests_of, rules_of,
+)
 from jaxclip_fs.errors import ConfigError
 from jaxclip_fs.experiment import config as config_lib
 from jaxclip_fs.experiment.plan import (
-    Cell, Program, Variant, all_cells, ood_parents, resolve_variants,
+    Cell, Program, Variant, all_cells, ood_cells, ood_parents, resolve_variants,
 )
 from jaxclip_fs.features import featfile
 from jaxclip_fs.io import atomic, records
@@ -279,16 +281,11 @@ class RunResult:
 def _pending_everywhere(sink: Sink, cells: Sequence[Cell],
                         ood_of: Mapping[str, Sequence[str]]) -> list[Cell]:
     """Process 0's unfinished cells (own or OOD record missing), shared with every process."""
-    done = np.asarray([all(sink.finished(x) for x in [c] + _ood_cells(c, ood_of))
+    done = np.asarray([all(sink.finished(x) for x in [c] + ood_cells(c, ood_of))
                        for c in cells], np.bool_)
     if jax.process_count() > 1:
         done = np.asarray(multihost_utils.broadcast_one_to_all(done))
     return [c for c, finished in zip(cells, done) if not finished]
-
-
-def _ood_cells(cell: Cell, ood_of: Mapping[str, Sequence[str]]) -> list[Cell]:
-    return [Cell(cell.method, name, cell.shots, cell.seed, cell.protocol)
-            for name in ood_of.get(cell.dataset, ())]
 
 
 class _Inputs:
@@ -356,11 +353,8 @@ def run_experiment(config: config_lib.ExperimentConfig, sink: Sink, *,
         features_dir = outdir.features_dir(sink.out_dir) if isinstance(sink, RunDir) else None
         sources = sources_for(config, features_dir=features_dir, writer=writer,
                               progress=progress and writer)
-    for label, variant in variants.items():
-        if variant.method.inputs in FEATURE_KINDS:
-            sources.provider(variant.method.inputs, label)
-        else:
-            sources.provider("images", label)
+    for label, variant in variants.items():  # a missing provider fails here
+        sources.provider(variant.method.inputs, label)
     ood_of = ood_parents(config, ood_lib.parent_of) if config.data.ood else {}
 
     grid = sink.begin(config, sources.provenance)
@@ -381,7 +375,7 @@ def run_experiment(config: config_lib.ExperimentConfig, sink: Sink, *,
     inputs = _Inputs(sources, requests, ood_of, say)
     _warn_missing_prompts(config, variants, say)
     decisions = layout.plan_run(config, variants, sources, pending, ood_of, mesh, requests,
-                                keep_params=lambda v: _keep_params(config, v),
+                                keep_params=lambda v: keeps_params(config, v),
                                 keep_logits=sink.keep_logits)
     programs = [part for decision in decisions for part in decision.parts]
     for line in planner.describe(decisions):
@@ -449,11 +443,6 @@ def _limits(config: config_lib.ExperimentConfig) -> dict:
             "deadline": config.execution.program_timeout}
 
 
-def _keep_params(config: config_lib.ExperimentConfig, variant: Variant) -> bool:
-    save = config.execution.save_params
-    return save == "all" or (save == "trained" and variant.method.trains)
-
-
 def _run_feature_program(program: Program, variant: Variant, inputs: _Inputs,
                          config: config_lib.ExperimentConfig, mesh, sink: Sink):
     """A feature / paired program → (cell results, params tree or None, slots)."""
@@ -466,7 +455,7 @@ def _run_feature_program(program: Program, variant: Variant, inputs: _Inputs,
         program, method, fsets, resolved, val_rows=rules.val_rows,
         pad_cells=lambda n: sharding.padded_length(n, mesh), ood=oods[program.datasets[0]],
         sampler=rules.sampler, prompts=rules.prompts)
-    keep = _keep_params(config, variant)
+    keep = keeps_params(config, variant)
     # the same program on every process (multi-host SPMD), so not conditioned on the writer
     outputs = feature_program.run_program(
         method, batch, mesh=mesh, epochs_on=rules.epochs_on, search_on=rules.search_on,
@@ -555,6 +544,6 @@ def _run_image_program(program: Program, variant: Variant, inputs: _Inputs,
             test_logits=out["test_logits"][t] if sink.keep_logits else None,
             confusion=confusion, params_row=[0, t]))
     params = None
-    if _keep_params(config, variant):
+    if keeps_params(config, variant):
         params = jax.tree.map(lambda leaf: np.asarray(leaf)[None], out["params"])
     return results, params, (program.cells,)

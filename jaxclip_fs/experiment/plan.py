@@ -144,6 +144,11 @@ class Program:
         return tuple(c for c in self.cells if c.dataset == dataset)
 
 
+def ood_cells(cell: Cell, ood_of: Mapping[str, Sequence[str]]) -> list[Cell]:
+    """The cells of the OOD sets scored with ``cell`` 's fits (``ood_of``: dataset -> sets)."""
+    return [dataclasses.replace(cell, dataset=name) for name in ood_of.get(cell.dataset, ())]
+
+
 def all_cells(labels: Sequence[str], datasets: Sequence[str], shots: Sequence[int],
               seeds: Sequence[int], protocols: Sequence[str] = ("fair",)) -> list[Cell]:
     """The full grid, protocol-major, then method, dataset, seed, shots."""
