@@ -145,10 +145,6 @@ def _time(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _gib(n: float | None) -> str:
-    return "?" if n is None else f"{n / 2**30:.2f} GiB"
-
-
 def dry_run(config: config_lib.ExperimentConfig, out_dir: str | None = None, *,
             print_fn: Callable[[str], None] | None = print,
             log: Callable[[str], None] | None = None) -> DryRun:
@@ -219,7 +215,7 @@ def _report(config, machine: planner.Machine, decisions: Sequence[planner.Decisi
         f"{pending} of {cells} cells to compute in {len(parts)} program(s); nothing was "
         f"extracted, trained or written",
         f"this machine: {machine.devices} {machine.platform} device(s), "
-        f"{_gib(machine.memory)} per device ({machine.memory_source}); calibrated "
+        f"{planner.gib(machine.memory)} per device ({machine.memory_source}); calibrated "
         f"{cal.flops_per_s / 1e9:.1f} GFLOP/s ({cal.matmul}x{cal.matmul} {cal.dtype} matmul) and "
         f"{cal.bytes_per_s / 1e9:.1f} GB/s (elementwise pass); a program's cells run "
         f"{'side by side' if machine.parallel else 'one after another'}",
@@ -260,7 +256,7 @@ def _report(config, machine: planner.Machine, decisions: Sequence[planner.Decisi
             lines.append(f"  {d.program.name}: REFUSED here -- {d.reason}")
             lines.append(f"{'    smallest part: ' + e.program.name:<{width}} "
                          f"{len(e.program.cells):>5} {e.cost.flops / 1e9:>11.1f} "
-                         f"{e.cost.bytes_accessed / 1e9:>9.1f} {_gib(e.memory):>12}")
+                         f"{e.cost.bytes_accessed / 1e9:>9.1f} {planner.gib(e.memory):>12}")
             lines += [f"      {note}" for note in e.notes]
             continue
         lines.append(f"  {d.program.name}: plan {d.plan} -- {d.reason}")
@@ -270,7 +266,7 @@ def _report(config, machine: planner.Machine, decisions: Sequence[planner.Decisi
                     f"{d.program.name} [{count} x {len(e.program.cells)} cells]")
             total = sum((g.cost for g in group), ZERO)
             lines.append(row("  " + name, str(sum(len(g.program.cells) for g in group)), total,
-                             _gib(e.peak if e.exact else e.memory),
+                             planner.gib(e.peak if e.exact else e.memory),
                              sum(g.compile_seconds or 0.0 for g in group)))
             lines += [f"      {note}" for note in e.notes]
             if e.cost.while_loops:

@@ -140,12 +140,8 @@ def plan_run(config: config_lib.ExperimentConfig, variants: Mapping[str, Variant
     programs = plan_programs(pending, config.labels(), groups_of)
     if not programs:
         return []
-    if jax.process_count() > 1:
-        return _follow_process_zero(programs, variants, sizes, config, mesh, ood_of, requests,
-                                    keep_params, keep_logits, machine_)
-    here = machine_ or machine(mesh, calibrate=True)
-    decisions = []
-    for number, program in enumerate(programs, 1):
+
+    def decide(number: int, program: Program) -> planner.Decision:
         started = time.perf_counter()
         variant = variants[program.method]
         measure = _measure(program, variant, sizes, config, mesh, ood_of, requests,
@@ -163,45 +159,42 @@ def plan_run(config: config_lib.ExperimentConfig, variants: Mapping[str, Variant
         if exact_memory:
             decision = dataclasses.replace(decision, estimates=tuple(
                 e if e.exact else measure(e.program, "memory") for e in decision.estimates))
-        decisions.append(decision)
         if progress is not None:
             progress(f"planned {number}/{len(programs)} {program.name}: {decision.plan} "
                      f"({time.perf_counter() - started:.1f} s)")
+        return decision
+
+    deciding = jax.process_count() == 1 or jax.process_index() == 0
+    here = (machine_ or machine(mesh, calibrate=True)) if deciding else None
+    decisions = [decide(n, p) for n, p in enumerate(programs, 1)] if deciding else []
+    if jax.process_count() > 1:
+        return _follow_process_zero(programs, decisions, config.execution.plan)
     return decisions
 
 
 _PLAN_CODES = ("one", "per-shots", "chunk", "per-shots, chunk")
 
 
-def _follow_process_zero(programs, variants, sizes, config, mesh, ood_of, requests, keep_params,
-                         keep_logits, machine_) -> list[planner.Decision]:
-    """Multi-host: process 0 decides (its timings), every process runs the same programs."""
+def _follow_process_zero(programs: Sequence[Program], decisions: Sequence[planner.Decision],
+                         requested: str) -> list[planner.Decision]:
+    """Multi-host: process 0's decisions (its timings) broadcast; every process runs the same
+    programs."""
     from jax.experimental import multihost_utils
 
-    decisions: list[planner.Decision] = []
     codes = np.zeros((len(programs), 2), np.int64)
-    if jax.process_index() == 0:
-        here = machine_ or machine(mesh, calibrate=True)
-        for i, program in enumerate(programs):
-            variant = variants[program.method]
-            measure = _measure(program, variant, sizes, config, mesh, ood_of, requests,
-                               keep_params(variant), keep_logits)
-            image = variant.method.inputs not in FEATURE_KINDS
-            decision = planner.decide(program, config.execution.plan, here, measure,
-                                      streams_per_program=image, compile_for_run=not image)
-            decisions.append(decision)
-            kind, _, size = decision.plan.partition(":")
-            codes[i] = (_PLAN_CODES.index(kind), int(size or 0))
+    for i, decision in enumerate(decisions):  # process 0's
+        kind, _, size = decision.plan.partition(":")
+        codes[i] = (_PLAN_CODES.index(kind), int(size or 0))
     codes = np.asarray(multihost_utils.broadcast_one_to_all(codes))
     if jax.process_index() == 0:
-        return decisions
+        return list(decisions)
     found = []
     for program, (kind, size) in zip(programs, codes):
         plan = _PLAN_CODES[int(kind)] + (f":{int(size)}" if "chunk" in _PLAN_CODES[int(kind)]
                                          else "")
         parts = planner.apply(program, plan)
         found.append(planner.Decision(program, plan, tuple(parts), "decided by process 0", (),
-                                      config.execution.plan))
+                                      requested))
     return found
 
 

@@ -43,7 +43,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Sequence
 
-from jaxclip_fs.engine.cost import Cost
+from jaxclip_fs.engine.cost import ZERO, Cost
 from jaxclip_fs.engine.hardware import MEMORY_ENV, Calibration
 from jaxclip_fs.errors import ConfigError
 from jaxclip_fs.experiment.config import parse_plan
@@ -91,7 +91,7 @@ class Estimate:
     memory: int
     exact: bool = False
     compile_seconds: float | None = None
-    fixed: Cost = Cost(0.0, 0.0)
+    fixed: Cost = ZERO
     devices: int = 1
     notes: tuple[str, ...] = ()
     analysis_seconds: float = 0.0
@@ -166,7 +166,8 @@ class Decision:
                 "reason": self.reason, "parts": [part(e) for e in self.estimates]}
 
 
-def _gib(n: float) -> str:
+def gib(n: float) -> str:
+    """Bytes in GiB, two decimals (for messages and reports)."""
     return f"{n / 2**30:.2f} GiB"
 
 
@@ -195,9 +196,9 @@ def _fit_or_refuse(estimate: Estimate, machine: Machine, measure: Measure, force
 
 def _refusal(estimate: Estimate, machine: Machine, how: str) -> str:
     cells = -(-len(estimate.program.cells) // max(1, estimate.devices))
-    return (f"program {estimate.program.name} needs {_gib(estimate.memory)} per device for "
+    return (f"program {estimate.program.name} needs {gib(estimate.memory)} per device for "
             f"{cells} cell(s) per device {how} (XLA's memory analysis of its compiled "
-            f"program), more than {FIT_FRACTION:.0%} of the device's {_gib(machine.memory)} "
+            f"program), more than {FIT_FRACTION:.0%} of the device's {gib(machine.memory)} "
             f"({machine.memory_source}): use more or larger devices, another --plan, or set "
             f"{MEMORY_ENV} if that figure is wrong")
 
@@ -266,7 +267,7 @@ def decide(program: Program, requested: str, machine: Machine, measure: Measure,
                  for e in chosen for p in split_chunks(e.program, cells)]
         plan = f"{plan}, chunk:{cells}" if plan != "one" else f"chunk:{cells}"
         reason += (f"; split into {len(parts)} programs of at most {cells} cells to fit "
-                   f"{FIT_FRACTION:.0%} of {_gib(machine.memory)} per device")
+                   f"{FIT_FRACTION:.0%} of {gib(machine.memory)} per device")
     return Decision(program, plan, tuple(e.program for e in parts), reason, tuple(parts))
 
 
@@ -284,7 +285,7 @@ def _one_or_per_shots(one: Estimate, machine: Machine, measure: Measure,
             f"{extra} extra programs would add about {added:.1f} s (compilation"
             f"{' and streaming' if streams else ''})")
     found = [measure(p, None) for p in pieces]
-    total = sum((e.cost for e in found), Cost(0.0, 0.0))
+    total = sum((e.cost for e in found), ZERO)
     saved = run_one - machine.compute_seconds(total)
     if saved > added:
         return found, "per-shots", (
