@@ -21,7 +21,7 @@ number of images, so the ratio barely moves (2 500: Tip-Adapter 790x, APE
 370x on this machine). Times exclude feature generation; ours is reported
 with and without compilation.
 
-  python benchmarks/bench_search.py [--quick] [--full] [--val N] [--sample S] [--threads T]
+  python -m benchmarks.bench_search [--quick] [--full] [--val N] [--sample S] [--threads T]
 """
 
 from __future__ import annotations

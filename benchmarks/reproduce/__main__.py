@@ -111,36 +111,31 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.config)
     args.out = args.out or os.path.join("runs", config["name"])
 
-    if args.dry_run:
-        from jaxclip_fs.engine.dryrun import dry_run
+    if args.dry_run or not args.compare_only:
         from jaxclip_fs.errors import JaxclipError
-        from jaxclip_fs.io.console import stderr_log
 
-        methods, lacking = available_methods(config)
-        try:
-            dry_run(experiment_config(config, methods, args), args.out, log=stderr_log)
-        except JaxclipError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        return 0
-
-    if not args.compare_only:
-        missing = missing_data(config, args.data_root, args.source)
-        if missing:
-            print(f"error: {config['name']} needs {', '.join(n for n, _ in missing)} under "
-                  f"--data-root or $JAXCLIP_FS_DATA (first problem: {missing[0][1]}); "
-                  "see `jaxclip-fs datasets --setup-help`", file=sys.stderr)
-            return 2
+        if not args.dry_run:
+            missing = missing_data(config, args.data_root, args.source)
+            if missing:
+                print(f"error: {config['name']} needs {', '.join(n for n, _ in missing)} under "
+                      f"--data-root or $JAXCLIP_FS_DATA (first problem: {missing[0][1]}); "
+                      "see `jaxclip-fs datasets --setup-help`", file=sys.stderr)
+                return 2
         methods, lacking = available_methods(config)
         if lacking:
             print(f"note: this build has no {', '.join(lacking)}; those cells are not run",
                   file=sys.stderr)
-        from jaxclip_fs.engine.run import RunDir, run_experiment
-        from jaxclip_fs.errors import JaxclipError
-
         try:
-            run_experiment(experiment_config(config, methods, args),
-                           RunDir(args.out, argv=sys.argv[1:]))
+            experiment = experiment_config(config, methods, args)
+            if args.dry_run:
+                from jaxclip_fs.engine.dryrun import dry_run
+                from jaxclip_fs.io.console import stderr_log
+
+                dry_run(experiment, args.out, log=stderr_log)
+                return 0
+            from jaxclip_fs.engine.run import RunDir, run_experiment
+
+            run_experiment(experiment, RunDir(args.out, argv=sys.argv[1:]))
         except JaxclipError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

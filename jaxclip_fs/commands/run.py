@@ -16,10 +16,11 @@ Extract features (cached) and run every method on every (dataset, shots, seed) c
 Each method variant runs all its seeds and shots -- and with --fuse-datasets several
 datasets, padded and masked -- as ONE compiled program, its cell axis spread over all
 devices (jax.sharding Mesh + NamedSharding; same records as one device). Hyperparameters and
-epochs are chosen on validation (CoOp: min(K, 4) images per class), test scored once.
+epochs are chosen on validation (--protocol: fair, the whole val split, by default; fewshot,
+CoOp's min(K, 4) images per class; paper, each method's official rules), test scored once.
 
 DIR gets config.json (the experiment config; `run --config DIR/config.json` repeats it),
-manifest.json, features/<dataset>.npz, records/<method>/<dataset>/shots<K>_seed<S>.json
+manifest.json, features/<dataset>.npz, records/<protocol>/<method>/<dataset>/shots<K>_seed<S>.json
 (one result record per cell, written as each program finishes), params/ (orbax checkpoints
 of trained params), confusion/ (class-confusion analyses of methods that report them) and
 report/ (tables and plots, see `jaxclip-fs report`). A rerun skips finished cells, so an
