@@ -161,8 +161,18 @@ CHAINED_SHOTS = (1, 2, 4, 8, 16)
 OFFICIAL_SAMPLERS = ("official", "official_chained")
 
 
-def dassl_draw(labels: np.ndarray, shots: int, rng, *, fewer: str = "error",
-               classnames: Sequence[str] | None = None, what: str = "train") -> list[list[int]]:
+def by_label(labels: np.ndarray) -> dict[int, list[int]]:
+    """Dassl's ``split_dataset_by_label``: label -> its indices in list order, the labels in
+    the order of their first appearance (what :func:`dassl_draw` draws from)."""
+    groups: dict[int, list[int]] = {}
+    for index, label in enumerate(np.asarray(labels).tolist()):
+        groups.setdefault(int(label), []).append(index)
+    return groups
+
+
+def dassl_draw(labels: np.ndarray | dict[int, list[int]], shots: int, rng, *,
+               fewer: str = "error",
+               classnames: Sequence[str] | None = None) -> list[list[int]]:
     """Dassl's ``generate_fewshot_dataset`` on one list: per class, ``rng.sample(items, K)``.
 
     The classes are visited in the order of their first appearance in
@@ -173,7 +183,8 @@ def dassl_draw(labels: np.ndarray, shots: int, rng, *, fewer: str = "error",
     ``generate_fewshot_dataset``; CoOp, Tip-Adapter, APE, GDA, LDC, IMO).
 
     Args:
-      labels: int [N] the split's labels in its file order.
+      labels: int [N] the split's labels in its file order (or their :func:`by_label`
+        grouping, computed once for several draws).
       shots: K.
       rng: a ``random.Random`` (consumed as the official code consumes Python's ``random``).
       fewer: a class with fewer than K items: ``"error"``, or ``"all"`` (take them
@@ -185,21 +196,18 @@ def dassl_draw(labels: np.ndarray, shots: int, rng, *, fewer: str = "error",
     Raises:
       DataError: a class with fewer than K items and ``fewer="error"``.
     """
-    labels = np.asarray(labels).tolist()
-    by_label: dict[int, list[int]] = {}
-    for index, label in enumerate(labels):
-        by_label.setdefault(int(label), []).append(index)
+    groups = labels if isinstance(labels, dict) else by_label(labels)
     drawn: dict[int, list[int]] = {}
-    for label, items in by_label.items():
+    for label, items in groups.items():
         if len(items) >= shots:
             drawn[label] = rng.sample(items, shots)
         elif fewer == "all":
             drawn[label] = list(items)
         else:
             name = classnames[label] if classnames is not None else str(label)
-            raise DataError(f"class '{name}' (index {label}) has {len(items)} {what} images; "
+            raise DataError(f"class '{name}' (index {label}) has {len(items)} train images; "
                             f"{shots} shots asked")
-    return [drawn.get(c, []) for c in range(max(by_label) + 1 if by_label else 0)]
+    return [drawn.get(c, []) for c in range(max(groups) + 1 if groups else 0)]
 
 
 def official_fewshot(train_labels: np.ndarray, shots: int, seed: int, *,
@@ -229,6 +237,7 @@ def official_fewshot(train_labels: np.ndarray, shots: int, seed: int, *,
     if sampler not in OFFICIAL_SAMPLERS:
         raise DataError(f"sampler must be one of {', '.join(OFFICIAL_SAMPLERS)}, got '{sampler}'")
     rng = random.Random(int(seed))
+    train_labels = by_label(train_labels)  # grouped once for every draw below
     if sampler == "official_chained":
         if shots not in CHAINED_SHOTS:
             raise DataError(f"the chained official draw visits {list(CHAINED_SHOTS)} shots; "

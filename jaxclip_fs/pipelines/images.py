@@ -341,6 +341,16 @@ class ImageSource:
     def __init__(self, session: ClipSession, settings: ImagesConfig):
         self.session = session
         self.settings = settings
+        self._pools: dict = {}
+
+    def _pool(self, name: str, request):
+        """The train pool of ``request`` on dataset ``name`` (drawn once: the planner sizes
+        it, :meth:`prepare` fills it)."""
+        key = (name, request)
+        if key not in self._pools:
+            self._pools[key] = select_train_pool(self.session.dataset(name), request.max_shots,
+                                                 request.seeds, draws=request.draws())
+        return self._pools[key]
 
     def spec(self) -> ImageSpec:
         return image_spec(self.session.clip())
@@ -357,8 +367,7 @@ class ImageSource:
         views = self.cache_views()
         clip, dataset = s.clip(), s.dataset(name)
         text = s.text(name, request.prompts)
-        pool = select_train_pool(dataset, request.max_shots, request.seeds,
-                                 draws=request.draws())
+        pool = self._pool(name, request)
         path, needed, budget = train_path(clip.config, taps, len(pool.indices), o, views)
         note = (f"{len(pool.indices)} support images, taps {', '.join(taps)}; training path "
                 f"'{path}' (a tap cache of {views} views needs "
@@ -407,11 +416,11 @@ class ImageSource:
         """Support images :meth:`prepare` would hold for ``request`` (exact when the dataset
         loads)."""
         try:
-            dataset = self.session.dataset(name)
+            self.session.dataset(name)
         except DataError:  # a dry run without the data: the table's bound
-            dataset = None
-        return sizes_lib.pool_size(self.split_sizes(name), request.max_shots, request.seeds,
-                                   dataset, request.draws())
+            return sizes_lib.pool_size(self.split_sizes(name), request.max_shots,
+                                       request.seeds, None, request.draws())
+        return len(self._pool(name, request).indices)  # (too few images: DataError, now)
 
     def ood(self, name: str, parent: ImageData) -> QuerySet:
         """The test split of OOD set ``name``, labels in ``parent`` 's classes."""
