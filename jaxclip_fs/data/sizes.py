@@ -34,8 +34,8 @@ class SplitSizes:
     Attributes:
       num_classes: C.
       train, val, test: images per split (0: no such split).
-      val_per_class, train_per_class: per-class counts when known (a loaded
-        dataset), else None (a table: classes assumed balanced).
+      val_per_class: per-class val counts when known (a loaded dataset), else None
+        (a table: classes assumed balanced).
       origin: where the numbers come from (for reports).
     """
 
@@ -44,7 +44,6 @@ class SplitSizes:
     val: int
     test: int
     val_per_class: tuple[int, ...] | None = None
-    train_per_class: tuple[int, ...] | None = None
     origin: str = ""
 
 
@@ -89,6 +88,6 @@ def sizes_of_dataset(dataset) -> SplitSizes:
         per_class = np.bincount(labels, minlength=dataset.num_classes)
         return int(labels.size), tuple(int(n) for n in per_class)
 
-    (train, train_pc), (val, val_pc), (test, _) = count("train"), count("val"), count("test")
-    return SplitSizes(dataset.num_classes, train, val, test, val_pc, train_pc,
+    (train, _), (val, val_pc), (test, _) = count("train"), count("val"), count("test")
+    return SplitSizes(dataset.num_classes, train, val, test, val_pc,
                       origin=f"{dataset.name}'s splits ({dataset.source})")

@@ -83,10 +83,7 @@ class Rules:
 
     def describe(self) -> dict:
         """The record's ``selection`` field."""
-        return {"protocol": self.protocol, "val_rows": self.val_rows,
-                "epochs_on": self.epochs_on, "search_on": self.search_on,
-                "reported": self.reported, "sampler": self.sampler, "prompts": self.prompts,
-                "optimistic": self.optimistic}
+        return {**dataclasses.asdict(self), "optimistic": self.optimistic}
 
 
 def rules(protocol: str, method: Method, dataset: str, *, sampler: str | None = None,

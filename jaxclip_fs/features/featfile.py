@@ -22,7 +22,7 @@ key             dtype / shape  meaning
 ``draw_samplers`` str [R], optional  the official codes' (not nested) few-shot draws
 ``draw_seeds``, ``draw_shots`` int [R]  of each draw
 ``draw_index``  int [R,C,K]    rows of ``train`` of each draw (``-1`` pads K)
-``draw_val``    int [R,C,4]    rows of ``val`` of CoOp's validation draw (``-1`` pads)
+``draw_val``    int [R,M]      rows of ``val`` of CoOp's validation draw (``-1`` pads)
 ``text_prompts`` float32 [C, D], optional  the classifier of the templates plus the
                                prompt file's sentences (meta ``prompts``)
 =============== ============== =================================================

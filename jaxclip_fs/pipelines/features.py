@@ -143,7 +143,7 @@ class ExtractedFeatures:
 
 
 class GivenFeatures:
-    """Feature sets given in memory, by dataset name (``provider(dataset, shots, seeds)``)."""
+    """Feature sets given in memory, by dataset name (``provider(dataset, request)``)."""
 
     def __init__(self, sets: Mapping[str, featfile.FeatureSet]):
         self.files: dict[str, featfile.FeatureSet] = dict(sets)

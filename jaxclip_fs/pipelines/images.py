@@ -276,14 +276,14 @@ class ImageData:
 
     Attributes:
       name: dataset name; dataset: the :class:`~jaxclip_fs.data.dataset.Dataset`.
-      text: float32 [C, E] zero-shot classifier; logit_scale: exp(logit_scale).
+      text: float32 [C, E] zero-shot classifier.
       frozen: the fetch's frozen arrays (CLIP variables, classifier, scale).
       pool: the support pool, leaves [V, N, ...] (pixels or cached taps).
       fetch: ``fetch(frozen, key, rows) -> ImageInputs`` of the training path.
       fewshot: ``{seed: int [C, K]}`` pool rows of every seed's nested K-shot set.
       draws: ``{(sampler, seed, shots): int [C, shots]}`` pool rows of the official draws;
         val_draws: the same keys -> val-split rows of CoOp's validation draw.
-      path: ``"trunk"`` or ``"cache"``; path_note: one line saying why and how much memory.
+      path: ``"trunk"`` or ``"cache"``.
       views: views per support image in the tap cache (``"cache"`` path).
       meta: provenance for the records (backbone, weights, dataset, split policy).
       taps: the taps the inputs carry.
@@ -292,7 +292,6 @@ class ImageData:
     name: str
     dataset: Any
     text: np.ndarray
-    logit_scale: float
     frozen: dict
     pool: Any
     fetch: Callable
@@ -300,7 +299,6 @@ class ImageData:
     draws: Mapping[tuple[str, int, int], np.ndarray]
     val_draws: Mapping[tuple[str, int, int], np.ndarray]
     path: str
-    path_note: str
     views: int
     meta: dict
     taps: tuple[str, ...]
@@ -390,10 +388,9 @@ class ImageSource:
                 "split_policy": {"train": pool.policy,
                                  "val": f"val split ({origin.get('val', 'val split')})",
                                  "test": f"whole test split ({origin.get('test', 'test split')})"}}
-        return ImageData(name, dataset, text,
-                         float(np.exp(np.asarray(clip.params["params"]["logit_scale"]))),
-                         frozen_arrays(clip, text), arrays, fetch, pool.fewshot, pool.draws,
-                         pool.val_draws, path, note, views, meta, tuple(taps), self)
+        return ImageData(name, dataset, text, frozen_arrays(clip, text), arrays, fetch,
+                         pool.fewshot, pool.draws, pool.val_draws, path, views, meta,
+                         tuple(taps), self)
 
     def abstract_clip(self) -> AbstractCLIP:
         """The CLIP's architecture without loading its weights."""

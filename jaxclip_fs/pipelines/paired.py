@@ -28,7 +28,7 @@ def pair(adapted: np.ndarray, original: np.ndarray) -> np.ndarray:
 
 
 class PairedFeatures:
-    """Provider of paired feature sets (``provider(dataset, shots, seeds)``, ``provider.ood``)."""
+    """Provider of paired feature sets (``provider(dataset, request)``, ``provider.ood``)."""
 
     def __init__(self, session: ClipSession):
         self.session = session
