@@ -98,13 +98,26 @@ def order_key(label: str) -> tuple:
     return (position, name, sorted(options.items()))
 
 
+# --- datasets and weights ------------------------------------------------------------------
+
+#: The papers' 11 benchmark sets (dataset registry names), in their tables' column order.
+BENCHMARK_DATASETS = ("imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers",
+                      "food101", "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101")
+#: The weights id of randomly initialised CLIPs (loader ids such as ``random(seed=0)``).
+RANDOM_WEIGHTS = "random"
+
+
+def is_random_weights(weights: str) -> bool:
+    """True for ``"random"`` and loader ids such as ``"random(seed=0)"``."""
+    return str(weights).startswith(RANDOM_WEIGHTS)
+
+
 # --- published figures ---------------------------------------------------------------------
 
 PUBLISHED_SOURCE = ("Li et al., Logits DeConfusion with CLIP for Few-Shot Learning, CVPR 2025 "
                     "(16-shot RN50 table with its baselines; ViT-B/16 average)")
 #: Column order of the published table (dataset registry names) and its last column.
-PUBLISHED_DATASETS = ("imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers",
-                      "food101", "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101")
+PUBLISHED_DATASETS = BENCHMARK_DATASETS
 AVERAGE = "average"
 
 _RN50_16_SHOT = {
@@ -138,6 +151,6 @@ def published(backbone: str, weights: str, shots: int, method: str, dataset: str
     Args:
       dataset: a registry name, or :data:`AVERAGE` for the 11-dataset average.
     """
-    if str(weights).startswith("random"):
+    if is_random_weights(weights):
         return None
     return PUBLISHED.get((backbone, int(shots), method, dataset))

@@ -25,8 +25,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping, Sequence
 
-from jaxclip_fs.report.collect import Cell, is_random_weights, summarize
-from jaxclip_fs.catalogue import AVERAGE, published
+from jaxclip_fs.catalogue import AVERAGE, is_random_weights, published
+from jaxclip_fs.report.collect import Cell, summarize
 from jaxclip_fs.report.tables import average_entry
 
 PASSING = ("pass", "reported")

@@ -41,6 +41,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from jaxclip_fs.catalogue import is_random_weights
 from jaxclip_fs.engine import batch as batch_lib
 from jaxclip_fs.engine import feature_program, image_program, layout, outdir, planner, sharding
 from jaxclip_fs.engine.deliver import deliver
@@ -519,7 +520,7 @@ def _run_image_program(program: Program, variant: Variant, inputs: _Inputs,
                 np.asarray(heads[before]), np.asarray(heads[after]),
                 out["selection_labels"][rows], data.dataset.classnames,
                 heads=(before, after), split=out["selection"],
-                random_weights=str(provenance.get("weights", "")).startswith("random"))
+                random_weights=is_random_weights(provenance.get("weights", "")))
         final = float(out["test_accuracy"][t])
         heads = {k: float(v[t]) for k, v in out["heads"].items()}
         results.append(CellResult(

@@ -24,13 +24,11 @@ from typing import Mapping
 
 import numpy as np
 
+from jaxclip_fs.catalogue import BENCHMARK_DATASETS
 from jaxclip_fs.errors import ConfigError
 
 # The dataset registry's names (jaxclip_fs/data); methods/ may not import data/.
-DATASETS = (
-    "imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
-    "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101",
-)
+DATASETS = BENCHMARK_DATASETS
 # Feature width the official configs were written for (RN50).
 REFERENCE_DIM = 1024
 

@@ -23,15 +23,14 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from jaxclip_fs import catalogue
+from jaxclip_fs.catalogue import is_random_weights
 from jaxclip_fs.errors import ConfigError
 
 REQUIRED_FIELDS = ("method", "dataset", "shots", "seed", "accuracy")
-RANDOM_WEIGHTS = "random"
 
 # Display order of datasets: as the papers' tables (methods: the catalogue's order).
-DATASET_ORDER = ("imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers",
-                 "food101", "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101",
-                 "imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r")
+DATASET_ORDER = catalogue.BENCHMARK_DATASETS + (
+    "imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r")
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -89,11 +88,6 @@ class Cell:
     @property
     def std(self) -> float | None:
         return float(np.std(self.accuracies)) if len(self.accuracies) > 1 else None
-
-
-def is_random_weights(weights: str) -> bool:
-    """True for ``"random"`` and loader ids such as ``"random(seed=0)"``."""
-    return str(weights).startswith(RANDOM_WEIGHTS)
 
 
 def _record_files(path: str) -> list[str]:
