@@ -9,7 +9,7 @@ anyone else asked for (big_vision ``fewshot_lsr``: permute, take ``[:k]``).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -250,6 +250,21 @@ def official_fewshot(train_labels: np.ndarray, shots: int, seed: int, *,
         drawn = dassl_draw(val_labels, capped_val_shots(shots), rng, fewer="all")
         val = np.asarray([i for per_class in drawn for i in per_class], np.int64)
     return train, val
+
+
+def official_val_rows(val_draws: Mapping[tuple[str, int, int], Sequence[int]], sampler: str,
+                      seed: int, shots: int) -> np.ndarray:
+    """The val rows of CoOp's validation draw that came with an official (shots, seed) draw.
+
+    Raises:
+      DataError: that draw has none (the chained official codes draw none).
+    """
+    rows = val_draws.get((sampler, seed, shots))
+    if rows is None:
+        raise DataError(f"the {sampler} draw of seed {seed} at {shots} shots has no CoOp "
+                        "validation draw (the chained official codes draw none): use the fair "
+                        "protocol's whole val split, or the nested / official sampler")
+    return np.asarray(rows, np.int64)
 
 
 def official_sets(dataset, sampler: str, shots: int, seed: int

@@ -42,8 +42,7 @@ from typing import Callable, Hashable, Mapping, Sequence
 import jax
 import numpy as np
 
-from jaxclip_fs.data.fewshot import capped_val_shots, ranked_val_rows
-from jaxclip_fs.errors import DataError
+from jaxclip_fs.data.fewshot import capped_val_shots, official_val_rows, ranked_val_rows
 from jaxclip_fs.experiment.plan import Cell, Program, Resolved
 from jaxclip_fs.features.featfile import FeatureSet, support_index
 from jaxclip_fs.methods.base import Method
@@ -106,12 +105,8 @@ def _val_set(fs: FeatureSet, seed: int, shots: int, sampler: str,
     if sampler == "nested" or val_rows == "full":
         return ranked_val_rows(fs.val_labels, fs.num_classes, seed, val_rows,
                                capped_val_shots(shots))
-    rows = fs.val_draws.get((sampler, seed, shots))
-    if rows is None:
-        raise DataError(f"the {sampler} draw of seed {seed} at {shots} shots has no CoOp "
-                        "validation draw (the chained official codes draw none): use the fair "
-                        "protocol's whole val split, or the nested / official sampler")
-    return np.asarray(rows, np.int64), np.zeros(len(rows), np.float32)
+    rows = official_val_rows(fs.val_draws, sampler, seed, shots)
+    return rows, np.zeros(len(rows), np.float32)
 
 
 def _dataset_arrays(fsets: Sequence[FeatureSet], sets: Sequence[tuple[int, int]], shots: int,

@@ -33,9 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxclip_fs.data.fewshot import fewshot_val
+from jaxclip_fs.data.fewshot import fewshot_val, official_val_rows
 from jaxclip_fs.engine import sharding, watchdog
-from jaxclip_fs.errors import DataError
 from jaxclip_fs.experiment.plan import Program, Resolved
 from jaxclip_fs.experiment.protocol import Rules
 from jaxclip_fs.methods.base import Method, as_arrays, logits_from
@@ -169,11 +168,7 @@ def selection_rows(data: ImageData, shots: int, seed: int, rules: Rules) -> tupl
     if rules.search_on == "test":
         return "test", np.arange(len(data.dataset.split("test")))
     if rules.val_rows == "coop" and rules.sampler != "nested":
-        key = (rules.sampler, seed, shots)
-        if key not in data.val_draws:
-            raise DataError(f"the {rules.sampler} draw of seed {seed} at {shots} shots has no "
-                            "validation draw: use the whole val split or another sampler")
-        return "val", np.asarray(data.val_draws[key])
+        return "val", official_val_rows(data.val_draws, rules.sampler, seed, shots)
     return "val", fewshot_val(data.dataset, shots, seed, rules.val_rows)
 
 
