@@ -38,7 +38,7 @@ from jaxclip_fs.engine import estimate as estimate_lib
 from jaxclip_fs.engine import hardware, layout, outdir, planner
 from jaxclip_fs.engine.cost import ZERO, Cost
 from jaxclip_fs.engine.rules import FEATURE_KINDS, keeps_params, requests_of
-from jaxclip_fs.errors import ConfigError, DataError
+from jaxclip_fs.errors import ConfigError
 from jaxclip_fs.experiment import config as config_lib
 from jaxclip_fs.experiment.plan import all_cells, ood_cells, ood_parents, resolve_variants
 from jaxclip_fs.pipelines import ood as ood_lib
@@ -96,7 +96,7 @@ def _pending(out_dir: str | None, cells, ood_of) -> list:
     return [c for c in cells if not done(c)]
 
 
-def _extraction(config, session, variants, decisions, ood_of, out_dir,
+def _extraction(config, session, image_source, variants, decisions, ood_of, out_dir,
                 requests) -> list[Extraction]:
     """Image encoding of every dataset a feature / paired program reads (module docstring)."""
     if session is None:
@@ -118,13 +118,7 @@ def _extraction(config, session, variants, decisions, ood_of, out_dir,
             found.append(Extraction(dataset, 0, ZERO, "features already in DIR/features"))
             continue
         split = sizes_lib.split_sizes(session, dataset)
-        try:
-            data = session.dataset(dataset)
-        except DataError:  # no data here: the table's bound
-            data = None
-        request = requests("features", dataset)
-        pool = sizes_lib.pool_size(split, request.max_shots, request.seeds, data,
-                                   request.draws())
+        pool = image_source.pool_size(dataset, requests("features", dataset))  # (no data: a bound)
         oods = sum(sizes_lib.split_sizes(session, o).test for o in ood_of.get(dataset, ()))
         images = pool * views + split.val + split.test + oods
         encoders = len(kinds)  # paired features: the adapted and the original encoder
@@ -178,7 +172,8 @@ def dry_run(config: config_lib.ExperimentConfig, out_dir: str | None = None, *,
         keep_params=lambda v: keeps_params(config, v),
         machine_=machine, compile_for_run=True, exact_memory=True, keep_going=True,
         progress=log)
-    extraction = _extraction(config, session, variants, decisions, ood_of, out_dir, requests)
+    extraction = _extraction(config, session, sources.images, variants, decisions, ood_of,
+                             out_dir, requests)
     splits = [] if session is None else [
         (name, sizes_lib.split_sizes(session, name))
         for name in dict.fromkeys(list(datasets) + [o for d in datasets

@@ -43,6 +43,7 @@ import traceback
 from typing import Any, Callable, Sequence
 
 from jaxclip_fs.errors import ConfigError, JaxclipError, ProgramHang
+from jaxclip_fs.io.console import stderr_log
 
 #: Exit status of a process that stopped because another one was lost or failed.
 EXIT_PEER_LOST = 4
@@ -54,10 +55,6 @@ PREFIX = "jaxclip-fs/"
 RESUME = "Finished programs are saved: start every process again with the same command to resume"
 
 _monitor: "PeerMonitor | None" = None
-
-
-def _print(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 class PeerMonitor:
@@ -149,7 +146,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _exit_lost(message: str) -> None:
-    _print(message)
+    stderr_log(message)
     os._exit(EXIT_PEER_LOST)
 
 
@@ -229,7 +226,7 @@ def abandon(exc: BaseException) -> None:
     if monitor is not None:
         monitor.stop()  # (its checks continue here, in this thread)
     status, message = _describe(exc, monitor)
-    _print(message)
+    stderr_log(message)
     if monitor is not None:
         summary = message.splitlines()[-1].removeprefix("error: ")
         try:

@@ -415,8 +415,8 @@ class ImageSource:
         try:
             self.session.dataset(name)
         except DataError:  # a dry run without the data: the table's bound
-            return sizes_lib.pool_size(self.split_sizes(name), request.max_shots,
-                                       request.seeds, None, request.draws())
+            return sizes_lib.pool_size_bound(self.split_sizes(name), request.max_shots,
+                                             request.seeds, request.draws())
         return len(self._pool(name, request).indices)  # (too few images: DataError, now)
 
     def ood(self, name: str, parent: ImageData) -> QuerySet:

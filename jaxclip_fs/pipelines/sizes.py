@@ -102,17 +102,11 @@ def embed_dim(session) -> int:
     return get_config(session.config.model.backbone).embed_dim
 
 
-def pool_size(split: SplitSizes, shots: int, seeds: Sequence[int], dataset=None,
-              draws: Sequence[tuple[str, int, int]] = ()) -> int:
-    """Support images of ``seeds`` up to ``shots`` (the union of their nested sets) and of the
-    official ``draws`` ``(sampler, seed, shots)``.
-
-    Exact with the dataset (its samplers on the labels); else at most C·K per
-    nested seed plus C·k per draw, capped by the train split.
-    """
-    if dataset is not None:
-        from jaxclip_fs.features.extract import select_train_pool
-
-        return int(len(select_train_pool(dataset, shots, tuple(seeds), draws=draws).indices))
+def pool_size_bound(split: SplitSizes, shots: int, seeds: Sequence[int],
+                    draws: Sequence[tuple[str, int, int]] = ()) -> int:
+    """At most how many support images ``seeds`` up to ``shots`` (their nested sets) and the
+    official ``draws`` ``(sampler, seed, shots)`` hold, without the labels: C·K per nested
+    seed plus C·k per draw, capped by the train split (exact: the image source's
+    ``pool_size``, which draws them)."""
     bound = split.num_classes * (shots * len(seeds) + sum(k for _, _, k in draws))
     return int(min(split.train or bound, bound))

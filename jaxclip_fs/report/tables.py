@@ -108,10 +108,8 @@ def shot_table(cells: Sequence[Cell], setting: Setting, shots: int) -> Table:
 def gap_table(cells: Sequence[Cell], paper: Setting, fair: Setting, shots: int) -> Table | None:
     """``paper - fair`` per method and dataset at ``shots`` (means over each side's seeds; the
     average column: the difference of the averages), or None when nothing is in both."""
-    both = {}
-    for side, setting in (("paper", paper), ("fair", fair)):
-        table = shot_table(cells, setting, shots)
-        both[side] = table
+    both = {side: shot_table(cells, setting, shots)
+            for side, setting in (("paper", paper), ("fair", fair))}
     rows = tuple(m for m in both["paper"].rows if m in both["fair"].rows)
     columns = tuple(c for c in both["paper"].columns if c in both["fair"].columns)
     entries = {}
