@@ -81,14 +81,11 @@ def split_positional(args: argparse.Namespace) -> None:
     args.hp = [item for item in args.hp if "=" in item]
 
 
-def default_shots(path: str, seed: int) -> int:
-    """The largest shot count a feature file holds for ``seed``: its few-shot index's, or
+def default_shots(fs, seed: int) -> int:
+    """The largest shot count a feature set holds for ``seed``: its few-shot index's, or
     (a whole training pool) the smallest class's size, at most 16."""
     import numpy as np
 
-    from jaxclip_fs.features import featfile
-
-    fs = featfile.load(path)
     if fs.fewshot and seed in fs.fewshot:
         return int(fs.fewshot[seed].shape[1])
     per_class = np.bincount(fs.train_labels, minlength=fs.num_classes)
@@ -114,8 +111,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"method '{args.method}' reads {method.inputs}, not a feature file: drop "
                 f"{args.features} and give --dataset D --backbone B --weights W")
-        shots = args.shots or default_shots(args.features, args.seed)
-        files = FeatureFiles([args.features], [args.dataset])
+        files = FeatureFiles([args.features], [args.dataset])  # (loaded and validated once)
+        shots = args.shots or default_shots(next(iter(files.files.values())), args.seed)
         sources = Sources(features=files, datasets=files.datasets,
                           provenance=files.provenance())
         config = common.experiment_config(args, features=[args.features],

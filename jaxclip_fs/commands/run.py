@@ -154,12 +154,12 @@ def config_from_args(args: argparse.Namespace):
     from jaxclip_fs.experiment import config as config_lib
 
     if args.config:
-        conflicting = sorted(given_flags(getattr(args, "argv", ())) - set(CONFIG_OVERRIDES))
+        given = given_flags(getattr(args, "argv", ()))
+        conflicting = sorted(given - set(CONFIG_OVERRIDES))
         if conflicting:
             raise ConfigError(f"{conflicting[0]} cannot be combined with --config: edit "
                               f"{args.config} instead (or drop --config)")
         loaded = config_lib.load(args.config)
-        given = given_flags(getattr(args, "argv", ()))
         flag = lambda name: "--" + name.replace("_", "-")  # noqa: E731
         execution = dataclasses.replace(
             loaded.execution, **{k: getattr(args, k) for k in ("devices", "cache_dir", "workers",
