@@ -193,19 +193,28 @@ def build_batch(program: Program, method: Method, features: Mapping[str, Feature
             raise ValueError(f"{program.name}: OOD sets need a single-dataset program")
         shared.update(_ood_arrays(ood, num_classes))
 
-    width = pad_cells(max(len(program.cells_of(d)) for d in datasets))
-    slots = [program.cells_of(d) + (None,) * (width - len(program.cells_of(d))) for d in datasets]
+    slots, batch_size, max_epochs = _layout(program, method, resolved, pad_cells)
     filled = [[cell or row[0] for cell in row] for row in slots]  # padding repeats a real cell
-    statics = {resolved[d].static(method) for d in datasets}
-    if len({b for b, _ in statics}) != 1:
-        raise ValueError(f"{program.name}: datasets with different batch sizes in one program")
     val_sizes = {
         c: int(np.sum(shared["val_rank"][g, sets.index(set_of(c, sampler, shots))]
                       < capped_val_shots(c.shots)))
         for g, d in enumerate(datasets) for c in program.cells_of(d)}
-    return ProgramBatch(shared, _cell_arrays(filled, sets, sampler, shots, resolved),
-                        tuple(slots), dict(resolved), next(iter(statics))[0],
-                        max(e for _, e in statics), val_sizes)
+    return ProgramBatch(shared, _cell_arrays(filled, sets, sampler, shots, resolved), slots,
+                        dict(resolved), batch_size, max_epochs, val_sizes)
+
+
+def _layout(program: Program, method: Method, resolved: Mapping[str, Resolved],
+            pad_cells: Callable[[int], int]) -> tuple[tuple, int, int]:
+    """``(slots, batch_size, max_epochs)``: each dataset's cells padded with None to the
+    padded width T, the datasets' (equal) batch size and their largest epoch count."""
+    datasets = program.datasets
+    width = pad_cells(max(len(program.cells_of(d)) for d in datasets))
+    slots = tuple(program.cells_of(d) + (None,) * (width - len(program.cells_of(d)))
+                  for d in datasets)
+    statics = {resolved[d].static(method) for d in datasets}
+    if len({b for b, _ in statics}) != 1:
+        raise ValueError(f"{program.name}: datasets with different batch sizes in one program")
+    return slots, next(iter(statics))[0], max(e for _, e in statics)
 
 
 def _ood_arrays(ood: Sequence[OODSet], num_classes: int) -> dict:
@@ -258,16 +267,13 @@ def abstract_batch(program: Program, method: Method, sizes: Mapping[str, InputSi
         o, mo = len(ood), max(ood)
         shared.update({"ood": spec((1, o, mo, width_d), f32), "ood_labels": spec((1, o, mo), i32),
                        "ood_mask": spec((1, o, mo), f32), "ood_class_mask": spec((1, o, c), f32)})
-    width = pad_cells(max(len(program.cells_of(d)) for d in datasets))
+    slots, batch_size, max_epochs = _layout(program, method, resolved, pad_cells)
+    width = len(slots[0])
     first = resolved[datasets[0]]
     per_cell = {name: spec((g, width), i32) for name in ("seed", "set_index", "shots", "val_take")}
     per_cell["hp"] = {n: spec((g, width), f32) for n in first.values}
     per_cell["grid"] = {n: spec((g, width, len(v)), f32) for n, v in first.grid.items()}
-    slots = tuple(program.cells_of(d) + (None,) * (width - len(program.cells_of(d)))
-                  for d in datasets)
-    statics = {resolved[d].static(method) for d in datasets}
-    return ProgramBatch(shared, per_cell, slots, dict(resolved), next(iter(statics))[0],
-                        max(e for _, e in statics), {})
+    return ProgramBatch(shared, per_cell, slots, dict(resolved), batch_size, max_epochs, {})
 
 
 def slot_cells(batch: ProgramBatch) -> list[tuple[int, int, Cell]]:
