@@ -24,13 +24,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxclip_fs.methods import hparams as hp_lib, tip_adapter
-from jaxclip_fs.methods.base import Method, Official
+from jaxclip_fs import catalogue
+from jaxclip_fs.methods.base import Compute, Hyperparameters, Method, Official
 from jaxclip_fs.methods.cache import (
     affinity, cache_logits, l2_normalize, masked_log_softmax, zero_shot_logits,
 )
 
 TEMPERATURE = 0.5
 GAMMA = hp_lib.HParam("gamma", "search", "weight of the KL (signature) term", minimum=0.0)
+#: Without validation (no official default): Tip-Adapter's paper defaults α = 1, β = 5.5, and the
+#: KL term at the cache term's weight, γ = 1 (shared by TA++ / TX++).
+VALIDATION_FREE = {"alpha": 1.0, "beta": 5.5, "gamma": 1.0}
 
 
 def grid(dataset):
@@ -79,6 +83,7 @@ def terms(pre, params, task, hp):
                               "gamma": pre["kl_logits"]}
 
 
+CARD = catalogue.card("tip_x")
 OFFICIAL = Official(
     source="akres001/CLIP_fewshot_imo run.py (its Tip-X baseline): grids searched on the whole "
            "val split (ImageNet: val = test); seeds 1, 2, 3 seeded once, 1..16 shots drawn in "
@@ -89,15 +94,9 @@ OFFICIAL = Official(
 def tip_x() -> Method:
     """Tip-X as a :class:`Method`."""
     return Method(
-        name="tip_x",
-        summary="Tip-X: s - gamma · KL-term + alpha · exp(-beta (1 - f Fᵀ)) L",
-        hparams=(hp_lib.ALPHA, hp_lib.BETA, GAMMA),
-        defaults=lambda dataset, dim: {},
-        grid=grid,
-        init=tip_adapter.init,  # cache keys F [C, K, D]
-        precompute=precompute,
-        terms=terms,
-        linear=("alpha", "gamma"),
-        neutral={"alpha": 0.0, "gamma": 0.0},
-        official=OFFICIAL,
-    )
+        CARD,
+        Compute(init=tip_adapter.init,  # cache keys F [C, K, D]
+                precompute=precompute, terms=terms, linear=("alpha", "gamma")),
+        Hyperparameters((hp_lib.ALPHA, hp_lib.BETA, GAMMA), grid=grid,
+                        neutral={"alpha": 0.0, "gamma": 0.0}, validation_free=VALIDATION_FREE),
+        official=OFFICIAL)
