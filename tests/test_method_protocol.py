@@ -2,6 +2,8 @@
 are each a few lines, register, run through ``run_experiment`` and give the numbers an
 independent NumPy computation gives."""
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -48,6 +50,15 @@ def sgd_probe():
                   Hyperparameters(defaults=lambda dataset, dim: {"epochs": 6, "lr": 0.02}),
                   Training(("w",), optimizer=Optimizer(sgd, (SGD_LR,)), full_batch=True,
                            epoch_selection="final"))
+
+
+def sgd_probe_in_steps():
+    """The same probe counting optimizer updates: 6 full-batch steps are its 6 epochs."""
+    method = sgd_probe()
+    return dataclasses.replace(
+        method, card=Card("sgd_probe_steps"),
+        hyper=Hyperparameters(defaults=lambda dataset, dim: {"steps": 6, "lr": 0.02}),
+        training=dataclasses.replace(method.training, unit="steps"))
 
 
 # --- a closed-form ridge probe: solved in init, no training (in under 30 lines) --------------
@@ -110,6 +121,7 @@ def numpy_ridge_probe(shots, seed, lam=0.5):
 
 
 @pytest.mark.parametrize("factory, reference", [(sgd_probe, numpy_sgd_probe),
+                                                (sgd_probe_in_steps, numpy_sgd_probe),
                                                 (ridge_probe, numpy_ridge_probe)])
 def test_a_method_written_in_a_test_runs_through_run_experiment(tmp_path, factory, reference):
     name = factory().name
@@ -134,7 +146,7 @@ def test_a_method_written_in_a_test_runs_through_run_experiment(tmp_path, factor
         np.testing.assert_allclose(tree["w"][g, t], w, rtol=1e-4, atol=1e-5)
         assert record["accuracy"] == pytest.approx(accuracy, abs=1e-4)
         assert record["searched"] == [] and record["method"] == name
-        trained = factory is sgd_probe
+        trained = factory is not ridge_probe
         assert record["best_epoch"] == (5 if trained else None)
         assert record["epoch_selection"] == ("final" if trained else None)
         assert (record["val_accuracy"] is None) == (cell.protocol == "validation_free")

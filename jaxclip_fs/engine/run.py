@@ -487,7 +487,8 @@ def _run_feature_program(program: Program, variant: Variant, inputs: _Inputs,
             ood=[OODResult(o.name, float(outputs["ood_accuracy"][g, t, i]),
                            int(o.class_mask.sum()), int(o.test.shape[0]), o.meta)
                  for i, o in enumerate(oods[cell.dataset])],
-            inputs=({"epoch_views": epoch_views(num_views, int(res.values["epochs"])),
+            inputs=({"epoch_views": epoch_views(num_views, method.training.epochs(
+                         res.values, cell.shots * fs.num_classes)),
                      "augmented_views": num_views - 1} if method.trains else {}),
             test_logits=(np.asarray(outputs["test_logits"][g, t, :fs.test.shape[0],
                                                           :fs.num_classes], np.float32)
@@ -540,7 +541,8 @@ def _run_image_program(program: Program, variant: Variant, inputs: _Inputs,
             inputs={"taps": list(method.taps), "train_path": data.path,
                     "tap_cache_views": data.views if data.path == "cache" else None,
                     "epoch_views": ("fresh crops" if data.path == "trunk" else
-                                    epoch_views(data.views, int(resolved.values["epochs"]))
+                                    epoch_views(data.views, method.training.epochs(
+                                        resolved.values, cell.shots * data.num_classes))
                                     if method.trains else None),
                     "devices": out["devices"]},
             ood=[OODResult(q.name, float(out["ood_accuracy"][t, i]), int(q.class_mask.sum()),

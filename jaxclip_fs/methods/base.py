@@ -61,6 +61,7 @@ know which record holds what.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Mapping, Protocol
 
 import jax
@@ -298,6 +299,14 @@ class Training:
         means the full support)."""
         batch = 0 if self.full_batch else int(values["batch_size"])
         return batch, int(values[self.length])
+
+    def epochs(self, values: Mapping[str, float], items: int) -> int:
+        """The epochs a support of ``items`` real items trains for (steps: the epochs they
+        touch, ``ceil(steps / ceil(items / batch_size))``)."""
+        if self.unit == "epochs":
+            return int(values["epochs"])
+        batch = items if self.full_batch else int(values["batch_size"])
+        return math.ceil(int(values["steps"]) / max(1, math.ceil(items / batch)))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
