@@ -10,7 +10,8 @@ discriminant: ``w_c = Σ⁻¹ μ_c``, ``b_c = log(1/C) - ½ μ_cᵀ Σ⁻¹ μ_c
 Search: α over {1e-4, 1e-3, ..., 1e2} (first best). The logits are linear
 in α. The official loop starts with ``best_alpha = 0.1`` and ``best_acc = 0``;
 we return the first grid point if every point scores 0 %. There is no
-default α: it is always searched unless given.
+default α: it is always searched unless given -- and without validation
+(``validation_free``) it is 0.1, the official loop's starting value.
 
 Masks: N counts real items only, C real classes only.
 """

@@ -21,7 +21,9 @@ the attention pool. ViT (tokens after blocks at depth 6/12, 8/12, 10/12,
 mean over all tokens (class token included); the fused vector goes through
 ``proj``. The reported prediction is ``β·mlp + (1 - β)·ada`` with β searched
 on validation over {0, 0.02, ..., 1} (the grid search of
-:mod:`~jaxclip_fs.methods.search`: the logits are linear in β). CE is the batch mean, L1 the mean over rows and classes.
+:mod:`~jaxclip_fs.methods.search`: the logits are linear in β); without
+validation (``validation_free``) β = 0.5, our fixed choice. CE is the batch
+mean, L1 the mean over rows and classes.
 
 Training (official ``ldc_train.py``): AdamW lr 1e-4 (their ``lr / 10``), wd
 1e-4, eps 1e-4, cosine annealing per step, 50 epochs, batch 64,

@@ -10,7 +10,8 @@ Then ``logits = s - γ · M̃ L + α · exp(-β (1 - A)) L``.
 The logits are linear in α and γ, so the search loops only over β.
 Grids (IMO ``run.py``): α = linspace(0, 20, 200) (outer loop),
 β = linspace(0, 20, 20), γ = linspace(0, 30, 50) (inner); no defaults --
-the official code always searches.
+the official code always searches. Without validation (``validation_free``)
+our fixed choice is α = β = γ = 1 (:data:`VALIDATION_FREE`).
 
 Deviations: the official KL routine fills the matrix in blocks of 100
 query rows and leaves the last ``M mod 100`` rows at zero (which also
