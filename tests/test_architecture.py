@@ -9,15 +9,20 @@ Layers (a package may import those listed for it, and nothing else of the packag
 """
 
 import ast
+import dataclasses
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from jaxclip_fs import catalogue, methods
+from jaxclip_fs.catalogue import Card
 from jaxclip_fs.methods import hparams
-from jaxclip_fs.methods.base import Method
+from jaxclip_fs.methods.base import Compute, Hyperparameters, Method, Training, check_method
+from jaxclip_fs.methods.optimizers import Optimizer
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "jaxclip_fs")
 BASE = {"errors", "io", "version"}
@@ -137,9 +142,9 @@ def test_report_never_imports_jax():
             assert not any(n.split(".")[0] in JAX_LIBRARIES for n in names), (module, names)
 
 
-def test_no_method_is_named_outside_its_module_the_registry_and_the_catalogue():
+def test_no_method_is_named_outside_its_module_and_its_card():
     names = set(catalogue.NAMES)
-    allowed = {"jaxclip_fs.catalogue", "jaxclip_fs.methods"}
+    allowed = {"jaxclip_fs.catalogue"}  # (the registry reads the cards: it names none)
     wrong = []
     for module, (path, tree) in MODULES.items():
         if module in allowed:
@@ -153,10 +158,12 @@ def test_no_method_is_named_outside_its_module_the_registry_and_the_catalogue():
     assert not wrong, "\n".join(wrong)
 
 
-def test_catalogue_lists_exactly_the_shipped_methods_and_their_inputs():
-    assert set(catalogue.NAMES) == set(methods.names())
+def test_the_registry_is_the_catalogue_cards():
+    """A shipped method is its module plus its card: the registry registers every card's
+    factory, in card order, and the method carries that very card (name, inputs, display)."""
+    assert methods.names() == catalogue.NAMES
     for name in methods.names():
-        assert catalogue.entry(name).inputs == methods.get(name).inputs
+        assert methods.get(name).card is catalogue.card(name)
     assert catalogue.display_name("ldc[fusion=concat]") == "LDC [fusion=concat]"
     assert catalogue.split_label("ldc[ablation=maf_only,fusion=concat]") == (
         "ldc", {"ablation": "maf_only", "fusion": "concat"})
@@ -164,24 +171,63 @@ def test_catalogue_lists_exactly_the_shipped_methods_and_their_inputs():
     assert methods.get("ldc", fusion="fixed").label == "ldc"  # defaults are not spelled out
 
 
-def _method(**changes):
-    base = dict(name="broken", summary="", hparams=(hparams.ALPHA,),
-                defaults=lambda d, dim: {}, grid=lambda d: {"alpha": np.linspace(0, 1, 3)},
-                init=lambda k, t, h: {}, precompute=lambda p, t, q, m: {},
-                terms=lambda pre, p, t, h: (0, {}), linear=("alpha",))
-    return Method(**{**base, **changes})
+def test_catalogue_reads_no_jax():
+    code = ("import sys, jaxclip_fs.catalogue as c; c.published('RN50', 'x', 16, 'ldc', 'dtd'); "
+            "print('jax' in sys.modules, len(c.CARDS))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", str(len(catalogue.CARDS))]
 
 
-@pytest.mark.parametrize("changes, needle", [
-    (dict(grid=lambda d: {"beta": np.ones(2)}), "grid names 'beta'"),
-    (dict(grid=lambda d: {"alpha": np.zeros((0,))}), "non-empty 1-D"),
-    (dict(linear=("gamma",)), "linear names 'gamma'"),
-    (dict(inputs="pixels"), "inputs must be one of"),
-    (dict(trainable=("w",)), "does not declare epochs"),
-    (dict(inputs="images"), "needs bind"),
-    (dict(confusion=("a", "b")), "reports none"),
+def _method(card=None, compute=None, hyper=None, **parts):
+    base = Hyperparameters((hparams.ALPHA,), grid=lambda d: {"alpha": np.linspace(0, 1, 3)})
+    return Method(card or Card("broken"),
+                  compute or Compute(init=lambda k, t, h: {}, precompute=lambda p, t, q, m: {},
+                                     terms=lambda pre, p, t, h: (0, {}), linear=("alpha",)),
+                  hyper or base, **parts)
+
+
+def _compute(**changes):
+    return dataclasses.replace(_method().compute, **changes)
+
+
+def _hyper(**changes):
+    return dataclasses.replace(_method().hyper, **changes)
+
+
+@pytest.mark.parametrize("parts, needle", [
+    (dict(hyper=_hyper(grid=lambda d: {"beta": np.ones(2)})), "grid names 'beta'"),
+    (dict(hyper=_hyper(grid=lambda d: {"alpha": np.zeros((0,))})), "non-empty 1-D"),
+    (dict(hyper=_hyper(validation_free={"gamma": 1.0})), "validation_free names 'gamma'"),
+    (dict(compute=_compute(linear=("gamma",))), "linear names 'gamma'"),
+    (dict(card=Card("broken", inputs="images")), "needs bind"),
+    (dict(compute=_compute(confusion=("a", "b"))), "reports none"),
+    (dict(training=Training(trainable=())), "learns nothing"),
+    (dict(training=Training(("w",), unit="hours")), "unit must be one of"),
+    (dict(training=Training(("w",), unit="steps")), "keeps its final iterate"),
+    (dict(hyper=_hyper(declared=(hparams.ALPHA, hparams.LR)), training=Training(("w",))),
+     "declared twice"),  # (the default optimizer declares lr)
 ])
-def test_register_refuses_inconsistent_methods(changes, needle):
+def test_register_refuses_inconsistent_methods(parts, needle):
     with pytest.raises(ValueError, match=re.escape(needle)):
-        methods.register(lambda: _method(**changes))
+        methods.register(lambda: _method(**parts))
     assert "broken" not in methods.names()
+
+
+def test_a_card_refuses_unknown_inputs():
+    with pytest.raises(ValueError, match="inputs must be one of"):
+        Card("broken", inputs="pixels")
+
+
+def test_training_declares_what_its_optimizer_reads():
+    """The default optimizer asks for AdamW's settings; another optimizer for its own only."""
+    adamw = _method(training=Training(("w",)))
+    assert adamw.names("train") == ("epochs", "batch_size", "lr", "eps", "weight_decay")
+    momentum = hparams.HParam("momentum", "train", "SGD momentum", minimum=0.0)
+    sgd = Optimizer(lambda hp, steps, params: None, (hparams.LR, momentum))
+    for training, names in [
+            (Training(("w",), optimizer=sgd), ("epochs", "batch_size", "lr", "momentum")),
+            (Training(("w",), optimizer=sgd, full_batch=True), ("epochs", "lr", "momentum")),
+            (Training(("w",), optimizer=sgd, unit="steps", epoch_selection="final"),
+             ("steps", "batch_size", "lr", "momentum"))]:
+        method = check_method(_method(training=training))
+        assert method.names("train") == names

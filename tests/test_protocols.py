@@ -247,7 +247,7 @@ def seen(monkeypatch):
     real_fit, real_select = feature_program.fit, feature_program.select
 
     def fit_spy(method, key, task, evalset, hp, **kw):
-        calls.append(("fit", method.name, evalset.features.shape[0]))
+        calls.append(("fit", method.name, None if evalset is None else evalset.features.shape[0]))
         return real_fit(method, key, task, evalset, hp, **kw)
 
     def select_spy(method, params, task, evalset, hp, grid, **kw):
@@ -277,30 +277,66 @@ def test_fair_and_fewshot_never_select_on_test(seen, protocol):
                                    protocol=protocol, hp={"epochs": 2} if trains else (),
                                    log=None)
         rows = VAL if protocol == "fair" else C * 2  # whole val / min(K, 4) per class
-        assert _where(seen, name) == (rows, rows), name
+        # the fit sees the epoch-selection set only where it selects an epoch
+        assert _where(seen, name) == (rows if trains else None, rows), name
         assert record["val_size"] == rows and not record["selection"]["optimistic"]
+
+
+def test_validation_free_reads_no_validation_row(seen):
+    """Nothing is selected: no validation row reaches a fit, a search or a score -- the
+    program's validation arrays have no row at all -- and trained methods keep their final
+    epoch at their fixed hyperparameters (the official defaults, or the module's choice)."""
+    for name in ("tip_adapter", "tip_adapter_f", "clip_adapter", "gda", "tip_x", "zero_shot"):
+        method = methods.get(name)
+        hp = {"epochs": 2} if method.trains else ()
+        record = evaluate_features(FS, name, shots=2, seed=1, dataset="imagenet",
+                                   protocol="validation_free", hp=hp, log=None)
+        fits = {rows for kind, m, rows in seen if m == name and kind == "fit"}  # (each trace)
+        assert fits == {None} and not [c for c in seen if c[1] == name and c[0] == "select"]
+        assert record["protocol"] == "validation_free" and record["searched"] == []
+        assert record["val_size"] == 0 and record["val_accuracy"] is None
+        assert record["selection"] == {
+            "protocol": "validation_free", "val_rows": "none", "search_on": "none",
+            "epochs_on": "final" if method.trains else None, "reported": "final",
+            "sampler": "nested", "prompts": False, "optimistic": False}
+        fixed = method.resolve("imagenet", FS.dim, dict(hp), search=False)[0]
+        assert record["hyperparameters"] == pytest.approx(fixed)
+        for key, value in {**method.defaults("imagenet", FS.dim),
+                           **method.hyper.validation_free, **dict(hp)}.items():
+            assert record["hyperparameters"][key] == pytest.approx(value), (name, key)
+        if method.trains:
+            assert record["best_epoch"] == 1 and record["epoch_selection"] == "final"
+    # shuffled validation labels and features cannot change a validation-free record
+    rng = np.random.default_rng(3)
+    noise = featfile.FeatureSet(**{**FS.__dict__, "val": rng.normal(size=FS.val.shape),
+                                   "val_labels": rng.permutation(FS.val_labels)})
+    for name in ("tip_adapter_f", "gda"):
+        a, b = (evaluate_features(fs, name, shots=2, seed=1, protocol="validation_free",
+                                  hp={"epochs": 2} if methods.get(name).trains else (), log=None)
+                for fs in (FS, noise))
+        assert a["accuracy"] == b["accuracy"] and a["hyperparameters"] == b["hyperparameters"]
 
 
 @pytest.mark.parametrize("name, dataset, fit_on, search_on", [
     ("tip_adapter_f", "oxford_pets", "test", "val"),  # best epoch on test, grid on val
     ("tip_adapter_f", "imagenet", "test", "test"),  # no official val: all on test
     ("ape_t", "oxford_pets", "test", "val"),
-    ("clip_adapter", "oxford_pets", "val", "val"),  # final epoch: (val given, not used)
-    ("gda", "oxford_pets", "val", "val"),
-    ("gda", "imagenet", "val", "test"),
-    ("tip_adapter", "imagenet", "val", "test"),
+    ("clip_adapter", "oxford_pets", None, "val"),  # final epoch: no set for the fit
+    ("gda", "oxford_pets", None, "val"),  # (no training)
+    ("gda", "imagenet", None, "test"),
+    ("tip_adapter", "imagenet", None, "test"),
 ])
 def test_paper_selects_on_test_only_where_documented(seen, name, dataset, fit_on, search_on):
     method = methods.get(name)
     record = evaluate_features(FS, name, shots=2, seed=1, dataset=dataset, protocol="paper",
                                sampler="nested", hp={"epochs": 2} if method.trains else (),
                                log=None)
-    size = {"val": VAL, "test": TEST}
+    size = {"val": VAL, "test": TEST, None: None}
     assert _where(seen, name) == (size[fit_on], size[search_on])
     selection = record["selection"]
     assert selection["search_on"] == search_on and record["protocol"] == "paper"
-    assert selection["epochs_on"] == ({"test": "test", "val": "final" if name == "clip_adapter"
-                                       else "val"}[fit_on] if method.trains else None)
+    assert selection["epochs_on"] == ({"test": "test", None: "final"}[fit_on]
+                                      if method.trains else None)
     assert selection["optimistic"] == ("test" in (fit_on, search_on)
                                        or selection["reported"] != "final")
 
@@ -454,3 +490,10 @@ def test_rules_table():
         assert protocol_lib.rules("paper", method, "imagenet").search_on == "test"
         fair = protocol_lib.rules("fair", method, "imagenet")
         assert fair.search_on == "val" and not fair.optimistic and fair.sampler == "nested"
+        free = protocol_lib.rules("validation_free", method, "imagenet")
+        assert (free.val_rows, free.search_on, free.reported) == ("none", "none", "final")
+        assert free.epochs_on == ("final" if method.trains else None)
+        assert not free.searches and not free.optimistic and free.sampler == "nested"
+        # every shipped method has a fixed value for each searched hyperparameter
+        values, grid = method.resolve("dtd", 64, search=False)
+        assert grid == {} and set(method.names("search")) <= set(values)

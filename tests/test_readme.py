@@ -47,11 +47,30 @@ def test_adding_a_feature_method_example_runs_and_writes_records(tmp_path, monke
     assert all(r["searched"] == ["alpha"] for (m, _, _), r in records.items() if m == "prototype")
 
 
+def test_adding_a_trained_method_example_trains_with_its_own_optimizer(capsys):
+    namespace = {}
+    try:
+        exec(compile(_python_blocks("Adding a method")[1], "README.md", "exec"), namespace)
+        method = methods.get("probe")
+    finally:
+        methods.unregister("probe")
+    # SGD's own hyperparameters, none of AdamW's
+    assert method.names("train") == ("epochs", "batch_size", "lr", "momentum")
+    record = namespace["record"]
+    assert record["method"] == "probe" and record["epoch_selection"] == "validation"
+    assert record["hyperparameters"] == {"epochs": 20, "batch_size": 32, "lr": 0.01,
+                                         "momentum": 0.9}
+    assert 0 <= record["best_epoch"] < 20 and len(record["epoch_losses"]) == 20
+    assert record["epoch_losses"][-1] < record["epoch_losses"][0]  # SGD lowered the loss
+    assert capsys.readouterr().out.split() == [str(record["accuracy"]),
+                                               str(record["best_epoch"])]
+
+
 def test_adding_an_image_method_example_trains_on_clip_taps(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("JAXCLIP_FS_CACHE", str(tmp_path / "cache"))
     try:
-        exec(compile(_python_blocks("Adding a method")[1], "README.md", "exec"), {})
+        exec(compile(_python_blocks("Adding a method")[2], "README.md", "exec"), {})
     finally:
         methods.unregister("tap_head")
     records = _records(tmp_path / "runs" / "tap_head" / "records")

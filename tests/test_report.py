@@ -183,7 +183,9 @@ def test_cli_prints_tables(tmp_path, capsys):
 
 def test_published_table_is_consistent():
     """Each encoded row's average column equals the mean of its 11 datasets (catches typos)."""
-    for method in ("zero_shot", "tip_adapter", "tip_adapter_f", "ape", "ape_t", "gda", "ldc"):
+    rows = {m for (b, k, m, d) in published.PUBLISHED if (b, k, d) == ("RN50", 16, "average")}
+    assert {"zero_shot", "ldc"} <= rows  # (the LDC paper's table: LDC and its baselines)
+    for method in rows:
         row = [published.PUBLISHED[("RN50", 16, method, d)] for d in published.PUBLISHED_DATASETS]
         assert np.mean(row) == pytest.approx(published.PUBLISHED[("RN50", 16, method, "average")],
                                              abs=0.01)
@@ -216,6 +218,37 @@ def test_paper_minus_fair_table(tmp_path):
         rows = [r for r in csv.DictReader(f) if r["method"] == "ape" and r["dataset"] == "dtd"]
     assert {(r["protocol"], r["optimistic"]) for r in rows} == {("fair", "False"),
                                                                ("paper", "True")}
+
+
+def test_fair_minus_validation_free_table(tmp_path):
+    """With validation-free records beside fair ones: how much each method loses without
+    validation, per method, dataset and shot count (average column included), printed too."""
+    fair = [dict(r, protocol="fair", selection={"optimistic": False}) for r in _records()]
+    rng = np.random.default_rng(6)
+    free = [dict(r, protocol="validation_free", selection={"optimistic": False},
+                 accuracy=r["accuracy"] - float(np.round(rng.uniform(0, 5), 4)))
+            for r in fair if r["shots"] != 1]  # (1-shot: fair only -- no gap table)
+    _write(tmp_path / "records", fair + free)
+    files = write_report(tmp_path, plots=False)
+    markdown = open(files.markdown).read()
+    assert "## Protocol gap: fair - validation_free" in markdown
+    assert "## Protocol gap: paper - fair" not in markdown
+    title = "4-shot, fair - validation_free -- RN50, weights sha256:abc"
+    for method, label in (("tip_adapter", "Tip-Adapter"), ("ape", "APE")):
+        row = _md_row(markdown, title, label)
+        for dataset in DATASETS:
+            gap = (_accs(fair, method, dataset, 4).mean()
+                   - _accs(free, method, dataset, 4).mean())
+            assert row[dataset] == f"{gap:+.2f}" and gap > 0
+        average = np.mean([_accs(fair, method, d, 4).mean() - _accs(free, method, d, 4).mean()
+                           for d in DATASETS])
+        assert row["average"] == f"{average:+.2f}"
+    assert "1-shot, fair - validation_free" not in markdown
+    assert "how much each method loses without validation" in files.summary
+    free_row = _md_row(markdown, "16-shot -- RN50, weights sha256:abc, protocol validation_free",
+                       "Tip-Adapter")
+    acc = _accs(free, "tip_adapter", "dtd", 16)
+    assert free_row["dtd"] == f"{acc.mean():.2f} ± {acc.std():.2f} [60.93]"  # not starred
 
 
 def test_one_seed_has_no_spread(tmp_path):

@@ -129,3 +129,84 @@ def test_minibatches_are_weighted_means_over_real_items(batch):
     steps = [picked[i:i + batch] for i in range(0, 9, batch)]
     np.testing.assert_allclose(float(info["losses"][0]), np.mean([s.mean() for s in steps]),
                                rtol=1e-5)
+
+
+def _sgd(lr):
+    """``steps -> optax.sgd(lr)`` (the trainer's optimizer argument)."""
+    import optax
+    return lambda steps: optax.sgd(lr)
+
+
+def test_steps_mode_takes_exactly_its_steps_and_cuts_the_last_epoch_short():
+    """Loss θ·g has gradient g whatever the batch: after n SGD steps of size lr, θ = θ0 - n lr g.
+    Tasks of 7 and 12 real items (2 and 3 batches of 5 per epoch) with 5 and 8 steps, vmapped
+    in one 8-step scan: each takes its own count (mid-epoch stops), per-epoch mean losses
+    cover the epochs it touched, and the kept iterate is the final one."""
+    inputs = jnp.zeros((1, 3, 4, 1))
+    full = jnp.ones((3, 4))
+    partial = full.at[:, 2:].set(0.0).at[0, 2].set(1.0)  # 7 real items
+    theta0 = jnp.asarray([0.3, -0.1, 0.2])
+
+    def run(mask, steps):
+        return train(_linear_loss, None, {"theta": theta0}, ("theta",),
+                     class_major_data(inputs, mask), jax.random.key(1), {"steps": steps},
+                     batch_size=5, max_epochs=8, selection="final", unit="steps",
+                     optimizer=_sgd(0.1))
+
+    params, info = jax.jit(jax.vmap(run))(jnp.stack([partial, full]), jnp.asarray([5, 8]))
+    for i, (steps, per_epoch) in enumerate(((5, 2), (8, 3))):
+        np.testing.assert_allclose(np.asarray(params["theta"][i]),
+                                   np.asarray(theta0) - steps * 0.1 * GRAD, rtol=1e-5)
+        epochs = -(-steps // per_epoch)
+        assert int(info["best_epoch"][i]) == epochs - 1
+        losses = np.asarray(info["losses"][i])
+        assert np.all(np.isfinite(losses[:epochs])) and np.all(np.isnan(losses[epochs:]))
+    with pytest.raises(ValueError, match="final iterate"):
+        train(_linear_loss, lambda p: 0.0, {"theta": theta0}, ("theta",),
+              class_major_data(inputs, full), jax.random.key(1), {"steps": 3}, batch_size=5,
+              max_epochs=3, unit="steps")
+
+
+def test_steps_mode_equals_epochs_mode_on_whole_epochs():
+    """``steps = epochs · steps_per_epoch``: the same batches, views and updates as epochs."""
+    rng = np.random.default_rng(2)
+    inputs = jnp.asarray(rng.standard_normal((3, 3, 4, 2)), jnp.float32)
+    mask = jnp.ones((3, 4)).at[1, 3].set(0.0)  # 11 real items: 3 batches of 4
+
+    def loss(params, x, labels, weights):
+        per_item = jnp.sum((x @ params["w"] - jax.nn.one_hot(labels, 3)) ** 2, axis=-1)
+        return jnp.sum(weights * per_item) / jnp.sum(weights), {}
+
+    settings = {"epochs": 4, "steps": 12, "lr": 1e-2, "eps": 1e-8, "weight_decay": 0.01}
+    common = (loss, None, {"w": jnp.zeros((2, 3))}, ("w",), class_major_data(inputs, mask),
+              jax.random.key(3), settings)
+    by_epochs, a = train(*common, batch_size=4, max_epochs=4, selection="final")
+    by_steps, b = train(*common, batch_size=4, max_epochs=12, selection="final", unit="steps")
+    np.testing.assert_allclose(np.asarray(by_steps["w"]), np.asarray(by_epochs["w"]), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(b["losses"][:4]), np.asarray(a["losses"]), rtol=1e-6)
+
+
+def test_full_batch_is_one_step_over_every_real_item():
+    """``batch_size=0``: one step per epoch on the weighted mean over all real items -- the same
+    as a batch as large as the pool."""
+    rng = np.random.default_rng(4)
+    inputs = jnp.asarray(rng.standard_normal((1, 3, 4, 2)), jnp.float32)
+    mask = jnp.ones((3, 4)).at[2, 1:].set(0.0)  # 9 real items
+
+    def loss(params, x, labels, weights):
+        per_item = jnp.sum((x @ params["w"] - jax.nn.one_hot(labels, 3)) ** 2, axis=-1)
+        return jnp.sum(weights * per_item) / jnp.sum(weights), {}
+
+    settings = {"epochs": 3, "lr": 0.05}
+    common = (loss, None, {"w": jnp.zeros((2, 3))}, ("w",), class_major_data(inputs, mask),
+              jax.random.key(0), settings)
+    full, _ = train(*common, batch_size=0, max_epochs=3, selection="final", optimizer=_sgd(0.05))
+    whole, _ = train(*common, batch_size=12, max_epochs=3, selection="final",
+                     optimizer=_sgd(0.05))
+    x = np.asarray(inputs)[0].reshape(12, 2)[np.asarray(mask).reshape(-1) > 0]
+    y = np.eye(3)[np.repeat(np.arange(3), 4)[np.asarray(mask).reshape(-1) > 0]]
+    w = np.zeros((2, 3))
+    for _ in range(3):  # gradient descent on the mean squared error, by hand
+        w = w - 0.05 * 2 * x.T @ (x @ w - y) / len(x)
+    for found in (full, whole):
+        np.testing.assert_allclose(np.asarray(found["w"]), w, rtol=1e-5, atol=1e-6)

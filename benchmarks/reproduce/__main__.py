@@ -70,10 +70,10 @@ def missing_data(config: dict, data_root: str | None, source: str) -> list[tuple
 
 
 def available_methods(config: dict) -> tuple[list[str], list[str]]:
-    """(methods this build provides, those it does not)."""
-    from jaxclip_fs import methods
+    """(methods this build provides, those it does not): the catalogue's cards (no jax)."""
+    from jaxclip_fs import catalogue
 
-    names = set(methods.names())
+    names = set(catalogue.NAMES)
     return ([m for m in config["methods"] if m in names],
             [m for m in config["methods"] if m not in names])
 

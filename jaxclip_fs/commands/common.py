@@ -87,14 +87,17 @@ def add_protocol_arguments(group, several: bool = True) -> None:
                             "test, same images / views / prompts for all; fewshot: fair with "
                             "CoOp's min(K, 4) val images per class; paper: each method as its "
                             "official code produced the published numbers (selects on test "
-                            "where it did; labelled optimistic)"
+                            "where it did; labelled optimistic); validation_free: nothing "
+                            "selected and no validation image read -- each method's fixed "
+                            "default hyperparameters, its final epoch"
                             + ("; several run side by side (e.g. fair,paper)" if several else ""))
     group.add_argument("--sampler", choices=protocol_lib.SAMPLERS,
-                       help="few-shot sampler (default: nested for fair/fewshot, the official "
-                            "draw for paper)")
+                       help="few-shot sampler (default: nested for fair/fewshot/"
+                            "validation_free, the official draw for paper)")
     group.add_argument("--prompts", metavar="FILE.json",
                        help="CuPL-format prompt file (class name -> sentences) ensembled with the "
-                            "templates (fair/fewshot: by every method; paper: by APE / APE-T)")
+                            "templates (fair/fewshot/validation_free: by every method; paper: "
+                            "by APE / APE-T)")
 
 
 def add_images_arguments(group) -> None:

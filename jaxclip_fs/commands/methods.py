@@ -22,12 +22,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def describe(name: str) -> list[str]:
     """Lines describing one registered method."""
-    from jaxclip_fs import catalogue, methods
+    from jaxclip_fs import methods
 
     method = methods.get(name)
-    found = catalogue.entry(name)
-    lines = [f"{name} ({catalogue.display_name(name)}{'; ' + found.paper if found else ''}): "
-             f"{method.summary}", f"  reads: {method.inputs}"]
+    card = method.card
+    lines = [f"{name} ({card.shown}{'; ' + card.paper if card.paper else ''}): "
+             f"{card.summary}", f"  reads: {card.inputs}"]
     for option in method.options:
         lines.append(f"  option {option.name}: {' | '.join(option.choices)} "
                      f"(default {option.default}) -- {option.doc}")

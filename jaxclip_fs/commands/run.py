@@ -17,7 +17,8 @@ Each method variant runs all its seeds and shots -- and with --fuse-datasets sev
 datasets, padded and masked -- as ONE compiled program, its cell axis spread over all
 devices (jax.sharding Mesh + NamedSharding; same records as one device). Hyperparameters and
 epochs are chosen on validation (--protocol: fair, the whole val split, by default; fewshot,
-CoOp's min(K, 4) images per class; paper, each method's official rules), test scored once.
+CoOp's min(K, 4) images per class; paper, each method's official rules; validation_free,
+nothing chosen: fixed default hyperparameters, the final epoch), test scored once.
 
 DIR gets config.json (the experiment config; `run --config DIR/config.json` repeats it),
 manifest.json, features/<dataset>.npz, records/<protocol>/<method>/<dataset>/shots<K>_seed<S>.json

@@ -101,7 +101,9 @@ def set_of(cell: Cell, sampler: str, kmax: int) -> tuple[int, int]:
 
 def _val_set(fs: FeatureSet, seed: int, shots: int, sampler: str,
              val_rows: str) -> tuple[np.ndarray, np.ndarray]:
-    """A set's validation rows and their ranks (module docstring)."""
+    """A set's validation rows and their ranks (module docstring); none for ``"none"``."""
+    if val_rows == "none":
+        return np.zeros((0,), np.int64), np.zeros((0,), np.float32)
     if sampler == "nested" or val_rows == "full":
         return ranked_val_rows(fs.val_labels, fs.num_classes, seed, val_rows,
                                capped_val_shots(shots))
@@ -176,7 +178,7 @@ def build_batch(program: Program, method: Method, features: Mapping[str, Feature
     Args:
       features: dataset -> its feature set (every dataset of the program).
       resolved: dataset -> the method's settings there (equal batch sizes).
-      val_rows: ``"coop"`` (min(K, 4) per class) or ``"full"``.
+      val_rows: ``"coop"`` (min(K, 4) per class), ``"full"`` or ``"none"`` (no row).
       pad_cells: T -> the padded T (a multiple of the device count).
       ood: out-of-distribution sets of the program's (single) dataset.
       sampler: the few-shot sampler (``nested``, ``official``, ``official_chained``).

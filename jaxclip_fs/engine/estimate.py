@@ -118,7 +118,8 @@ def feature_estimate(program: Program, variant: Variant, sizes: Mapping[str, Inp
     """XLA's numbers of a feature program on inputs of these ``sizes`` (module docstring),
     as the protocol's ``rules`` run it."""
     method = as_trained(variant.method, rules)
-    resolved = {d: variant.resolve(d, sizes[d].dim) for d in program.datasets}
+    resolved = {d: variant.resolve(d, sizes[d].dim, search=rules.searches)
+                for d in program.datasets}
     batch = batch_lib.abstract_batch(
         program, method, sizes, resolved, val_rows=rules.val_rows, sampler=rules.sampler,
         pad_cells=lambda n: sharding.padded_length(n, mesh), ood_test=ood_test)
@@ -183,6 +184,8 @@ def image_sizes(source, name: str, program: Program, method, clip, *, rules: Rul
     pool = source.pool_size(name, request)
     if rules.search_on == "test":
         selection = split.test
+    elif not rules.searches:
+        selection = 0
     elif rules.val_rows == "full":
         selection = split.val
     else:  # the union over seeds of min(K, 4) per class (at most; seeds overlap)
@@ -227,7 +230,7 @@ def image_estimate(program: Program, variant: Variant, clip, sizes: ImageSizes, 
     """
     method = image_program.bind(as_trained(variant.method, rules), images_lib.image_spec(clip))
     config = clip.config
-    resolved = variant.resolve(program.datasets[0], config.embed_dim)
+    resolved = variant.resolve(program.datasets[0], config.embed_dim, search=rules.searches)
     cells = len(program.cells)
     kmax, c = max(program.shots), sizes.num_classes
     fit_mesh = image_program.fit_mesh(mesh, cells)
@@ -263,22 +266,25 @@ def image_estimate(program: Program, variant: Variant, clip, sizes: ImageSizes, 
                       cost_lib.nbytes(arguments), stream_mode,
                       times=math.ceil(images / batch_images))
 
-    select_stream = stream(image_program.precompute_fn(method), (params, masks), sizes.selection)
-    one_batch = jax.eval_shape(images_lib._through_trunk(image_program.precompute_fn(method),
-                                                         plain), (frozen, (params, masks)), pixels)
-    pre = {k: _S((cells, sizes.selection, *v.shape[2:]), v.dtype) for k, v in one_batch.items()}
-    grid = {k: _S((cells, len(v)), jnp.float32) for k, v in resolved.grid.items()}
-    select_args = (params, masks, frozen, pre, _S((sizes.selection,), jnp.int32),
-                   _S((cells, sizes.selection), jnp.float32), hp, grid)
-    select_fn = image_program._compiled_select(method)
-    select = _stage(select_fn, select_fn, select_args, select_args,
-                    cost_lib.nbytes(select_args), stream_mode)
     predict = image_program.predict_fn(method, keep_logits)
     chosen = {**hp, **{k: _S((cells,), jnp.float32) for k in resolved.grid}}
     bundle = (params, masks, chosen, _S((c,), jnp.float32))
-    streams = [select_stream] + [stream(predict, bundle, n) for n in (sizes.test,
-                                                                      *sizes.ood_test)]
-    stages = [fit, select, *streams]
+    streams = [stream(predict, bundle, n) for n in (sizes.test, *sizes.ood_test)]
+    stages = [fit]
+    if rules.searches:  # (validation_free streams no selection split and searches nothing)
+        streams.insert(0, stream(image_program.precompute_fn(method), (params, masks),
+                                 sizes.selection))
+        one_batch = jax.eval_shape(images_lib._through_trunk(
+            image_program.precompute_fn(method), plain), (frozen, (params, masks)), pixels)
+        pre = {k: _S((cells, sizes.selection, *v.shape[2:]), v.dtype)
+               for k, v in one_batch.items()}
+        grid = {k: _S((cells, len(v)), jnp.float32) for k, v in resolved.grid.items()}
+        select_args = (params, masks, frozen, pre, _S((sizes.selection,), jnp.int32),
+                       _S((cells, sizes.selection), jnp.float32), hp, grid)
+        select_fn = image_program._compiled_select(method)
+        stages.append(_stage(select_fn, select_fn, select_args, select_args,
+                             cost_lib.nbytes(select_args), stream_mode))
+    stages += streams
     fixed = sum((s.cost for s in streams), cost_lib.ZERO)
     notes = [f"cells {cells} over {devices} device(s) (padded to {padded}); support pool "
              f"{sizes.pool} images, {c} classes x {kmax} shots",

@@ -38,7 +38,8 @@ def evaluate_features(fs: featfile.FeatureSet, method: str, *, shots: int = 16, 
       options: the method's structural options.
       dataset: registry name choosing per-dataset defaults / grids (default:
         ``fs.meta["dataset"]``; unknown names use the generic default).
-      protocol: ``fair``, ``fewshot`` or ``paper`` (:mod:`~jaxclip_fs.experiment.protocol`).
+      protocol: one of ``experiment.protocol.PROTOCOLS`` (``fair`` by default;
+        :mod:`~jaxclip_fs.experiment.protocol`).
       sampler: the few-shot sampler (default: the protocol's).
       out_dir: when given, writes ``test_logits.npy`` and ``result.json`` there.
       log: progress sink (None: silent).

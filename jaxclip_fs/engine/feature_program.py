@@ -45,10 +45,12 @@ def cell(method: Method, per_cell: dict, shared: dict, *, batch_size: int, max_e
     Args:
       epochs_on: where a trained method's best epoch is chosen: ``val`` or ``test``
         (``final``: ``method`` keeps its last epoch; the caller gives such a method).
-      search_on: where the hyperparameter grid is searched: ``val`` or ``test``.
+      search_on: where the hyperparameter grid is searched: ``val`` or ``test``;
+        ``none``: nothing is searched or scored before test (``validation_free``:
+        the hyperparameters are fixed and no validation row is read).
 
     Returns:
-      ``test_accuracy``, ``val_accuracy`` (on the search set, in %),
+      ``test_accuracy``, ``val_accuracy`` (on the search set, in %; NaN without one),
       ``best_epoch`` (-1 if not trained), ``best_score`` (the selected epoch's
       score on the epoch-selection set), ``losses`` (per epoch; empty if not
       trained), ``index`` (name -> chosen grid index), ``heads`` (name -> test
@@ -71,12 +73,15 @@ def cell(method: Method, per_cell: dict, shared: dict, *, batch_size: int, max_e
     val = EvalSet(shared["val"][set_index], shared["val_labels"][set_index],
                   (shared["val_rank"][set_index] < per_cell["val_take"]).astype(jnp.float32))
     hp = per_cell["hp"]
-    params, info = fit(method, key, task, test if epochs_on == "test" else val, hp,
+    params, info = fit(method, key, task, {"val": val, "test": test}.get(epochs_on), hp,
                        batch_size=batch_size, max_epochs=max_epochs)
     pre = method.precompute(params, task, test.features, test.mask)
     on_test = search_on == "test"  # (the test precompute serves the search too)
-    chosen = select(method, params, task, test if on_test else val, hp, per_cell["grid"],
-                    pre=pre if on_test else None)
+    if search_on == "none":
+        chosen = {"hp": dict(hp), "val_accuracy": jnp.asarray(jnp.nan, jnp.float32)}
+    else:
+        chosen = select(method, params, task, test if on_test else val, hp, per_cell["grid"],
+                        pre=pre if on_test else None)
     test_logits = logits_from(method, pre, params, task, chosen["hp"])
     result = {
         "test_accuracy": accuracy(test_logits, test), "val_accuracy": chosen["val_accuracy"],

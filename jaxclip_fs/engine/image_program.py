@@ -14,7 +14,8 @@ stages over the T cells (seeds x shots) of one dataset:
    rows, or the test split where the protocol searches on test) go through the frozen
    trunk once per batch and every cell's ``precompute``; then the method's
    grid is searched per cell on its own rows (:func:`~jaxclip_fs.train.fit.select`,
-   the same search as the feature methods', e.g. LDC's β);
+   the same search as the feature methods', e.g. LDC's β) -- skipped under
+   ``validation_free``, whose hyperparameters are fixed;
 3. **predict** -- the test images (and each OOD set) stream through the
    trunk once; each cell predicts with its chosen hyperparameters, and the
    method's reported heads are scored too.
@@ -181,32 +182,11 @@ def support_rows(data: ImageData, cell, kmax: int, sampler: str) -> np.ndarray:
     return np.pad(rows, ((0, 0), (0, kmax - rows.shape[1])), mode="edge")
 
 
-def run_image_program(program: Program, method: Method, data: ImageData, resolved: Resolved, *,
-                      oods: Sequence[QuerySet], rules: Rules, mesh,
-                      keep_logits: bool = False, limits: dict | None = None) -> dict:
-    """Runs one image program (module docstring); returns host outputs in cell order.
-
-    Returns:
-      dict with per cell (leading axis T, ``program.cells`` order): ``params``,
-      ``info`` (``losses``, ``best_epoch``), ``index`` (name -> grid index),
-      ``val_accuracy``, ``test_accuracy``, ``heads`` (name -> test accuracy),
-      ``ood_accuracy`` [T, O], ``val_size`` [T], ``selection`` (the split's
-      name), ``selection_pre`` (the heads on the selection rows, for the
-      confusion analysis) with ``selection_labels`` / ``selection_rows``,
-      ``devices`` (how many the fit ran on) and ``test_logits`` [T, M, C]
-      with ``keep_logits``.
-    """
+def _select_cells(program: Program, method: Method, data: ImageData, params, masks, hp: dict,
+                  resolved: Resolved, rules: Rules, limits: dict | None):
+    """Every cell's search on its selection rows, in one stream over their union →
+    ``(split, heads' pre [T, M, ...], labels [M], member [T, M], chosen)``."""
     cells = program.cells
-    kmax = max(c.shots for c in cells)
-    index = np.stack([support_rows(data, c, kmax, rules.sampler) for c in cells])
-    mask = np.stack([np.broadcast_to(np.arange(kmax) < c.shots, index.shape[1:]) for c in cells])
-    seeds = [c.seed for c in cells]
-    hp = {name: np.full((len(cells),), value, np.float32) for name, value in resolved.values.items()}
-    params, info = fit_cells(method, data, index, mask, seeds, hp, resolved, mesh,
-                             name=f"{program.name} (fit)", limits=limits)
-    masks = jnp.asarray(mask, jnp.float32)
-
-    # select: one stream over the union of the cells' selection rows
     picked = [selection_rows(data, c.shots, c.seed, rules) for c in cells]
     split = picked[0][0]
     union = np.unique(np.concatenate([rows for _, rows in picked]))
@@ -220,6 +200,42 @@ def run_image_program(program: Program, method: Method, data: ImageData, resolve
     chosen = watchdog.call(lambda: jax.device_get(_compiled_select(method)(
         params, masks, data.frozen, pre_cells, jnp.asarray(queries.labels), member,
         as_arrays(hp), grid)), f"{program.name} (select)", **(limits or {}))
+    return split, pre_cells, queries.labels, member, chosen
+
+
+def run_image_program(program: Program, method: Method, data: ImageData, resolved: Resolved, *,
+                      oods: Sequence[QuerySet], rules: Rules, mesh,
+                      keep_logits: bool = False, limits: dict | None = None) -> dict:
+    """Runs one image program (module docstring); returns host outputs in cell order.
+
+    Returns:
+      dict with per cell (leading axis T, ``program.cells`` order): ``params``,
+      ``info`` (``losses``, ``best_epoch``), ``index`` (name -> grid index),
+      ``val_accuracy``, ``test_accuracy``, ``heads`` (name -> test accuracy),
+      ``ood_accuracy`` [T, O], ``val_size`` [T], ``selection`` (the split's
+      name; None when ``rules`` select nothing -- then no selection row is
+      read and the next three are None / empty), ``selection_pre`` (the heads
+      on the selection rows, for the confusion analysis) with
+      ``selection_labels`` / ``selection_rows``,
+      ``devices`` (how many the fit ran on) and ``test_logits`` [T, M, C]
+      with ``keep_logits``.
+    """
+    cells = program.cells
+    kmax = max(c.shots for c in cells)
+    index = np.stack([support_rows(data, c, kmax, rules.sampler) for c in cells])
+    mask = np.stack([np.broadcast_to(np.arange(kmax) < c.shots, index.shape[1:]) for c in cells])
+    seeds = [c.seed for c in cells]
+    hp = {name: np.full((len(cells),), value, np.float32) for name, value in resolved.values.items()}
+    params, info = fit_cells(method, data, index, mask, seeds, hp, resolved, mesh,
+                             name=f"{program.name} (fit)", limits=limits)
+    masks = jnp.asarray(mask, jnp.float32)
+
+    if rules.searches:
+        split, pre_cells, labels, member, chosen = _select_cells(
+            program, method, data, params, masks, hp, resolved, rules, limits)
+    else:  # validation_free: the fixed hyperparameters, no selection split read at all
+        split, pre_cells, labels, member = None, None, None, np.zeros((len(cells), 0))
+        chosen = {"hp": as_arrays(hp), "val_accuracy": np.full(len(cells), np.nan, np.float32)}
 
     # predict: test, then each OOD set, with every cell's chosen hyperparameters
     def predict(q: QuerySet) -> dict:
@@ -242,7 +258,7 @@ def run_image_program(program: Program, method: Method, data: ImageData, resolve
         "heads": test["heads"],
         "ood_accuracy": np.stack(ood, axis=1) if ood else np.zeros((len(cells), 0)),
         "val_size": member.sum(axis=1).astype(int), "selection": split,
-        "selection_pre": pre_cells, "selection_labels": queries.labels, "selection_rows": member,
+        "selection_pre": pre_cells, "selection_labels": labels, "selection_rows": member,
         "devices": fit_mesh(mesh, len(cells)).devices.size,
     }
     if keep_logits:

@@ -122,7 +122,9 @@ def plan_run(config: config_lib.ExperimentConfig, variants: Mapping[str, Variant
             if kind in FEATURE_KINDS else None
         if check is not None:  # inputs in memory: a missing seed, draw or shot fails now
             check(dataset, requests(kind, dataset))
-        _resolve(variants[label], dataset, sizes)  # bad values fail here, before any work
+        for search in {rules_of(config, p, variants[label], dataset).searches
+                       for p in config.protocol.names}:  # bad values fail here, before any work
+            _resolve(variants[label], dataset, sizes, search)
 
     def groups_of(protocol: str, label: str, names: Sequence[str]) -> list[tuple[str, ...]]:
         variant = variants[label]
@@ -132,9 +134,11 @@ def plan_run(config: config_lib.ExperimentConfig, variants: Mapping[str, Variant
 
         def signature(d):
             found = sizes.features(kind, d, label)
-            return (tuple(ood_of.get(d, ())), rules_of(config, protocol, variant, d),
+            rules = rules_of(config, protocol, variant, d)
+            return (tuple(ood_of.get(d, ())), rules,
                     batch_lib.fusion_signature(variant.method, found,
-                                               variant.resolve(d, found.dim)))
+                                               variant.resolve(d, found.dim,
+                                                               search=rules.searches)))
         return fusion_groups(names, signature, True)
 
     programs = plan_programs(pending, config.labels(), groups_of)
@@ -198,11 +202,12 @@ def _follow_process_zero(programs: Sequence[Program], decisions: Sequence[planne
     return found
 
 
-def _resolve(variant: Variant, dataset: str, sizes: Sizes):
+def _resolve(variant: Variant, dataset: str, sizes: Sizes, search: bool):
     kind = variant.method.inputs
     if kind in FEATURE_KINDS:
-        return variant.resolve(dataset, sizes.features(kind, dataset, variant.label).dim)
-    return variant.resolve(dataset, sizes.clip(variant.label).config.embed_dim)
+        return variant.resolve(dataset, sizes.features(kind, dataset, variant.label).dim,
+                               search=search)
+    return variant.resolve(dataset, sizes.clip(variant.label).config.embed_dim, search=search)
 
 
 def _measure(whole: Program, variant: Variant, sizes: Sizes, config, mesh, ood_of, requests,

@@ -46,7 +46,8 @@ class CellResult:
       accuracy: the protocol's figure in % (``rules.reported``; ``final``: the
         final prediction's test accuracy).
       final_accuracy: the final prediction's test accuracy in %.
-      val_accuracy: the search set's accuracy in %.
+      val_accuracy: the search set's accuracy in %; None where nothing was selected
+        (``validation_free``).
       val_size, test_size, num_classes: sizes.
       best_epoch: trained methods: the epoch kept (0-based), else None.
       epoch_losses: trained methods: mean training loss per epoch.
@@ -65,7 +66,7 @@ class CellResult:
     searched: Sequence[str]
     accuracy: float
     final_accuracy: float
-    val_accuracy: float
+    val_accuracy: float | None
     val_size: int
     test_size: int
     num_classes: int
@@ -106,7 +107,8 @@ def cell_records(result: CellResult, *, program: Program, rules: Rules, seconds:
         searched=list(result.searched), protocol=rules.protocol, selection=rules.describe(),
         val_policy=rules.val_rows)
     results = dict(
-        val_accuracy=float(result.val_accuracy), best_epoch=result.best_epoch,
+        val_accuracy=None if result.val_accuracy is None else float(result.val_accuracy),
+        best_epoch=result.best_epoch,
         epoch_selection=method.epoch_selection if method.trainable else None,
         val_size=int(result.val_size),
         seconds=round(seconds / len(program.cells), 4),

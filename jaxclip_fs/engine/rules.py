@@ -15,7 +15,6 @@ as they will run) and the run (:mod:`~jaxclip_fs.engine.run`):
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Callable, Mapping, Sequence
 
@@ -37,7 +36,7 @@ def rules_of(config: config_lib.ExperimentConfig, protocol: str, variant: Varian
 
 @functools.lru_cache(maxsize=64)
 def _keeping_last_epoch(method):
-    return dataclasses.replace(method, epoch_selection="final")
+    return method.keeping_final()  # (one instance per method: it keys compiled programs)
 
 
 def as_trained(method, rules: protocol_lib.Rules):

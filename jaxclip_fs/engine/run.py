@@ -430,12 +430,15 @@ def _warn_missing_prompts(config: config_lib.ExperimentConfig, variants: Mapping
             "repository (yangyangyang127/APE), in CuPL's format (class name -> sentences).")
 
 
-def _resolve(variant: Variant, dataset: str, inputs: _Inputs):
-    """The variant's hyperparameters on ``dataset`` (the width comes from its inputs)."""
+def _resolve(variant: Variant, dataset: str, inputs: _Inputs, rules):
+    """The variant's hyperparameters on ``dataset`` under ``rules`` (the width comes from its
+    inputs)."""
     kind = variant.method.inputs
     if kind in FEATURE_KINDS:
-        return variant.resolve(dataset, inputs.features(kind, dataset, variant.label).dim)
-    return variant.resolve(dataset, inputs.sources.provider(kind, variant.label).spec().embed_dim)
+        dim = inputs.features(kind, dataset, variant.label).dim
+    else:
+        dim = inputs.sources.provider(kind, variant.label).spec().embed_dim
+    return variant.resolve(dataset, dim, search=rules.searches)
 
 
 def _limits(config: config_lib.ExperimentConfig) -> dict:
@@ -451,7 +454,7 @@ def _run_feature_program(program: Program, variant: Variant, inputs: _Inputs,
     method, kind = as_trained(variant.method, rules), variant.method.inputs
     fsets = {d: inputs.features(kind, d, program.method) for d in program.datasets}
     oods = {d: inputs.feature_oods(kind, d, program.method) for d in program.datasets}
-    resolved = {d: _resolve(variant, d, inputs) for d in program.datasets}
+    resolved = {d: _resolve(variant, d, inputs, rules) for d in program.datasets}
     batch = batch_lib.build_batch(
         program, method, fsets, resolved, val_rows=rules.val_rows,
         pad_cells=lambda n: sharding.padded_length(n, mesh), ood=oods[program.datasets[0]],
@@ -475,7 +478,7 @@ def _run_feature_program(program: Program, variant: Variant, inputs: _Inputs,
             cell=cell, method=method, provenance={**fs.meta, "dataset": cell.dataset},
             hyperparameters=method.used(res.values, res.grid, index), searched=list(res.grid),
             accuracy=reported(rules.reported, final, heads, best), final_accuracy=final,
-            val_accuracy=float(outputs["val_accuracy"][g, t]),
+            val_accuracy=float(outputs["val_accuracy"][g, t]) if rules.searches else None,
             val_size=fs.test.shape[0] if rules.search_on == "test" else batch.val_sizes[cell],
             test_size=int(fs.test.shape[0]), num_classes=fs.num_classes,
             best_epoch=int(outputs["best_epoch"][g, t]) if method.trains else None,
@@ -484,7 +487,8 @@ def _run_feature_program(program: Program, variant: Variant, inputs: _Inputs,
             ood=[OODResult(o.name, float(outputs["ood_accuracy"][g, t, i]),
                            int(o.class_mask.sum()), int(o.test.shape[0]), o.meta)
                  for i, o in enumerate(oods[cell.dataset])],
-            inputs=({"epoch_views": epoch_views(num_views, int(res.values["epochs"])),
+            inputs=({"epoch_views": epoch_views(num_views, method.training.epochs(
+                         res.values, cell.shots * fs.num_classes)),
                      "augmented_views": num_views - 1} if method.trains else {}),
             test_logits=(np.asarray(outputs["test_logits"][g, t, :fs.test.shape[0],
                                                           :fs.num_classes], np.float32)
@@ -502,7 +506,7 @@ def _run_image_program(program: Program, variant: Variant, inputs: _Inputs,
     source = inputs.sources.provider("images", program.method)
     method = image_program.bind(as_trained(variant.method, rules), source.spec())
     data = inputs.images(dataset, method.taps, program.method)
-    resolved = _resolve(variant, dataset, inputs)
+    resolved = _resolve(variant, dataset, inputs, rules)
     oods = [source.ood(name, data) for name in inputs.ood_of.get(dataset, ())]
     out = image_program.run_image_program(
         program, method, data, resolved, oods=oods, rules=rules, mesh=mesh,
@@ -512,7 +516,7 @@ def _run_image_program(program: Program, variant: Variant, inputs: _Inputs,
     for t, cell in enumerate(program.cells):
         index = {name: int(v[t]) for name, v in out["index"].items()}
         confusion = None
-        if method.confusion is not None:
+        if method.confusion is not None and out["selection"] is not None:
             before, after = method.confusion
             rows = out["selection_rows"][t] > 0
             heads = method.heads({k: v[t][rows] for k, v in out["selection_pre"].items()})
@@ -528,7 +532,8 @@ def _run_image_program(program: Program, variant: Variant, inputs: _Inputs,
             hyperparameters=method.used(resolved.values, resolved.grid, index),
             searched=list(resolved.grid), accuracy=reported(rules.reported, final, heads, None),
             final_accuracy=final,
-            val_accuracy=float(out["val_accuracy"][t]), val_size=int(out["val_size"][t]),
+            val_accuracy=float(out["val_accuracy"][t]) if rules.searches else None,
+            val_size=int(out["val_size"][t]),
             test_size=len(data.dataset.split("test")), num_classes=data.num_classes,
             best_epoch=int(out["info"]["best_epoch"][t]) if method.trains else None,
             epoch_losses=losses_of(out["info"]["losses"][t]) if method.trains else None,
@@ -536,7 +541,8 @@ def _run_image_program(program: Program, variant: Variant, inputs: _Inputs,
             inputs={"taps": list(method.taps), "train_path": data.path,
                     "tap_cache_views": data.views if data.path == "cache" else None,
                     "epoch_views": ("fresh crops" if data.path == "trunk" else
-                                    epoch_views(data.views, int(resolved.values["epochs"]))
+                                    epoch_views(data.views, method.training.epochs(
+                                        resolved.values, cell.shots * data.num_classes))
                                     if method.trains else None),
                     "devices": out["devices"]},
             ood=[OODResult(q.name, float(out["ood_accuracy"][t, i]), int(q.class_mask.sum()),

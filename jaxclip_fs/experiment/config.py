@@ -19,7 +19,7 @@ data        datasets, features (files), ood; data_root, source           may gro
 model       backbone, weights, imo_adapters                              fixed
 extraction  views, aug_scale, aug_seed, dtype, batch_size               fixed
 images      train_path, tap_cache_views, aug_scale; tap_cache_budget_gib fixed
-protocol    names (fair, fewshot, paper)                                 may grow
+protocol    names (fair, fewshot, paper, validation_free)                may grow
             sampler, prompts                                             fixed
 hp          NAME -> value for every method declaring NAME                 fixed
 grid        shots, seeds                                                 may grow
@@ -150,12 +150,12 @@ class ProtocolConfig:
 
     Attributes:
       names: the protocols to run, each a grid axis: ``fair`` (default),
-        ``fewshot``, ``paper``.
+        ``fewshot``, ``paper``, ``validation_free``.
       sampler: the few-shot sampler, or None for each protocol's own
-        (``fair`` / ``fewshot``: ``nested``; ``paper``: the official draw).
+        (``paper``: the official draw; the others: ``nested``).
       prompts: a CuPL-format prompt file (class name -> sentences) ensembled
-        with the templates (``fair`` / ``fewshot``: by every method; ``paper``:
-        by the methods whose official classifier does, APE / APE-T).
+        with the templates (``paper``: by the methods whose official classifier
+        does, APE / APE-T; the others: by every method).
     """
 
     names: tuple[str, ...] = (protocol_lib.DEFAULT_PROTOCOL,)

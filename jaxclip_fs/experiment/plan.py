@@ -11,9 +11,10 @@ per shot count or into chunks of its cells (:func:`split_per_shots`,
 :func:`split_chunks`).
 
 Hyperparameters are resolved in one place, :meth:`Variant.resolve`: the
-method's per-dataset defaults, then the config's global ``hp`` (for the
-names the method declares), then the method's own ``hp``; the searched ones
-not fixed keep their grids.
+method's per-dataset defaults (under ``validation_free``, then its fixed
+choices), then the config's global ``hp`` (for the names the method
+declares), then the method's own ``hp``; the searched ones not fixed keep
+their grids (none under ``validation_free``).
 """
 
 from __future__ import annotations
@@ -51,10 +52,9 @@ class Resolved:
     grid: dict[str, np.ndarray]
 
     def static(self, method: Method) -> tuple[int, int]:
-        """(batch_size, epochs): the shape-setting training settings; (0, 0) without training."""
-        if not method.trainable:
-            return 0, 0
-        return int(self.values["batch_size"]), int(self.values["epochs"])
+        """(batch_size, epochs): the shape-setting training settings; (0, 0) without training.
+        (A batch size of 0 is the full batch; a method trained in steps gives its steps.)"""
+        return method.static(self.values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,9 +65,10 @@ class Variant:
     method: Method
     fixed: Mapping[str, float]
 
-    def resolve(self, dataset: str | None, dim: int) -> Resolved:
-        """The variant's settings on ``dataset`` (registry name) at feature width ``dim``."""
-        values, grid = self.method.resolve(dataset, dim, dict(self.fixed))
+    def resolve(self, dataset: str | None, dim: int, *, search: bool = True) -> Resolved:
+        """The variant's settings on ``dataset`` (registry name) at feature width ``dim``;
+        ``search=False``: fixed values, no grid (a protocol that selects nothing)."""
+        values, grid = self.method.resolve(dataset, dim, dict(self.fixed), search=search)
         return Resolved(values, grid)
 
 

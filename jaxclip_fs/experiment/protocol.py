@@ -1,4 +1,4 @@
-"""The three named protocols: where each method selects and what its record reports (no jax).
+"""The four named protocols: where each method selects and what its record reports (no jax).
 
 The methods' formulas equal their official code; the *protocol* around them
 decides what a number means. Every cell runs under one protocol, named in its
@@ -26,13 +26,21 @@ record, its run directory path and every report table:
     ``random``, Dassl's per-class ``random.sample``), and LDC's float16
     compute. Records say ``optimistic`` wherever test data chose or formed
     the figure.
+``validation_free`` (CLAP's argument: a real few-shot user has no validation set)
+    nothing is selected and **no validation row reaches any computation**:
+    every method at fixed hyperparameters -- its official code's defaults,
+    or where that has none the documented fixed choice its module declares
+    (``Hyperparameters.validation_free``) -- trained methods keep their final
+    epoch; the same images, views and prompts as ``fair``; the final
+    prediction is scored once on test.
 
 Why ``fair`` is the default: selecting on test inflates accuracy (by up to
 several points on small datasets), and the official codes differ from each
 other in what they select on, so their published numbers compare methods
 *and* protocols at once. ``fair`` compares methods only; ``paper`` says how
-much of a published gain is protocol (``jaxclip-fs report`` shows
-``paper - fair`` when both ran into one directory).
+much of a published gain is protocol and ``validation_free`` how much each
+method owes to its validation set (``jaxclip-fs report`` shows ``paper - fair``
+and ``fair - validation_free`` when both sides ran into one directory).
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ import dataclasses
 
 from jaxclip_fs.methods.base import Method
 
-PROTOCOLS = ("fair", "fewshot", "paper")
+PROTOCOLS = ("fair", "fewshot", "paper", "validation_free")
 DEFAULT_PROTOCOL = "fair"
 #: Few-shot samplers: ours (nested: k-shot ⊂ 2k-shot, any call order) and the official
 #: codes' (Dassl's draw after ``random.seed(seed)``; ``official_chained``: GDA / IMO's one
@@ -57,11 +65,13 @@ class Rules:
     """How one cell (protocol, method, dataset) selects and what it reports.
 
     Attributes:
-      protocol: ``fair``, ``fewshot`` or ``paper``.
-      val_rows: ``full`` (the whole val split) or ``coop`` (``min(K, 4)`` per class).
+      protocol: one of :data:`PROTOCOLS`.
+      val_rows: ``full`` (the whole val split), ``coop`` (``min(K, 4)`` per class) or
+        ``none`` (no validation row at all).
       epochs_on: trained methods: ``val``, ``test`` or ``final`` (no selection);
         None for methods that do not train.
-      search_on: ``val`` or ``test`` (the hyperparameter grid's split).
+      search_on: ``val`` or ``test`` (the hyperparameter grid's split), or ``none``
+        (hyperparameters fixed, nothing searched or scored before test).
       reported: the record's figure: ``final``, ``max_heads`` or ``max_epoch_or_search``
         (:class:`~jaxclip_fs.methods.base.Official`).
       sampler: one of :data:`SAMPLERS`.
@@ -75,6 +85,11 @@ class Rules:
     reported: str
     sampler: str
     prompts: bool
+
+    @property
+    def searches(self) -> bool:
+        """Hyperparameters are searched (else fixed: the method's ``validation_free`` values)."""
+        return self.search_on != "none"
 
     @property
     def optimistic(self) -> bool:
@@ -91,10 +106,10 @@ def rules(protocol: str, method: Method, dataset: str, *, sampler: str | None = 
     """The rules of ``method`` on ``dataset`` under ``protocol``.
 
     Args:
-      sampler: overrides the protocol's sampler (``fair`` / ``fewshot``: nested;
-        ``paper``: the method's official draw).
-      prompts: a prompt file was given (``fair`` / ``fewshot``: every method uses it;
-        ``paper``: the methods whose official classifier does).
+      sampler: overrides the protocol's sampler (``fair`` / ``fewshot`` /
+        ``validation_free``: nested; ``paper``: the method's official draw).
+      prompts: a prompt file was given (``fair`` / ``fewshot`` / ``validation_free``:
+        every method uses it; ``paper``: the methods whose official classifier does).
 
     Raises:
       ValueError: unknown protocol or sampler.
@@ -104,6 +119,9 @@ def rules(protocol: str, method: Method, dataset: str, *, sampler: str | None = 
     if sampler is not None and sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got '{sampler}'")
     own = ("val" if method.epoch_selection == "validation" else "final") if method.trains else None
+    if protocol == "validation_free":
+        return Rules(protocol, "none", "final" if method.trains else None, "none", "final",
+                     sampler or "nested", prompts)
     official = method.official
     if protocol != "paper" or official is None:  # (a user's method: the fair rules, named paper)
         return Rules(protocol, "coop" if protocol == "fewshot" else "full", own, "val", "final",

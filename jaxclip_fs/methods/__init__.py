@@ -2,24 +2,30 @@
 
 ``get(name, **options)`` returns a :class:`~jaxclip_fs.methods.base.Method`;
 ``get_variant(label)`` the same from a variant label (``ldc[fusion=concat]``).
-A method says what it reads (``Method.inputs``: features, paired features
-or images) and the engine feeds it accordingly -- nothing outside a method's
-own module and this registry routes on its name. Every factory is checked
-when registered (:func:`~jaxclip_fs.methods.base.check_method`). Imports
-point down: nothing here imports ``clip/``, ``data/``, ``features/`` or above.
+The shipped methods are the cards of :data:`jaxclip_fs.catalogue.CARDS`: each
+card names its factory (``jaxclip_fs.methods.<name>.<name>``), registered here
+in card order; ``register(factory)`` adds a method defined anywhere (its
+:class:`~jaxclip_fs.catalogue.Card` travels with it). A method says what it
+reads (``card.inputs``: features, paired features or images) and the engine
+feeds it accordingly -- nothing outside a method's own module and its card
+routes on its name. Every factory is checked when registered
+(:func:`~jaxclip_fs.methods.base.check_method`). Imports point down: nothing
+here imports ``clip/``, ``data/``, ``features/`` or above.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 from typing import Callable
 
-from jaxclip_fs.catalogue import split_label
+from jaxclip_fs.catalogue import CARDS, Card, split_label
 from jaxclip_fs.errors import ConfigError
-from jaxclip_fs.methods import (
-    ape, ape_t, clip_adapter, gda, ldc, ta_pp, tip_adapter, tip_adapter_f, tip_x, tx_pp, zero_shot,
+from jaxclip_fs.methods.base import (
+    Compute, Hyperparameters, Method, Official, Training, check_method, cross_entropy, logits,
+    training_loss,
 )
-from jaxclip_fs.methods.base import Method, check_method, cross_entropy, logits, training_loss
+from jaxclip_fs.methods.optimizers import COSINE_ADAMW, Optimizer
 from jaxclip_fs.methods.task import EvalSet, Task
 
 Factory = Callable[..., Method]
@@ -54,10 +60,24 @@ def unregister(name: str) -> None:
     _instance.cache_clear()
 
 
-for _factory in (zero_shot.zero_shot, tip_adapter.tip_adapter, tip_adapter_f.tip_adapter_f,
-                 tip_x.tip_x, ape.ape, ape_t.ape_t, gda.gda, clip_adapter.clip_adapter, ldc.ldc,
-                 ta_pp.ta_pp, tx_pp.tx_pp):
-    register(_factory)
+def shipped_factory(card: Card) -> Factory:
+    """The factory a shipped card names (imports its module).
+
+    Raises:
+      ValueError: the module has no such factory, or its method carries another card.
+    """
+    module, function = card.factory_path
+    factory = getattr(importlib.import_module(module), function, None)
+    if factory is None:
+        raise ValueError(f"method '{card.name}': {module} has no factory '{function}'")
+    if factory().card is not card:
+        raise ValueError(f"method '{card.name}': its factory must build it with its catalogue "
+                         f"card (catalogue.card('{card.name}'))")
+    return factory
+
+
+for _card in CARDS:
+    register(shipped_factory(_card))
 
 
 def names() -> tuple[str, ...]:
@@ -91,5 +111,6 @@ def get_variant(label: str) -> Method:
     return get(name, **options)
 
 
-__all__ = ["EvalSet", "Method", "Task", "cross_entropy", "get", "get_variant", "logits", "names",
-           "register", "training_loss", "unregister"]
+__all__ = ["COSINE_ADAMW", "Card", "Compute", "EvalSet", "Hyperparameters", "Method", "Official",
+           "Optimizer", "Task", "Training", "cross_entropy", "get", "get_variant", "logits",
+           "names", "register", "training_loss", "unregister"]

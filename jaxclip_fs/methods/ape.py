@@ -35,7 +35,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxclip_fs.methods import hparams as hp_lib
-from jaxclip_fs.methods.base import Method, Official
+from jaxclip_fs import catalogue
+from jaxclip_fs.methods.base import Compute, Hyperparameters, Method, Official
 from jaxclip_fs.methods.cache import (
     affinity, cache_keys, cache_logits, l2_normalize, mask_logits, zero_shot_logits,
 )
@@ -149,6 +150,7 @@ def terms(pre, params, task, hp):
     return pre["s"], {"alpha": cache_logits(pre["affinity"], hp["beta"], values)}
 
 
+CARD = catalogue.card("ape")
 OFFICIAL = Official(
     source="yangyangyang127/APE main.py (beta x alpha x gamma searched on the whole val "
            "split; ImageNet: val = test), extract_features.py (text classifier = templates + "
@@ -159,15 +161,7 @@ OFFICIAL = Official(
 def ape() -> Method:
     """Training-free APE as a :class:`Method`."""
     return Method(
-        name="ape",
-        summary="APE: refined channels, s + alpha · exp(-beta (1 - f' F'ᵀ)) (L ⊙ exp(gamma · KL))",
-        hparams=(CHANNELS, LAMBDA1, LAMBDA2, hp_lib.ALPHA, hp_lib.BETA, GAMMA),
-        defaults=defaults,
-        grid=grid,
-        init=init,
-        precompute=precompute,
-        terms=terms,
-        linear=("alpha",),
-        neutral={"alpha": 0.0},
-        official=OFFICIAL,
-    )
+        CARD, Compute(init=init, precompute=precompute, terms=terms, linear=("alpha",)),
+        Hyperparameters((CHANNELS, LAMBDA1, LAMBDA2, hp_lib.ALPHA, hp_lib.BETA, GAMMA),
+                        defaults, grid, neutral={"alpha": 0.0}),
+        official=OFFICIAL)

@@ -29,7 +29,8 @@ import jax.numpy as jnp
 
 from jaxclip_fs.methods import ape
 from jaxclip_fs.methods import hparams as hp_lib
-from jaxclip_fs.methods.base import Method, Official
+from jaxclip_fs import catalogue
+from jaxclip_fs.methods.base import Compute, Hyperparameters, Method, Official, Training
 from jaxclip_fs.methods.cache import affinity, cache_logits, l2_normalize, zero_shot_logits
 
 # dataset: (training k, lr, eps, epochs): official configs' training_feat_num, lr, eps, train_epoch.
@@ -89,6 +90,7 @@ def terms(pre, params, task, hp):
     return pre["s"], {"alpha": cache_logits(pre["affinity"], hp["beta"], values)}
 
 
+CARD = catalogue.card("ape_t")
 OFFICIAL = Official(
     source="yangyangyang127/APE v1.0 (8cd042c) main.py: APE-T's best epoch chosen on the TEST "
            "set (moved to val in Sep 2023, after the published numbers), then alpha, beta on "
@@ -99,17 +101,7 @@ OFFICIAL = Official(
 def ape_t() -> Method:
     """APE-T as a :class:`Method` (trainable: ``residual``, ``value_weights``)."""
     return Method(
-        name="ape_t",
-        summary="APE-T: APE with a learned category residual and learned cache values",
-        hparams=((ape.CHANNELS, ape.LAMBDA1, ape.LAMBDA2, hp_lib.ALPHA, hp_lib.BETA)
-                 + hp_lib.TRAINING),
-        defaults=defaults,
-        grid=grid,
-        init=init,
-        precompute=precompute,
-        terms=terms,
-        linear=("alpha",),
-        trainable=("residual", "value_weights"),
-        neutral={"alpha": 0.0},
-        official=OFFICIAL,
-    )
+        CARD, Compute(init=init, precompute=precompute, terms=terms, linear=("alpha",)),
+        Hyperparameters((ape.CHANNELS, ape.LAMBDA1, ape.LAMBDA2, hp_lib.ALPHA, hp_lib.BETA),
+                        defaults, grid, neutral={"alpha": 0.0}),
+        Training(trainable=("residual", "value_weights")), official=OFFICIAL)

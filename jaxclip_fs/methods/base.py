@@ -1,24 +1,45 @@
-"""The method protocol: a bundle of pure functions plus its hyperparameter table.
+"""The method protocol: small records that compose into a :class:`Method`, the optax way.
 
-A method (one module each, built by a factory like optax's ``adam()``) is:
+A method (one module each, built by a factory like optax's ``adam()``) is a
+:class:`Method` made of independent parts, each a small frozen record:
 
-* ``init(key, task, hp) -> params`` -- everything computed from the support
-  set (cache keys, channel masks, precision matrices, learnable weights).
-* ``precompute(params, task, queries, query_mask) -> pre`` -- the
-  hyperparameter-independent work for one evaluation set, done once
-  (zero-shot logits, affinities, KL terms; an image method's head outputs).
-* ``terms(pre, params, task, hp) -> (base, residuals)`` -- the logits
-  decomposed along the hyperparameters they are *linear* in:
-  ``logits = base + Σ_h hp[h] · residuals[h]`` for ``h`` in ``linear``.
-  ``base`` and the residuals may depend on the non-linear hyperparameters.
+* :class:`~jaxclip_fs.catalogue.Card` -- who it is (no jax): name, display
+  name, what it reads (``inputs``), paper, formula line, published figures.
+* :class:`Compute` -- what it computes, pure functions of arrays:
 
-So :func:`logits` is written once, and the grid search
+  - ``init(key, task, hp) -> params`` -- everything computed from the support
+    set (cache keys, precision matrices, a closed-form solve, learnable
+    weights at their initial values);
+  - ``precompute(params, task, queries, query_mask) -> pre`` -- the
+    hyperparameter-independent work for one evaluation set, done once;
+  - ``terms(pre, params, task, hp) -> (base, residuals)`` -- the logits
+    decomposed along the hyperparameters they are *linear* in:
+    ``logits = base + Σ_h hp[h] · residuals[h]`` for ``h`` in ``linear``
+    (default: ``pre`` *is* the logits, no linear hyperparameter);
+  - ``loss`` -- the training loss (default: cross-entropy of :func:`logits`);
+    ``heads`` / ``confusion`` -- further predictions it reports.
+
+* :class:`Hyperparameters` -- its declared hyperparameters, per-dataset
+  defaults and search grids, optionally ``neutral`` values (the logits become
+  zero-shot's) and ``validation_free`` values (the fixed choice where nothing
+  may be selected).
+* :class:`Training` (None for a method that does not train) -- which
+  ``params`` keys are learned (``trainable``) or updated by the forward pass
+  (``state``), the optimizer (:class:`~jaxclip_fs.methods.optimizers.Optimizer`,
+  default cosine AdamW), whether the loop counts ``epochs`` or ``steps``,
+  minibatches or the full batch, and which iterate is kept (the best epoch
+  on validation or the final one).
+* :class:`Official` -- what its official code did (the ``paper`` protocol).
+
+So a closed-form method is ``Method(card, Compute(init=solve, precompute=predict))``;
+a trained one adds ``Training(trainable=("w",))`` (and an optimizer if not
+AdamW). :func:`logits` is written once, and the grid search
 (``methods/search.py``) evaluates ``terms`` once per point of the non-linear
-grid and scores every linear combination by additions only.
-Hyperparameters are a mapping of name -> scalar array, never closure
-constants, so grids and seeds are ``jax.vmap`` s without retracing.
+grid and scores every linear combination by additions only. Hyperparameters
+are a mapping of name -> scalar array, never closure constants, so grids and
+seeds are ``jax.vmap`` s without retracing.
 
-**Inputs.** ``inputs`` says what the method reads (``catalogue.INPUT_KINDS``):
+**Inputs.** ``card.inputs`` says what the method reads (``catalogue.INPUT_KINDS``):
 ``features`` (CLIP features: queries [M, D]), ``paired`` (the
 ``[adapted | original]`` features of TA++ / TX++, [M, 2D]) or ``images``
 (the frozen CLIP's outputs per image, :class:`~jaxclip_fs.methods.images.ImageInputs`).
@@ -27,36 +48,38 @@ tests its name. An image method is *bound* to the CLIP its images go
 through (``bind(spec)``, :class:`~jaxclip_fs.methods.images.ImageSpec`) and its
 ``precompute`` must work row by row (queries arrive in batches).
 
-**Training.** Trainable methods list the top-level ``params`` keys they
-learn in ``trainable`` and the keys the forward pass updates (BatchNorm
-statistics) in ``state``; :func:`training_loss` is cross-entropy of
-:func:`logits` unless the method gives its own ``loss``. The trainer
-(``jaxclip_fs.train``) keeps the best epoch on validation
-(``epoch_selection="validation"``) or the last (``"final"``).
-
 **Options** are structural choices (LDC's fusion, ablation): the factory
 takes them as keyword arguments, the method lists them in ``options`` and
 the values it was built with in ``option_values``; every combination is its
 own variant (``catalogue.variant_label``), so they can be swept.
+
+A :class:`Method` also reads through to its parts (``method.init``,
+``method.grid``, ``method.trainable`` ...), so code that runs methods need not
+know which record holds what.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Mapping, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxclip_fs.catalogue import INPUT_KINDS, variant_label
+from jaxclip_fs.catalogue import Card, variant_label
+from jaxclip_fs.errors import ConfigError
 from jaxclip_fs.methods import hparams as hparams_lib
 from jaxclip_fs.methods.cache import mask_logits
+from jaxclip_fs.methods.optimizers import COSINE_ADAMW, Optimizer
 from jaxclip_fs.methods.task import Task
 
 Params = Mapping[str, Any]
 HP = Mapping[str, Any]
 EPOCH_SELECTIONS = ("validation", "final")
+#: What a training loop counts: passes over the support (``epochs``) or optimizer updates.
+TRAINING_UNITS = ("epochs", "steps")
 
 
 class InitFn(Protocol):
@@ -157,71 +180,176 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> j
     return jnp.sum(weights * nll) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
+def logits_are_pre(pre, params, task, hp):
+    """The default ``terms``: ``precompute`` returned the logits themselves (no linear name)."""
+    del params, task, hp
+    return pre, {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Compute:
+    """What a method computes (module docstring): pure functions of arrays.
+
+    Attributes:
+      init: ``(key, task, hp) -> params``.
+      precompute: ``(params, task, queries, query_mask) -> pre``.
+      terms: ``(pre, params, task, hp) -> (base, {name: residual})``
+        (default: ``pre`` is the logits).
+      linear: names ``h`` with ``logits = base + Σ h · residual_h``.
+      loss: the training loss (default: cross-entropy of :func:`logits`).
+      heads: further predictions to report (e.g. LDC's heads), or None.
+      confusion: two heads whose class confusions the report compares
+        (before, after), or None.
+    """
+
+    init: InitFn
+    precompute: PrecomputeFn
+    terms: TermsFn = logits_are_pre
+    linear: tuple[str, ...] = ()
+    loss: LossFn | None = None
+    heads: HeadsFn | None = None
+    confusion: tuple[str, str] | None = None
+
+
+def _no_values(dataset, dim) -> dict[str, float]:
+    del dataset, dim
+    return {}
+
+
+def _no_grid(dataset) -> dict[str, np.ndarray]:
+    del dataset
+    return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Hyperparameters:
+    """A method's hyperparameters besides its training's (:class:`Training` adds those).
+
+    Attributes:
+      declared: the :class:`~jaxclip_fs.methods.hparams.HParam` s.
+      defaults: ``(dataset, dim) -> {name: value}``: every value used when not
+        searched -- the search ones at their official defaults (absent where the
+        official code has none), the fixed ones, and the training settings.
+      grid: ``dataset -> {name: float64 grid}`` for the search hyperparameters, keys
+        in the official loop order (outermost first); ties go to the first best.
+      neutral: values under which the logits are zero-shot CLIP's (property
+        tests), or None when the method has none.
+      validation_free: the documented fixed choice of search hyperparameters under
+        the ``validation_free`` protocol, over ``defaults`` (needed for those
+        without a default).
+    """
+
+    declared: tuple[hparams_lib.HParam, ...] = ()
+    defaults: Callable[[str | None, int], dict[str, float]] = _no_values
+    grid: Callable[[str | None], dict[str, np.ndarray]] = _no_grid
+    neutral: Mapping[str, float] | None = None
+    validation_free: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+
+NO_HYPERPARAMETERS = Hyperparameters()
+
+
+@dataclasses.dataclass(frozen=True)
+class Training:
+    """How a method trains: what is learned, by which optimizer, for how long, what is kept.
+
+    Attributes:
+      trainable: top-level ``params`` keys the optimizer learns.
+      state: top-level ``params`` keys the training forward pass updates (BatchNorm
+        statistics; the loss returns their new values).
+      optimizer: the update rule and the hyperparameters it reads
+        (:mod:`~jaxclip_fs.methods.optimizers`; default cosine AdamW).
+      unit: ``"epochs"`` -- the loop runs ``epochs`` passes over the support,
+        ``ceil(n / batch_size)`` steps each; ``"steps"`` -- it runs ``steps``
+        optimizer updates, the support's batches in turn, epoch after epoch
+        (the last epoch cut short); always keeps the final iterate.
+      full_batch: every step sees the whole support (one step per epoch; no
+        ``batch_size`` hyperparameter).
+      epoch_selection: ``"validation"`` (the best epoch on validation) or
+        ``"final"`` (the last iterate).
+      state_estimate: ``(params, task, inputs, labels, weights, hp) -> state``:
+        a batch's own values of the ``state`` entries; when given, the trainer
+        replaces the trained state by their mean over one more epoch (PyTorch's
+        ``swa_utils.update_bn``).
+    """
+
+    trainable: tuple[str, ...]
+    state: tuple[str, ...] = ()
+    optimizer: Optimizer = COSINE_ADAMW
+    unit: str = "epochs"
+    full_batch: bool = False
+    epoch_selection: str = "validation"
+    state_estimate: LossFn | None = None
+
+    @property
+    def length(self) -> str:
+        """The hyperparameter naming the loop's length: ``epochs`` or ``steps``."""
+        return "steps" if self.unit == "steps" else "epochs"
+
+    @property
+    def hparams(self) -> tuple[hparams_lib.HParam, ...]:
+        """The loop's hyperparameters (its length, the batch size) and the optimizer's."""
+        loop = (hparams_lib.STEPS if self.unit == "steps" else hparams_lib.EPOCHS,)
+        if not self.full_batch:
+            loop += (hparams_lib.BATCH_SIZE,)
+        return loop + self.optimizer.hparams
+
+    def static(self, values: Mapping[str, float]) -> tuple[int, int]:
+        """``(batch_size, length)``: the shape-setting settings of ``values`` (a batch size of 0
+        means the full support)."""
+        batch = 0 if self.full_batch else int(values["batch_size"])
+        return batch, int(values[self.length])
+
+    def epochs(self, values: Mapping[str, float], items: int) -> int:
+        """The epochs a support of ``items`` real items trains for (steps: the epochs they
+        touch, ``ceil(steps / ceil(items / batch_size))``)."""
+        if self.unit == "epochs":
+            return int(values["epochs"])
+        batch = items if self.full_batch else int(values["batch_size"])
+        return math.ceil(int(values["steps"]) / max(1, math.ceil(items / batch)))
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Method:
-    """A few-shot method: pure functions + declarations (module docstring).
+    """A few-shot method: its parts (module docstring), composed.
 
     Compared and hashed by identity (it keys compiled programs); the registry
     returns one instance per (name, options).
 
     Attributes:
-      name: registry name (``tip_adapter`` ...).
-      summary: one line.
-      hparams: the declared hyperparameters (:class:`~jaxclip_fs.methods.hparams.HParam`).
-      defaults: ``(dataset, dim) -> {name: value}`` (search hyperparameters
-        without an official default are absent).
-      grid: ``dataset -> {name: float64 grid}``, keys in the official loop
-        order (outermost first); ties go to the first best in that order.
-      init, precompute, terms: see the module docstring.
-      linear: names ``h`` with ``logits = base + Σ h · residual_h``.
-      trainable: top-level ``params`` keys learned by the trainer.
-      state: top-level ``params`` keys updated by the training forward pass.
-      neutral: hyperparameter values under which the logits are the
-        zero-shot logits (property tests).
-      inputs: one of ``catalogue.INPUT_KINDS``.
-      loss: the training loss (default: cross-entropy of :func:`logits`).
-      state_estimate: ``(params, task, inputs, labels, weights, hp) -> state``:
-        a batch's own values of the ``state`` entries; when given, the trainer
-        replaces the trained state by their mean over one more epoch (PyTorch's
-        ``swa_utils.update_bn``).
-      epoch_selection: ``validation`` (best epoch) or ``final`` (last epoch).
-      heads: further predictions to report (e.g. LDC's heads), or None.
-      confusion: two heads whose class confusions the report compares
-        (before, after), or None.
+      card: who it is (:class:`~jaxclip_fs.catalogue.Card`).
+      compute: what it computes (:class:`Compute`).
+      hyper: its hyperparameters (:class:`Hyperparameters`).
+      training: how it trains (:class:`Training`), or None.
+      official: what its official code did (the ``paper`` protocol), or None.
       options: the structural options the factory accepts.
       option_values: the options this instance was built with.
       bind: image methods: ``ImageSpec -> Method`` bound to a CLIP.
       taps: a bound image method: the CLIP taps its inputs need.
-      official: what its official code did (the ``paper`` protocol), or None.
     """
 
-    name: str
-    summary: str
-    hparams: tuple[hparams_lib.HParam, ...]
-    defaults: Callable[[str | None, int], dict[str, float]]
-    grid: Callable[[str | None], dict[str, np.ndarray]]
-    init: InitFn
-    precompute: PrecomputeFn
-    terms: TermsFn
-    linear: tuple[str, ...] = ()
-    trainable: tuple[str, ...] = ()
-    state: tuple[str, ...] = ()
-    neutral: Mapping[str, float] = dataclasses.field(default_factory=dict)
-    inputs: str = "features"
-    loss: LossFn | None = None
-    state_estimate: LossFn | None = None
-    epoch_selection: str = "validation"
-    heads: HeadsFn | None = None
-    confusion: tuple[str, str] | None = None
+    card: Card
+    compute: Compute
+    hyper: Hyperparameters = NO_HYPERPARAMETERS
+    training: Training | None = None
+    official: Official | None = None
     options: tuple[Option, ...] = ()
     option_values: Mapping[str, str] = dataclasses.field(default_factory=dict)
     bind: Callable[[Any], "Method"] | None = None
     taps: tuple[str, ...] = ()
-    official: Official | None = None
+
+    # --- who ---------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.card.name
 
     @property
-    def hparam_specs(self) -> dict[str, hparams_lib.HParam]:
-        return {h.name: h for h in self.hparams}
+    def inputs(self) -> str:
+        return self.card.inputs
+
+    @property
+    def summary(self) -> str:
+        return self.card.summary
 
     @property
     def label(self) -> str:
@@ -230,16 +358,92 @@ class Method:
                    if self.option_values.get(o.name, o.default) != o.default}
         return variant_label(self.name, changed)
 
+    # --- what it computes (read through to ``compute``) ----------------------------------------
+    @property
+    def init(self) -> InitFn:
+        return self.compute.init
+
+    @property
+    def precompute(self) -> PrecomputeFn:
+        return self.compute.precompute
+
+    @property
+    def terms(self) -> TermsFn:
+        return self.compute.terms
+
+    @property
+    def linear(self) -> tuple[str, ...]:
+        return self.compute.linear
+
+    @property
+    def loss(self) -> LossFn | None:
+        return self.compute.loss
+
+    @property
+    def heads(self) -> HeadsFn | None:
+        return self.compute.heads
+
+    @property
+    def confusion(self) -> tuple[str, str] | None:
+        return self.compute.confusion
+
+    # --- how it trains (read through to ``training``) -----------------------------------------
     @property
     def trains(self) -> bool:
-        return bool(self.trainable)
+        return self.training is not None and bool(self.training.trainable)
+
+    @property
+    def trainable(self) -> tuple[str, ...]:
+        return self.training.trainable if self.training is not None else ()
+
+    @property
+    def state(self) -> tuple[str, ...]:
+        return self.training.state if self.training is not None else ()
+
+    @property
+    def state_estimate(self) -> LossFn | None:
+        return self.training.state_estimate if self.training is not None else None
+
+    @property
+    def epoch_selection(self) -> str | None:
+        """Which iterate training keeps (``validation`` / ``final``); None without training."""
+        return self.training.epoch_selection if self.trains else None
+
+    def keeping_final(self) -> "Method":
+        """This method keeping its final iterate (no epoch selection)."""
+        if not self.trains or self.training.epoch_selection == "final":
+            return self
+        return dataclasses.replace(
+            self, training=dataclasses.replace(self.training, epoch_selection="final"))
+
+    # --- its hyperparameters ------------------------------------------------------------------
+    @property
+    def grid(self) -> Callable[[str | None], dict[str, np.ndarray]]:
+        return self.hyper.grid
+
+    @property
+    def defaults(self) -> Callable[[str | None, int], dict[str, float]]:
+        return self.hyper.defaults
+
+    @property
+    def hparams(self) -> tuple[hparams_lib.HParam, ...]:
+        """Every declared hyperparameter: the method's, then its training's."""
+        return self.hyper.declared + (self.training.hparams if self.trains else ())
+
+    @property
+    def hparam_specs(self) -> dict[str, hparams_lib.HParam]:
+        return {h.name: h for h in self.hparams}
 
     def names(self, role: str) -> tuple[str, ...]:
         """Names of the hyperparameters with ``role``."""
         return tuple(h.name for h in self.hparams if h.role == role)
 
-    def resolve(self, dataset: str | None, dim: int,
-                overrides=()) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    def static(self, values: Mapping[str, float]) -> tuple[int, int]:
+        """``(batch_size, length)`` that set a program's shapes; ``(0, 0)`` without training."""
+        return self.training.static(values) if self.trains else (0, 0)
+
+    def resolve(self, dataset: str | None, dim: int, overrides=(), *,
+                search: bool = True) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         """Hyperparameter values and the grid still to search.
 
         Args:
@@ -247,6 +451,8 @@ class Method:
             (unknown / None -> the method's generic default).
           dim: feature width D (APE's channel count scales with it).
           overrides: ``["name=value", ...]`` or ``{name: value}`` fixed by the user.
+          search: False: nothing is selected (``validation_free``): the
+            ``validation_free`` choices over the defaults, and no grid.
 
         Returns:
           ``(values, grid)``: ``values`` holds defaults updated by the
@@ -254,14 +460,23 @@ class Method:
           search hyperparameters the user did not fix (empty: no search).
 
         Raises:
-          ConfigError: unknown name (listing the valid ones) or bad value.
+          ConfigError: unknown name (listing the valid ones), bad value, or (without
+            search) a search hyperparameter with no fixed value.
         """
         specs = self.hparam_specs
         fixed = hparams_lib.parse_assignments(overrides, specs, self.name)
-        values = {**self.defaults(dataset, dim), **fixed}
+        values = {**self.hyper.defaults(dataset, dim), **fixed}
+        if not search:
+            values = {**values, **self.hyper.validation_free, **fixed}
+            missing = [n for n in self.names("search") if n not in values]
+            if missing:
+                raise ConfigError(
+                    f"method '{self.name}' has no fixed value for {', '.join(missing)} to run "
+                    f"without validation: give one (--hp {self.name}.{missing[0]}=VALUE)")
         checked = {name: hparams_lib.check_value(specs[name], value, dim)
                    for name, value in values.items()}
-        grid = {name: g for name, g in self.grid(dataset).items() if name not in fixed}
+        grid = {} if not search else {
+            name: g for name, g in self.hyper.grid(dataset).items() if name not in fixed}
         return checked, grid
 
     def used(self, values: Mapping[str, float], grid: Mapping[str, np.ndarray],
@@ -284,13 +499,11 @@ def check_method(method: Method) -> Method:
     def fail(rule: str):
         raise ValueError(f"method '{method.name}': {rule}")
 
+    if not isinstance(method.card, Card):
+        fail("card must be a catalogue.Card")
     specs = method.hparam_specs
     if len(specs) != len(method.hparams):
         fail("a hyperparameter is declared twice")
-    if method.inputs not in INPUT_KINDS:
-        fail(f"inputs must be one of {INPUT_KINDS}, got '{method.inputs}'")
-    if method.epoch_selection not in EPOCH_SELECTIONS:
-        fail(f"epoch_selection must be one of {EPOCH_SELECTIONS}")
     grid = method.grid(None)
     if not isinstance(grid, dict):
         fail("grid(dataset) must return a dict (its key order is the search order)")
@@ -303,25 +516,32 @@ def check_method(method: Method) -> Method:
     for name in method.linear:
         if name not in specs:
             fail(f"linear names '{name}', which is not declared")
-    for name in method.neutral:
-        if name not in specs:
-            fail(f"neutral names '{name}', which is not declared")
-    if method.trainable:
-        missing = [h.name for h in hparams_lib.TRAINING if h.name not in specs]
-        if missing:
-            fail(f"trains but does not declare {', '.join(missing)}")
+    for field in ("neutral", "validation_free"):
+        for name in getattr(method.hyper, field) or {}:
+            if name not in specs:
+                fail(f"{field} names '{name}', which is not declared")
+    training = method.training
+    if training is not None:
+        if not training.trainable:
+            fail("training learns nothing: list the trainable params keys (or drop training)")
+        if training.unit not in TRAINING_UNITS:
+            fail(f"training.unit must be one of {TRAINING_UNITS}, got '{training.unit}'")
+        if training.epoch_selection not in EPOCH_SELECTIONS:
+            fail(f"epoch_selection must be one of {EPOCH_SELECTIONS}")
+        if training.unit == "steps" and training.epoch_selection != "final":
+            fail("a method trained in steps keeps its final iterate (epoch_selection='final')")
+        if training.state_estimate is not None and not training.state:
+            fail("state_estimate re-estimates state, but the method declares none")
     for option in method.options:
         value = method.option_values.get(option.name, option.default)
         if value not in option.choices:
             fail(f"option {option.name}={value} is not one of {option.choices}")
     if method.inputs == "images":
-        if method.bind is None:
+        if method.bind is None and not method.taps:
             fail("an image method needs bind(spec)")
-        if method.trainable and method.epoch_selection != "final":
+        if method.trains and method.epoch_selection != "final":
             fail("an image method keeps its final epoch (validation per epoch would run the "
                  "frozen CLIP over the validation images every epoch)")
-    if method.state_estimate is not None and not method.state:
-        fail("state_estimate re-estimates state, but the method declares none")
     if method.confusion and method.heads is None:
         fail("confusion names heads, but the method reports none")
     official = method.official

@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxclip_fs.methods import hparams as hp_lib
-from jaxclip_fs.methods.base import Method, Official
+from jaxclip_fs import catalogue
+from jaxclip_fs.methods.base import Compute, Hyperparameters, Method, Official, Training
 from jaxclip_fs.methods.cache import l2_normalize
 
 REDUCTION = 4
@@ -59,6 +60,7 @@ def terms(pre, params, task, hp):
     return task.logit_scale * l2_normalize(blended) @ task.text.T, {}
 
 
+CARD = catalogue.card("clip_adapter")
 OFFICIAL = Official(
     source="gaopengcuhk/CLIP-Adapter clip_adapter.py on CoOp's Dassl trainer: the last epoch "
            "is tested (Dassl TEST.FINAL_MODEL='last_step'), no validation; CoOp's seeds 1-3",
@@ -68,15 +70,6 @@ OFFICIAL = Official(
 def clip_adapter() -> Method:
     """CLIP-Adapter as a :class:`Method` (trainable: ``down``, ``up``)."""
     return Method(
-        name="clip_adapter",
-        summary="CLIP-Adapter: residual bottleneck MLP on the image feature",
-        hparams=(RATIO,) + hp_lib.TRAINING,
-        defaults=lambda dataset, dim: dict(DEFAULTS),
-        grid=lambda dataset: {},
-        init=init,
-        precompute=precompute,
-        terms=terms,
-        trainable=("down", "up"),
-        neutral={"ratio": 0.0},
-        official=OFFICIAL,
-    )
+        CARD, Compute(init=init, precompute=precompute, terms=terms),
+        Hyperparameters((RATIO,), lambda dataset, dim: dict(DEFAULTS), neutral={"ratio": 0.0}),
+        Training(trainable=("down", "up")), official=OFFICIAL)

@@ -10,7 +10,8 @@ discriminant: ``w_c = Σ⁻¹ μ_c``, ``b_c = log(1/C) - ½ μ_cᵀ Σ⁻¹ μ_c
 Search: α over {1e-4, 1e-3, ..., 1e2} (first best). The logits are linear
 in α. The official loop starts with ``best_alpha = 0.1`` and ``best_acc = 0``;
 we return the first grid point if every point scores 0 %. There is no
-default α: it is always searched unless given.
+default α: it is always searched unless given -- and without validation
+(``validation_free``) it is 0.1, the official loop's starting value.
 
 Masks: N counts real items only, C real classes only.
 """
@@ -21,11 +22,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxclip_fs.methods import hparams as hp_lib
-from jaxclip_fs.methods.base import Method, Official
+from jaxclip_fs import catalogue
+from jaxclip_fs.methods.base import Compute, Hyperparameters, Method, Official
 from jaxclip_fs.methods.cache import augmented_views, l2_normalize, zero_shot_logits
 from jaxclip_fs.methods.linalg import pinv_hermitian
 
 ALPHA = hp_lib.HParam("alpha", "search", "weight of the Gaussian discriminant logits", minimum=0.0)
+#: Without validation: α = 0.1, the official search loop's starting value (``best_alpha``).
+VALIDATION_FREE = {"alpha": 0.1}
 
 
 def grid(dataset):
@@ -69,6 +73,7 @@ def terms(pre, params, task, hp):
     return pre["s"], {"alpha": pre["gda"]}
 
 
+CARD = catalogue.card("gda")
 OFFICIAL = Official(
     source="mrflogs/ICLR24 main_few_shots.py (alpha searched on the whole val split; "
            "ImageNet: val = test; seeds 1, 2, 3 seeded once each, 1..16 shots drawn in turn; "
@@ -79,15 +84,7 @@ OFFICIAL = Official(
 def gda() -> Method:
     """GDA as a :class:`Method`."""
     return Method(
-        name="gda",
-        summary="GDA: s + alpha · (f Σ⁻¹ μᵀ + b), shrunk shared covariance",
-        hparams=(ALPHA,),
-        defaults=lambda dataset, dim: {},
-        grid=grid,
-        init=init,
-        precompute=precompute,
-        terms=terms,
-        linear=("alpha",),
-        neutral={"alpha": 0.0},
-        official=OFFICIAL,
-    )
+        CARD, Compute(init=init, precompute=precompute, terms=terms, linear=("alpha",)),
+        Hyperparameters((ALPHA,), grid=grid, neutral={"alpha": 0.0},
+                        validation_free=VALIDATION_FREE),
+        official=OFFICIAL)

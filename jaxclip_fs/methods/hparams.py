@@ -143,12 +143,15 @@ def parse_assignments(assignments, valid: Mapping[str, HParam], method: str) -> 
 ALPHA = HParam("alpha", "search", "weight of the adapter's logits added to the zero-shot logits",
                minimum=0.0)
 BETA = HParam("beta", "search", "sharpness of the cache affinity exp(-beta (1 - A))", minimum=0.0)
-TRAINING = (
-    HParam("epochs", "train", "training epochs (best epoch chosen on validation)", minimum=1,
-           integer=True),
-    HParam("lr", "train", "AdamW peak learning rate (cosine decay per step)", minimum=0.0,
-           strictly_positive=True),
-    HParam("batch_size", "train", "minibatch size", minimum=1, integer=True),
-    HParam("eps", "train", "AdamW epsilon", minimum=0.0, strictly_positive=True),
-    HParam("weight_decay", "train", "AdamW decoupled weight decay", minimum=0.0),
-)
+EPOCHS = HParam("epochs", "train", "training epochs (best epoch chosen on validation)", minimum=1,
+                integer=True)
+STEPS = HParam("steps", "train", "training steps (optimizer updates), however many epochs they span",
+               minimum=1, integer=True)
+BATCH_SIZE = HParam("batch_size", "train", "minibatch size", minimum=1, integer=True)
+LR = HParam("lr", "train", "AdamW peak learning rate (cosine decay per step)", minimum=0.0,
+            strictly_positive=True)
+EPS = HParam("eps", "train", "AdamW epsilon", minimum=0.0, strictly_positive=True)
+WEIGHT_DECAY = HParam("weight_decay", "train", "AdamW decoupled weight decay", minimum=0.0)
+#: The default training's hyperparameters: the loop's epochs and batch size, cosine AdamW's
+#: lr, eps and weight decay (``methods.base.Training`` declares them for a method).
+TRAINING = (EPOCHS, LR, BATCH_SIZE, EPS, WEIGHT_DECAY)

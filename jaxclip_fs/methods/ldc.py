@@ -21,7 +21,9 @@ the attention pool. ViT (tokens after blocks at depth 6/12, 8/12, 10/12,
 mean over all tokens (class token included); the fused vector goes through
 ``proj``. The reported prediction is ``β·mlp + (1 - β)·ada`` with β searched
 on validation over {0, 0.02, ..., 1} (the grid search of
-:mod:`~jaxclip_fs.methods.search`: the logits are linear in β). CE is the batch mean, L1 the mean over rows and classes.
+:mod:`~jaxclip_fs.methods.search`: the logits are linear in β); without
+validation (``validation_free``) β = 0.5, our fixed choice. CE is the batch
+mean, L1 the mean over rows and classes.
 
 Training (official ``ldc_train.py``): AdamW lr 1e-4 (their ``lr / 10``), wd
 1e-4, eps 1e-4, cosine annealing per step, 50 epochs, batch 64,
@@ -66,7 +68,10 @@ import numpy as np
 
 from jaxclip_fs.errors import ConfigError
 from jaxclip_fs.methods import hparams as hp_lib
-from jaxclip_fs.methods.base import Method, Official, Option, cross_entropy
+from jaxclip_fs import catalogue
+from jaxclip_fs.methods.base import (
+    Compute, Hyperparameters, Method, Official, Option, Training, cross_entropy,
+)
 from jaxclip_fs.methods.images import ImageInputs, ImageSpec, Projector, needs_binding
 from jaxclip_fs.methods.ldc_layers import (
     BNSettings, avg_pool, batch_norm, bn_stats, layer_norm, mlp_bn, mlp_bn_init, norm_params,
@@ -386,6 +391,8 @@ BETA = hp_lib.HParam("beta", "search", "weight of the MAF head: beta·mlp + (1 -
 #: Official training settings (``ldc_train.py``: lr 1e-3 / 10, AdamW wd 1e-4 eps 1e-4).
 TRAIN_DEFAULTS = {"epochs": 50.0, "lr": 1e-4, "batch_size": 64.0, "eps": 1e-4,
                   "weight_decay": 1e-4}
+#: Without validation (the official code always searches β): the equal blend of its heads.
+VALIDATION_FREE = {"beta": 0.5}
 OPTIONS = (
     Option("fusion", FUSIONS, "how MAF fuses its four levels (fixed .1/.2/.3/.4 is official)"),
     Option("ablation", ABLATIONS, "full LDC, MAF only (no ICD / ALF) or ICD only (no MAF)"),
@@ -395,6 +402,7 @@ OPTIONS = (
     Option("dtype", DTYPES, "dtype of LDC's own weights and activations (the official code: "
                             "float16 weights, trained so); BatchNorm in float32"),
 )
+CARD = catalogue.card("ldc")
 OFFICIAL = Official(
     source="LiShuo1001/LDC ldc_train.py (last of 50 epochs; beta searched on the whole val "
            "split, ImageNet: on test; seed 2024; every Conv/Linear weight cast to float16, "
@@ -499,30 +507,19 @@ def ldc(fusion: str = "fixed", ablation: str = "full", vit_taps: str = "proporti
             return {"batch_stats": stats}
 
         return dataclasses.replace(
-            method, init=init, loss=loss, precompute=precompute, bind=None,
-            state_estimate=batch_stats if bn_stats == "update_bn" else None,
-            taps=tap_names(spec, vit_taps))
+            method, bind=None, taps=tap_names(spec, vit_taps),
+            compute=dataclasses.replace(method.compute, init=init, loss=loss,
+                                        precompute=precompute),
+            training=dataclasses.replace(
+                method.training,
+                state_estimate=batch_stats if bn_stats == "update_bn" else None))
 
     method = Method(
-        name="ldc",
-        summary="LDC: multi-level adapters + inter-class deconfusion; beta·mlp + (1-beta)·ada",
-        hparams=(BETA, *hp_lib.TRAINING),
-        defaults=lambda dataset, dim: dict(TRAIN_DEFAULTS),
-        grid=lambda dataset: {"beta": beta_grid()},
-        init=needs_binding,
-        precompute=needs_binding,
-        terms=terms,
-        linear=("beta",),
-        trainable=("heads",),
-        state=("batch_stats",),
-        inputs="images",
-        loss=needs_binding,
-        epoch_selection="final",
-        heads=heads,
-        confusion=("s", "ada"),
-        options=OPTIONS,
-        option_values=values,
-        bind=bind,
-        official=OFFICIAL,
-    )
+        CARD,
+        Compute(init=needs_binding, precompute=needs_binding, terms=terms, linear=("beta",),
+                loss=needs_binding, heads=heads, confusion=("s", "ada")),
+        Hyperparameters((BETA,), lambda dataset, dim: dict(TRAIN_DEFAULTS),
+                        lambda dataset: {"beta": beta_grid()}, validation_free=VALIDATION_FREE),
+        Training(trainable=("heads",), state=("batch_stats",), epoch_selection="final"),
+        official=OFFICIAL, options=OPTIONS, option_values=values, bind=bind)
     return method

@@ -27,7 +27,8 @@ from __future__ import annotations
 import jax
 
 from jaxclip_fs.methods import hparams as hp_lib, tip_x
-from jaxclip_fs.methods.base import Method, Official
+from jaxclip_fs import catalogue
+from jaxclip_fs.methods.base import Compute, Hyperparameters, Method, Official
 from jaxclip_fs.methods.cache import affinity, cache_keys, l2_normalize, zero_shot_logits
 from jaxclip_fs.methods.task import Task
 from jaxclip_fs.methods.tip_adapter import terms  # base s; α → exp(-β (1 - f' F'ᵀ)) L
@@ -74,6 +75,7 @@ def precompute(params, task, queries, query_mask):
             "affinity": affinity(l2_normalize(adapted), params["keys"])}
 
 
+CARD = catalogue.card("ta_pp")
 OFFICIAL = Official(
     source="akres001/CLIP_fewshot_imo run.py (alpha, beta searched on the whole val split; "
            "ImageNet: val = test; seeds 1, 2, 3 seeded once, 1..16 shots drawn in turn)",
@@ -83,16 +85,7 @@ OFFICIAL = Official(
 def ta_pp() -> Method:
     """TA++ as a :class:`Method` over paired features."""
     return Method(
-        name="ta_pp",
-        summary="TA++: s (original) + alpha · exp(-beta (1 - f' F'ᵀ)) L (IMO-adapted features)",
-        hparams=(hp_lib.ALPHA, hp_lib.BETA),
-        defaults=lambda dataset, dim: {},
-        grid=grid,
-        init=init,
-        precompute=precompute,
-        terms=terms,
-        linear=("alpha",),
-        neutral={"alpha": 0.0},
-        inputs="paired",
-        official=OFFICIAL,
-    )
+        CARD, Compute(init=init, precompute=precompute, terms=terms, linear=("alpha",)),
+        Hyperparameters((hp_lib.ALPHA, hp_lib.BETA), grid=grid, neutral={"alpha": 0.0},
+                        validation_free={n: tip_x.VALIDATION_FREE[n] for n in ("alpha", "beta")}),
+        official=OFFICIAL)

@@ -19,7 +19,8 @@ point then. The cache averages the augmented views of the feature file
 from __future__ import annotations
 
 from jaxclip_fs.methods import hparams as hp_lib
-from jaxclip_fs.methods.base import Method, Official
+from jaxclip_fs import catalogue
+from jaxclip_fs.methods.base import Compute, Hyperparameters, Method, Official
 from jaxclip_fs.methods.cache import (
     affinity, cache_keys, cache_logits, l2_normalize, zero_shot_logits,
 )
@@ -76,6 +77,7 @@ def terms(pre, params, task, hp):
     return pre["s"], {"alpha": cache_logits(pre["affinity"], hp["beta"], task.support_mask)}
 
 
+CARD = catalogue.card("tip_adapter")
 OFFICIAL = Official(
     source="gaopengcuhk/Tip-Adapter main.py (search_hp on the whole val split; ImageNet: "
            "main_imagenet.py searches on test), utils.py build_cache_model (10 augmented views); "
@@ -83,18 +85,12 @@ OFFICIAL = Official(
     seeds=(1,))
 
 
+COMPUTE = Compute(init=init, precompute=precompute, terms=terms, linear=("alpha",))
+#: Without validation (``validation_free``): the defaults, the official configs' initial α, β.
+HYPERPARAMETERS = Hyperparameters((hp_lib.ALPHA, hp_lib.BETA), defaults, grid,
+                                  neutral={"alpha": 0.0})
+
+
 def tip_adapter() -> Method:
     """Training-free Tip-Adapter as a :class:`Method`."""
-    return Method(
-        name="tip_adapter",
-        summary="Tip-Adapter: s + alpha · exp(-beta (1 - f Fᵀ)) L",
-        hparams=(hp_lib.ALPHA, hp_lib.BETA),
-        defaults=defaults,
-        grid=grid,
-        init=init,
-        precompute=precompute,
-        terms=terms,
-        linear=("alpha",),
-        neutral={"alpha": 0.0},
-        official=OFFICIAL,
-    )
+    return Method(CARD, COMPUTE, HYPERPARAMETERS, official=OFFICIAL)

@@ -15,9 +15,11 @@ on the *test* set (upstream issue #11); here both are chosen on validation
 
 from __future__ import annotations
 
-from jaxclip_fs.methods import hparams as hp_lib
+import dataclasses
+
+from jaxclip_fs import catalogue
 from jaxclip_fs.methods import tip_adapter
-from jaxclip_fs.methods.base import Method, Official
+from jaxclip_fs.methods.base import Method, Official, Training
 
 EPOCHS = {"eurosat": 100}
 DEFAULT_EPOCHS = 20
@@ -29,6 +31,7 @@ def defaults(dataset, dim):
             "epochs": EPOCHS.get(dataset, DEFAULT_EPOCHS)}
 
 
+CARD = catalogue.card("tip_adapter_f")
 OFFICIAL = Official(
     source="gaopengcuhk/Tip-Adapter main.py L111-141: the best epoch is chosen on the TEST "
            "set (init alpha, beta), then alpha, beta are searched on val, and the printed "
@@ -39,17 +42,6 @@ OFFICIAL = Official(
 
 def tip_adapter_f() -> Method:
     """Tip-Adapter-F: Tip-Adapter's functions, keys trainable."""
-    return Method(
-        name="tip_adapter_f",
-        summary="Tip-Adapter-F: Tip-Adapter with the cache keys fine-tuned",
-        hparams=(hp_lib.ALPHA, hp_lib.BETA) + hp_lib.TRAINING,
-        defaults=defaults,
-        grid=tip_adapter.grid,
-        init=tip_adapter.init,
-        precompute=tip_adapter.precompute,
-        terms=tip_adapter.terms,
-        linear=("alpha",),
-        trainable=("keys",),
-        neutral={"alpha": 0.0},
-        official=OFFICIAL,
-    )
+    return Method(CARD, tip_adapter.COMPUTE,
+                  dataclasses.replace(tip_adapter.HYPERPARAMETERS, defaults=defaults),
+                  Training(trainable=("keys",)), official=OFFICIAL)

@@ -10,7 +10,8 @@ Then ``logits = s - γ · M̃ L + α · exp(-β (1 - A)) L``.
 The logits are linear in α and γ, so the search loops only over β.
 Grids (IMO ``run.py``): α = linspace(0, 20, 200) (outer loop),
 β = linspace(0, 20, 20), γ = linspace(0, 30, 50) (inner); no defaults --
-the official code always searches.
+the official code always searches. Without validation (``validation_free``)
+our fixed choice is α = β = γ = 1 (:data:`VALIDATION_FREE`).
 
 Deviations: the official KL routine fills the matrix in blocks of 100
 query rows and leaves the last ``M mod 100`` rows at zero (which also
@@ -24,13 +25,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxclip_fs.methods import hparams as hp_lib, tip_adapter
-from jaxclip_fs.methods.base import Method, Official
+from jaxclip_fs import catalogue
+from jaxclip_fs.methods.base import Compute, Hyperparameters, Method, Official
 from jaxclip_fs.methods.cache import (
     affinity, cache_logits, l2_normalize, masked_log_softmax, zero_shot_logits,
 )
 
 TEMPERATURE = 0.5
 GAMMA = hp_lib.HParam("gamma", "search", "weight of the KL (signature) term", minimum=0.0)
+#: Without validation (the IMO code always searches; our documented choice, shared by TA++ / TX++):
+#: β = 1, the initial β of every official Tip-Adapter config, and unit weights α = γ = 1 on the
+#: cache and KL terms.
+VALIDATION_FREE = {"alpha": 1.0, "beta": 1.0, "gamma": 1.0}
 
 
 def grid(dataset):
@@ -79,6 +85,7 @@ def terms(pre, params, task, hp):
                               "gamma": pre["kl_logits"]}
 
 
+CARD = catalogue.card("tip_x")
 OFFICIAL = Official(
     source="akres001/CLIP_fewshot_imo run.py (its Tip-X baseline): grids searched on the whole "
            "val split (ImageNet: val = test); seeds 1, 2, 3 seeded once, 1..16 shots drawn in "
@@ -89,15 +96,9 @@ OFFICIAL = Official(
 def tip_x() -> Method:
     """Tip-X as a :class:`Method`."""
     return Method(
-        name="tip_x",
-        summary="Tip-X: s - gamma · KL-term + alpha · exp(-beta (1 - f Fᵀ)) L",
-        hparams=(hp_lib.ALPHA, hp_lib.BETA, GAMMA),
-        defaults=lambda dataset, dim: {},
-        grid=grid,
-        init=tip_adapter.init,  # cache keys F [C, K, D]
-        precompute=precompute,
-        terms=terms,
-        linear=("alpha", "gamma"),
-        neutral={"alpha": 0.0, "gamma": 0.0},
-        official=OFFICIAL,
-    )
+        CARD,
+        Compute(init=tip_adapter.init,  # cache keys F [C, K, D]
+                precompute=precompute, terms=terms, linear=("alpha", "gamma")),
+        Hyperparameters((hp_lib.ALPHA, hp_lib.BETA, GAMMA), grid=grid,
+                        neutral={"alpha": 0.0, "gamma": 0.0}, validation_free=VALIDATION_FREE),
+        official=OFFICIAL)

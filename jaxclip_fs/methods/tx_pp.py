@@ -22,10 +22,11 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from jaxclip_fs.methods import hparams as hp_lib
-from jaxclip_fs.methods.base import Method, Official
+from jaxclip_fs import catalogue
+from jaxclip_fs.methods.base import Compute, Hyperparameters, Method, Official
 from jaxclip_fs.methods.cache import affinity, cache_keys, l2_normalize
 from jaxclip_fs.methods.ta_pp import half_task, split_paired, zero_shot_original
-from jaxclip_fs.methods.tip_x import GAMMA, grid, kl_divergence, rescale_to
+from jaxclip_fs.methods.tip_x import GAMMA, VALIDATION_FREE, grid, kl_divergence, rescale_to
 from jaxclip_fs.methods.tip_x import terms  # base s; α → exp(-β(1 - A')) L, γ → -M̃ L
 
 
@@ -46,6 +47,7 @@ def precompute(params, task, queries, query_mask):
             "kl_logits": -jnp.sum(jnp.where(valid, rescaled, 0.0), axis=0)}
 
 
+CARD = catalogue.card("tx_pp")
 OFFICIAL = Official(
     source="akres001/CLIP_fewshot_imo run.py (alpha, beta, gamma searched on the whole val "
            "split; ImageNet: val = test; seeds 1, 2, 3 seeded once, 1..16 shots drawn in turn)",
@@ -55,16 +57,7 @@ OFFICIAL = Official(
 def tx_pp() -> Method:
     """TX++ as a :class:`Method` over paired features."""
     return Method(
-        name="tx_pp",
-        summary="TX++: s - gamma · KL-term (original) + alpha · exp(-beta (1 - f' F'ᵀ)) L",
-        hparams=(hp_lib.ALPHA, hp_lib.BETA, GAMMA),
-        defaults=lambda dataset, dim: {},
-        grid=grid,
-        init=init,
-        precompute=precompute,
-        terms=terms,
-        linear=("alpha", "gamma"),
-        neutral={"alpha": 0.0, "gamma": 0.0},
-        inputs="paired",
-        official=OFFICIAL,
-    )
+        CARD, Compute(init=init, precompute=precompute, terms=terms, linear=("alpha", "gamma")),
+        Hyperparameters((hp_lib.ALPHA, hp_lib.BETA, GAMMA), grid=grid,
+                        neutral={"alpha": 0.0, "gamma": 0.0}, validation_free=VALIDATION_FREE),
+        official=OFFICIAL)

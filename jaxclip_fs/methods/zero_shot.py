@@ -6,7 +6,8 @@ support set, no hyperparameters.
 
 from __future__ import annotations
 
-from jaxclip_fs.methods.base import Method, Official
+from jaxclip_fs import catalogue
+from jaxclip_fs.methods.base import Compute, Hyperparameters, Method, Official
 from jaxclip_fs.methods.cache import zero_shot_logits
 
 
@@ -25,6 +26,7 @@ def _terms(pre, params, task, hp):
     return pre["s"], {}
 
 
+CARD = catalogue.card("zero_shot")
 OFFICIAL = Official(
     source="openai/CLIP prompt ensembling, as evaluated by gaopengcuhk/Tip-Adapter main.py "
            "(the zero-shot row of every paper's table)",
@@ -33,14 +35,5 @@ OFFICIAL = Official(
 
 def zero_shot() -> Method:
     """The zero-shot CLIP classifier as a :class:`Method`."""
-    return Method(
-        name="zero_shot",
-        summary="zero-shot CLIP: logit_scale · f Wᵀ",
-        hparams=(),
-        defaults=lambda dataset, dim: {},
-        grid=lambda dataset: {},
-        init=_init,
-        precompute=_precompute,
-        terms=_terms,
-        official=OFFICIAL,
-    )
+    return Method(CARD, Compute(init=_init, precompute=_precompute, terms=_terms),
+                  Hyperparameters(neutral={}), official=OFFICIAL)

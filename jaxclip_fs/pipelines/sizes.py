@@ -56,7 +56,10 @@ class InputSizes:
         return self.views
 
     def val_rows(self, policy: str, shots: int) -> int:
-        """Rows :func:`~jaxclip_fs.data.fewshot.ranked_val_rows` gives a seed for ``shots``."""
+        """Rows :func:`~jaxclip_fs.data.fewshot.ranked_val_rows` gives a seed for ``shots``
+        (``"none"``: no validation at all)."""
+        if policy == "none":
+            return 0
         if policy == "full":
             return self.val
         cap = capped_val_shots(shots)

@@ -3,9 +3,10 @@
 A record is one JSON object per (method, dataset, shots, seed) as written by
 ``io/records.py`` (``evaluate`` and ``run`` both write them). Records are
 grouped by their :class:`Setting` -- what must be equal for numbers to be
-comparable: backbone, weights and protocol (``fair``, ``fewshot``, ``paper``) --
-then by (method, dataset, shots); each group becomes a :class:`Cell` holding
-the per-seed accuracies and their mean and standard deviation.
+comparable: backbone, weights and protocol (``fair``, ``fewshot``, ``paper``,
+``validation_free``) -- then by (method, dataset, shots); each group becomes
+a :class:`Cell` holding the per-seed accuracies and their mean and standard
+deviation.
 
 The standard deviation is the population one (``numpy.std``, ddof = 0) over
 the seeds present, as the papers' ``mean ± std`` over 3 seeds is usually
@@ -40,8 +41,8 @@ class Setting:
     Attributes:
       backbone: CLIP variant (``RN50`` ...), ``synthetic`` for generated features.
       weights: weights identity, ``"random"`` for random init.
-      protocol: ``fair``, ``fewshot`` or ``paper`` (how epochs / hyperparameters
-        were selected and the figure formed).
+      protocol: ``fair``, ``fewshot``, ``paper`` or ``validation_free`` (how epochs /
+        hyperparameters were selected and the figure formed).
     """
 
     backbone: str

@@ -105,24 +105,33 @@ def shot_table(cells: Sequence[Cell], setting: Setting, shots: int) -> Table:
     return Table(f"{shots}-shot -- {setting.title()}", "method", methods, columns, entries)
 
 
-def gap_table(cells: Sequence[Cell], paper: Setting, fair: Setting, shots: int) -> Table | None:
-    """``paper - fair`` per method and dataset at ``shots`` (means over each side's seeds; the
-    average column: the difference of the averages), or None when nothing is in both."""
-    both = {side: shot_table(cells, setting, shots)
-            for side, setting in (("paper", paper), ("fair", fair))}
-    rows = tuple(m for m in both["paper"].rows if m in both["fair"].rows)
-    columns = tuple(c for c in both["paper"].columns if c in both["fair"].columns)
+#: The protocol gaps the report shows: (minuend, subtrahend, what the difference says).
+PROTOCOL_GAPS = (
+    ("paper", "fair", "how much of a published figure is protocol"),
+    ("fair", "validation_free", "how much each method loses without validation"),
+)
+
+
+def gap_table(cells: Sequence[Cell], first: Setting, second: Setting, shots: int,
+              meaning: str = PROTOCOL_GAPS[0][2]) -> Table | None:
+    """``first - second`` (two protocols of one backbone and weights, e.g. ``paper - fair``)
+    per method and dataset at ``shots`` (means over each side's seeds; the average column: the
+    difference of the averages; entries starred where ``first`` 's are), or None when nothing
+    is in both."""
+    one, two = shot_table(cells, first, shots), shot_table(cells, second, shots)
+    rows = tuple(m for m in one.rows if m in two.rows)
+    columns = tuple(c for c in one.columns if c in two.columns)
     entries = {}
     for row in rows:
         for col in columns:
-            a, b = both["paper"].entries.get((row, col)), both["fair"].entries.get((row, col))
+            a, b = one.entries.get((row, col)), two.entries.get((row, col))
             if a is not None and b is not None:
                 entries[(row, col)] = Entry(a.mean - b.mean, None, a.seeds, None, a.optimistic,
                                             signed=True)
     if not entries:
         return None
-    title = (f"{shots}-shot, paper - fair -- {paper.backbone}, weights {paper.weights}: "
-             "how much of a published figure is protocol")
+    title = (f"{shots}-shot, {first.protocol} - {second.protocol} -- {first.backbone}, "
+             f"weights {first.weights}: {meaning}")
     return Table(title, "method", rows, columns, entries)
 
 

@@ -29,7 +29,7 @@ from jaxclip_fs import catalogue
 from jaxclip_fs.report.collect import Cell, Setting, load_records, summarize
 from jaxclip_fs.report.plots import plot_curves
 from jaxclip_fs.report.tables import (
-    Table, curve_table, gap_table, long_csv, shot_table, table_csv, table_markdown,
+    PROTOCOL_GAPS, Table, curve_table, gap_table, long_csv, shot_table, table_csv, table_markdown,
 )
 
 RANDOM_BANNER = ("**RANDOM WEIGHTS** -- results marked so were computed with randomly "
@@ -69,15 +69,34 @@ def _settings(cells: Sequence[Cell]) -> list[Setting]:
     return list(dict.fromkeys(c.setting for c in cells))
 
 
-def protocol_gaps(cells: Sequence[Cell], settings: Sequence[Setting]) -> list[Table]:
-    """``paper - fair`` tables, per shot count, for every backbone and weights run both ways."""
+#: What each protocol gap's section says (``PROTOCOL_GAPS`` order).
+GAP_NOTES = {
+    ("paper", "fair"): (
+        "Each entry: the `paper` protocol's mean minus the `fair` protocol's (same backbone, "
+        "weights, dataset, shots): how much of a published gain comes from the official "
+        "protocol (selection on test, maxima over test heads, other prompts, other few-shot "
+        "draws) rather than from the method."),
+    ("fair", "validation_free"): (
+        "Each entry: the `fair` protocol's mean minus the `validation_free` protocol's (same "
+        "backbone, weights, dataset, shots): how much each method owes to its validation set "
+        "-- `fair` chooses epochs and hyperparameters on the whole val split, "
+        "`validation_free` runs fixed default hyperparameters to the final epoch and reads no "
+        "validation image."),
+}
+
+
+def protocol_gaps(cells: Sequence[Cell], settings: Sequence[Setting],
+                  pair: tuple[str, str] = ("paper", "fair")) -> list[Table]:
+    """``first - second`` tables of the protocols in ``pair`` (:data:`PROTOCOL_GAPS`), per shot
+    count, for every backbone and weights run both ways."""
+    meaning = {(a, b): m for a, b, m in PROTOCOL_GAPS}[pair]
     tables = []
-    for paper in (s for s in settings if s.protocol == "paper"):
-        fair = dataclasses.replace(paper, protocol="fair")
-        if fair not in settings:
+    for first in (s for s in settings if s.protocol == pair[0]):
+        second = dataclasses.replace(first, protocol=pair[1])
+        if second not in settings:
             continue
-        for shots in sorted({c.shots for c in cells if c.setting == paper}, reverse=True):
-            table = gap_table(cells, paper, fair, shots)
+        for shots in sorted({c.shots for c in cells if c.setting == first}, reverse=True):
+            table = gap_table(cells, first, second, shots, meaning)
             if table is not None:
                 tables.append(table)
     return tables
@@ -149,15 +168,12 @@ def write_report(records_path: str | os.PathLike, out_dir: str | os.PathLike | N
                 plot_paths.append(path)
         # printed: per-shot tables and the average curve; for one dataset, its curve table
         summary.append(table_markdown(curve_table(cells, setting, curve_names[-1])))
-    gaps = protocol_gaps(cells, settings)
-    if gaps:
-        doc += ["## Protocol gap: paper - fair", "",
-                "Each entry: the `paper` protocol's mean minus the `fair` protocol's (same "
-                "backbone, weights, dataset, shots): how much of a published gain comes from "
-                "the official protocol (selection on test, maxima over test heads, other "
-                "prompts, other few-shot draws) rather than from the method.", ""]
-        doc += [table_markdown(t) for t in gaps]
-        summary += [table_markdown(t) for t in gaps]
+    for first, second, _ in PROTOCOL_GAPS:
+        gaps = protocol_gaps(cells, settings, (first, second))
+        if gaps:
+            doc += [f"## Protocol gap: {first} - {second}", "", GAP_NOTES[first, second], ""]
+            doc += [table_markdown(t) for t in gaps]
+            summary += [table_markdown(t) for t in gaps]
 
     head = [RANDOM_BANNER.replace("**", ""), ""] if random_any else []
     text = "\n".join(head + summary)

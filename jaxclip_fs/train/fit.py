@@ -42,40 +42,51 @@ def train_params(method: Method, params, key, task: Task, data: TrainData, val: 
                  hp: Mapping[str, Any], *, batch_size: int, max_epochs: int,
                  fetch: Fetch | None = None,
                  progress: Callable[[Any, Any], None] | None = None) -> tuple[dict, dict]:
-    """Trains ``method.trainable`` on ``data``; the epoch kept follows ``method.epoch_selection``.
+    """Trains ``method.trainable`` on ``data`` as ``method.training`` says: its optimizer
+    (built from ``hp``, the task's number of updates and the initial ``params``), epochs or
+    steps, minibatches or the full batch; the iterate kept follows its ``epoch_selection``.
 
     ``hp`` supplies the method's hyperparameters (the search ones at their
-    training values) and ``epochs``, ``lr``, ``eps``, ``weight_decay``.
-    ``val`` is scored after every epoch for ``"validation"`` selection.
+    training values) and its training's (``epochs`` or ``steps``, ``batch_size``, the
+    optimizer's). ``val`` is scored after every epoch for ``"validation"`` selection.
+    ``max_epochs`` is the static loop length (steps for a method trained in steps).
     """
     train_key = jax.random.fold_in(key, TRAIN_STREAM)
     streams = {}
     if fetch is not None:
         streams = dict(fetch=fetch, step_key=jax.random.fold_in(train_key, FETCH_STREAM))
         train_key = jax.random.fold_in(train_key, PLAN_STREAM)
-    validate = method.epoch_selection == "validation"
-    estimate = (None if method.state_estimate is None else
-                lambda p, x, y, w: method.state_estimate(p, task, x, y, w, hp))
+    training = method.training
+    validate = training.epoch_selection == "validation"
+    if validate and val is None:
+        raise ValueError(f"method '{method.name}' selects its epoch on validation; give val")
+    estimate = (None if training.state_estimate is None else
+                lambda p, x, y, w: training.state_estimate(p, task, x, y, w, hp))
     return train(
         lambda p, x, y, w: training_loss(method, p, task, x, y, w, hp),
         (lambda p: accuracy(logits(method, p, task, val.features, hp, val.mask), val))
         if validate else None,
-        params, method.trainable, data, train_key, hp,
-        batch_size=batch_size, max_epochs=max_epochs, aux=method.state,
-        selection=method.epoch_selection, aux_estimate=estimate, progress=progress, **streams,
+        params, training.trainable, data, train_key, hp,
+        batch_size=batch_size, max_epochs=max_epochs, aux=training.state,
+        selection=training.epoch_selection, aux_estimate=estimate, progress=progress,
+        optimizer=lambda steps: training.optimizer.make(hp, steps, params), unit=training.unit,
+        **streams,
     )
 
 
-def fit(method: Method, key, task: Task, val: EvalSet, hp: Mapping[str, Any], *,
+def fit(method: Method, key, task: Task, val: EvalSet | None, hp: Mapping[str, Any], *,
         batch_size: int = 0, max_epochs: int = 0,
         progress: Callable[[Any, Any], None] | None = None) -> tuple[dict, dict]:
     """``init``, then training on the task's support features if the method trains.
+
+    ``val`` is the epoch-selection set: None for a method that keeps its final
+    epoch (or does not train) -- then no evaluation set enters the fit at all.
 
     Returns:
       ``(params, info)``; ``info`` is the trainer's (empty for training-free methods).
     """
     params = init_params(method, key, task, hp)
-    if not method.trainable:
+    if not method.trains:
         return params, {}
     data = class_major_data(task.support, task.support_mask * task.class_mask[:, None])
     return train_params(method, params, key, task, data, val, hp, batch_size=batch_size,

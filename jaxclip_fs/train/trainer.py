@@ -30,9 +30,18 @@ adapters -- trains through the pieces here:
     ``ceil(n / batch_size)`` steps per epoch for ``epochs`` epochs; steps
     past its own count leave the whole train state untouched, so a task
     trained in a batch equals the task trained alone.
-  - **Optimiser**: AdamW (PyTorch semantics: decoupled decay, eps outside
-    the square root) with a cosine decay per step over the task's own
-    ``epochs · steps_per_epoch`` (PyTorch ``CosineAnnealingLR``, eta_min 0).
+  - **Optimiser**: built per task by ``optimizer(steps)`` from the task's
+    own number of updates ``steps = epochs · steps_per_epoch`` (the method's
+    :class:`~jaxclip_fs.methods.optimizers.Optimizer`); by default AdamW
+    (PyTorch semantics: decoupled decay, eps outside the square root) with a
+    cosine decay per step over those steps (PyTorch ``CosineAnnealingLR``,
+    eta_min 0), read from ``settings``.
+  - **Full batch**: ``batch_size=0`` makes every step a pass over the whole
+    support (one step per epoch).
+  - **Steps instead of epochs** (``settings["steps"]``, ``unit="steps"``): the
+    loop runs that many updates, taking the epochs' batches in turn (epoch
+    ``e`` keeps its order and views) and cutting the last epoch short -- the
+    iteration loops of CoOp-style code; the final iterate is kept.
   - **Epoch selection**: ``"validation"`` scores the params on validation
     after every epoch (``eval_fn``) and returns the best epoch's (first best
     wins; the official loops start from ``best_acc = 0``, here the first
@@ -55,11 +64,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxclip_fs.methods.optimizers import cosine_adamw
+
 #: ``loss_fn(params, inputs [B, ...], labels int [B], weights [B]) -> (loss, aux updates)``.
 LossFn = Callable[[Any, Any, jax.Array, jax.Array], tuple[jax.Array, dict]]
 #: ``fetch(key, rows) -> inputs``: the pool rows of a batch (leaves [B, ...]) made loss inputs.
 Fetch = Callable[[jax.Array, Any], Any]
+#: ``optimizer(steps) -> GradientTransformation``: a task's optimizer from its number of updates.
+MakeOptimizer = Callable[[jax.Array], optax.GradientTransformation]
 SELECTIONS = ("validation", "final")
+UNITS = ("epochs", "steps")
 
 
 class TrainData(NamedTuple):
@@ -180,12 +194,10 @@ def epoch_plan(key, mask, num_views: int, epoch, epochs=None):
     return order, views.reshape(-1)
 
 
-def cosine_adamw(lr, total_steps, eps, weight_decay) -> optax.GradientTransformation:
-    """AdamW whose step size decays as ``lr · ½ (1 + cos(π t / T))``; arguments may be traced."""
-    def learning_rate(count):
-        return lr * 0.5 * (1.0 + jnp.cos(jnp.pi * count / total_steps))
-
-    return optax.adamw(learning_rate, b1=0.9, b2=0.999, eps=eps, weight_decay=weight_decay)
+def default_optimizer(settings: Mapping[str, Any]) -> MakeOptimizer:
+    """Cosine AdamW from ``settings`` (``lr``, ``eps``, ``weight_decay``) over a task's steps."""
+    return lambda steps: cosine_adamw(settings["lr"], steps, settings["eps"],
+                                      settings["weight_decay"])
 
 
 class Schedule(NamedTuple):
@@ -194,20 +206,34 @@ class Schedule(NamedTuple):
     steps_scanned: int  # static: ceil(C·K / batch_size), the scan length of an epoch
     num_real: jax.Array  # real (masked-in) items n
     steps_per_epoch: jax.Array  # ceil(n / batch_size); scanned steps past it are idle
-    epochs: jax.Array  # int32 epochs this task trains
-    optimizer: optax.GradientTransformation  # cosine AdamW over epochs · steps_per_epoch
+    epochs: jax.Array  # int32 epochs this task trains (steps: the epochs its steps touch)
+    steps: jax.Array  # int32 optimizer updates this task takes
+    optimizer: optax.GradientTransformation  # optimizer(steps)
 
 
-def schedule(mask: jax.Array, batch_size: int, settings: Mapping[str, Any]) -> Schedule:
-    """Step counts of a [C, K] masked pool and its cosine AdamW (``settings``: epochs, lr, eps,
-    weight_decay)."""
+def schedule(mask: jax.Array, batch_size: int, settings: Mapping[str, Any],
+             optimizer: MakeOptimizer | None = None, unit: str = "epochs") -> Schedule:
+    """Step counts of a [C, K] masked pool and its optimiser.
+
+    Args:
+      batch_size: static; 0 for the full batch (every real item in one step).
+      settings: ``epochs`` (or ``steps`` with ``unit="steps"``), and for the default
+        optimizer ``lr``, ``eps``, ``weight_decay``.
+      optimizer: ``steps -> GradientTransformation`` (default :func:`default_optimizer`).
+    """
+    batch_size = batch_size or mask.size
     steps_scanned = math.ceil(mask.size / batch_size)
     num_real = jnp.sum(mask > 0)
     steps_per_epoch = (num_real + batch_size - 1) // batch_size
-    epochs = jnp.asarray(settings["epochs"]).astype(jnp.int32)
-    optimizer = cosine_adamw(settings["lr"], (epochs * steps_per_epoch).astype(jnp.float32),
-                             settings["eps"], settings["weight_decay"])
-    return Schedule(steps_scanned, num_real, steps_per_epoch, epochs, optimizer)
+    if unit == "steps":
+        steps = jnp.asarray(settings["steps"]).astype(jnp.int32)
+        epochs = (steps + steps_per_epoch - 1) // jnp.maximum(steps_per_epoch, 1)
+    else:
+        epochs = jnp.asarray(settings["epochs"]).astype(jnp.int32)
+        steps = epochs * steps_per_epoch
+    make = default_optimizer(settings) if optimizer is None else optimizer
+    return Schedule(steps_scanned, num_real, steps_per_epoch, epochs, steps,
+                    make(steps.astype(jnp.float32)))
 
 
 def select_tree(flag, new, old):
@@ -251,6 +277,8 @@ def train(
     selection: str = "validation",
     aux_estimate: Callable[[Any, Any, jax.Array, jax.Array], dict] | None = None,
     progress: Callable[[Any, Any], None] | None = None,
+    optimizer: MakeOptimizer | None = None,
+    unit: str = "epochs",
 ) -> tuple[dict, dict]:
     """Trains ``params[trainable]`` (module docstring) and returns the selected epoch's params.
 
@@ -264,33 +292,41 @@ def train(
       trainable: the keys of ``params`` the optimiser learns.
       data: the pool, the support index and its mask.
       plan_key: key of the per-epoch item order and view choice.
-      settings: ``epochs`` (≤ ``max_epochs``), ``lr``, ``eps``, ``weight_decay`` (scalars,
-        may be traced).
-      batch_size: static minibatch size.
-      max_epochs: static number of epochs scanned (tasks with fewer
-        ``epochs`` idle through the rest).
+      settings: ``epochs`` (≤ ``max_epochs``; ``steps`` with ``unit="steps"``), and the
+        default optimizer's ``lr``, ``eps``, ``weight_decay`` (scalars, may be traced).
+      batch_size: static minibatch size; 0: the full batch.
+      max_epochs: static length of the loop scanned: epochs (tasks with fewer
+        ``epochs`` idle through the rest), or steps with ``unit="steps"``.
       aux: the keys of ``params`` the forward pass updates (returned by ``loss_fn``).
       fetch: ``(key, rows) -> inputs`` (default: the rows themselves).
       step_key: key of ``fetch``'s per-step randomness (default ``plan_key``).
-      selection: ``"validation"`` or ``"final"``.
+      selection: ``"validation"`` or ``"final"`` (the only one with ``unit="steps"``).
       aux_estimate: ``(params, inputs, labels, weights) -> aux`` the batch's own
         auxiliary state (module docstring), or None to keep the trained one.
       progress: optional host callback ``(epoch, score)`` after every epoch.
+      optimizer: ``steps -> optax.GradientTransformation`` given the task's number of
+        updates (default: cosine AdamW from ``settings``).
+      unit: ``"epochs"`` or ``"steps"`` (module docstring).
 
     Returns:
       ``(params, info)``: ``info`` has ``best_epoch`` (int; the last trained
       epoch with ``"final"``), ``best_score``, ``scores`` [max_epochs] (NaN
       past the task's epochs, and everywhere with ``"final"``), ``losses``
-      [max_epochs] the mean training loss per epoch.
+      [max_epochs] the mean training loss per epoch (NaN past the task's epochs).
     """
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}, got '{selection}'")
+    if unit not in UNITS:
+        raise ValueError(f"unit must be one of {UNITS}, got '{unit}'")
+    if unit == "steps" and selection != "final":
+        raise ValueError("training counted in steps keeps its final iterate (selection='final')")
     fixed = {k: v for k, v in params.items() if k not in trainable and k not in aux}
     num_views = jax.tree.leaves(data.pool)[0].shape[0]
     num_classes, shots = data.mask.shape
     items = num_classes * shots
-    steps_scanned, num_real, steps_per_epoch, epochs, optimizer = schedule(
-        data.mask, batch_size, settings)
+    batch_size = batch_size or items
+    steps_scanned, num_real, steps_per_epoch, epochs, steps, tx = schedule(
+        data.mask, batch_size, settings, optimizer, unit)
     step_key = plan_key if step_key is None else step_key
     validate = selection == "validation"
 
@@ -315,18 +351,23 @@ def train(
             return inputs, labels, (position < num_real).astype(jnp.float32)
         return batch
 
+    def step(state, batch, j, active):
+        """One update on batch ``j`` of an epoch's ``batch`` (idle unless ``active``)."""
+        inputs, labels, weights = batch(j)
+        new_state, loss = update(batch_loss, tx, state, inputs, labels, weights)
+        return select_tree(active, new_state, state), loss
+
     def run_epoch(carry, epoch):
         state, best, best_score, best_epoch = carry
         epoch_active = epoch < epochs
         batch = loader(epoch)
 
-        def step(state, j):
-            inputs, labels, weights = batch(j)
-            new_state, loss = update(batch_loss, optimizer, state, inputs, labels, weights)
+        def one(state, j):
             active = epoch_active & (j < steps_per_epoch)
-            return select_tree(active, new_state, state), (loss, active)
+            state, loss = step(state, batch, j, active)
+            return state, (loss, active)
 
-        state, (losses, active) = jax.lax.scan(step, state, jnp.arange(steps_scanned))
+        state, (losses, active) = jax.lax.scan(one, state, jnp.arange(steps_scanned))
         mean_loss = jnp.sum(jnp.where(active, losses, 0.0)) / jnp.maximum(jnp.sum(active), 1)
         if validate:
             score = jnp.asarray(eval_fn(whole(state)), jnp.float32)
@@ -343,11 +384,17 @@ def train(
         return (state, best, best_score, best_epoch), record
 
     learned = {k: params[k] for k in trainable}
-    state0 = TrainState(learned, {k: params[k] for k in aux}, optimizer.init(learned))
-    init = (state0, (state0.learned, state0.aux) if validate else (), jnp.asarray(-jnp.inf, jnp.float32),
-            jnp.asarray(0, jnp.int32))
-    (state, best, best_score, best_epoch), (scores, losses) = jax.lax.scan(
-        run_epoch, init, jnp.arange(max_epochs))
+    state0 = TrainState(learned, {k: params[k] for k in aux}, tx.init(learned))
+    if unit == "steps":
+        state, scores, losses = _run_steps(
+            lambda state, epoch, j, active: step(state, loader(epoch), j, active),
+            state0, steps, steps_per_epoch, max_epochs)
+        best_score = jnp.asarray(-jnp.inf, jnp.float32)
+    else:
+        init = (state0, (state0.learned, state0.aux) if validate else (),
+                jnp.asarray(-jnp.inf, jnp.float32), jnp.asarray(0, jnp.int32))
+        (state, best, best_score, best_epoch), (scores, losses) = jax.lax.scan(
+            run_epoch, init, jnp.arange(max_epochs))
     if validate:
         learned, aux_state = best
     else:
@@ -359,3 +406,22 @@ def train(
     info = {"best_epoch": best_epoch, "best_score": best_score, "scores": scores,
             "losses": losses}
     return {**fixed, **learned, **aux_state}, info
+
+
+def _run_steps(step, state, steps, steps_per_epoch, max_steps: int):
+    """``steps`` updates, update ``t`` taking batch ``t mod spe`` of epoch ``t div spe`` (its
+    order drawn afresh at every update: the epochs' plans are not kept); scans ``max_steps``. Returns the final state, NaN scores and per-epoch mean losses (both
+    [max_steps]: a task touches at most that many epochs; NaN past its own)."""
+    per_epoch = jnp.maximum(steps_per_epoch, 1)
+
+    def one(state, t):
+        epoch = t // per_epoch
+        state, loss = step(state, epoch, t % per_epoch, t < steps)
+        return state, (loss, epoch)
+
+    state, (losses, epoch_of) = jax.lax.scan(one, state, jnp.arange(max_steps))
+    active = (jnp.arange(max_steps) < steps).astype(jnp.float32)
+    totals = jnp.zeros((max_steps,), jnp.float32).at[epoch_of].add(active * losses)
+    counts = jnp.zeros((max_steps,), jnp.float32).at[epoch_of].add(active)
+    losses = jnp.where(counts > 0, totals / jnp.maximum(counts, 1.0), jnp.nan)
+    return state, jnp.full((max_steps,), jnp.nan, jnp.float32), losses
