@@ -36,6 +36,7 @@ from jaxclip_fs.engine import sharding
 from jaxclip_fs.experiment import config as config_lib
 from jaxclip_fs.experiment import protocol as protocol_lib
 from jaxclip_fs.experiment.plan import Program, Variant, all_cells
+from jaxclip_fs.methods.precision import in_compute_dtype
 from jaxclip_fs.pipelines.images import abstract_clip
 from jaxclip_fs.pipelines.sizes import InputSizes
 
@@ -125,8 +126,9 @@ class StageRecorder:
         return found
 
 
-def _variant(name: str, **options) -> Variant:
-    method = methods.get(name, **options)
+def _variant(name: str, compute: str = "float32", **options) -> Variant:
+    """A method variant, its training in ``compute`` (mixed precision)."""
+    method = in_compute_dtype(methods.get(name, **options), compute)
     return Variant(method.label, method, {"epochs": 2} if method.trains else {})
 
 
@@ -137,57 +139,74 @@ def _program(label: str) -> Program:
 def feature_programs(recorder: StageRecorder, mesh) -> list:
     """The feature program of every registered method reading features or paired features,
     as the planner lowers it: ``fair`` (params kept); trained methods also ``paper`` (epochs
-    selected as their official code did; test logits kept, as ``evaluate`` runs it)."""
+    selected as their official code did; test logits kept, as ``evaluate`` runs it) and
+    ``fair`` trained in bfloat16 (``--compute-dtype``)."""
     found = []
     for name in methods.names():
-        variant = _variant(name)
-        method = variant.method
-        if method.inputs == "images":
+        if methods.get(name).inputs == "images":
             continue
-        assert method.inputs in ("features", "paired"), f"{name}: no lowering case for " \
-            f"inputs '{method.inputs}': add one to tests/test_lowering.py"
-        paired = method.inputs == "paired"
-        sizes = InputSizes(**FEATURE_SIZES,
-                           feature_dim=2 * FEATURE_SIZES["dim"] if paired else None)
-        cases = [("fair", dict(keep_params=True))]
-        if method.trains:  # (epochs chosen on test, or the last kept, as the official codes)
-            cases.append(("paper", dict(keep_params=False, keep_logits=True)))
-        for protocol, keep in cases:
-            estimate_lib.feature_estimate(
-                _program(variant.label), variant, {"d": sizes},
-                rules=protocol_lib.rules(protocol, method, "d"), ood_test=OOD_TEST, mesh=mesh,
-                **keep)
-            (jitted, args), = recorder.take()
-            found.append((f"{variant.label} feature program ({protocol})", jitted, args, True))
+        found += _feature_programs(recorder, mesh, _variant(name), ("fair", "paper"))
+        if methods.get(name).trains:
+            found += _feature_programs(recorder, mesh, _variant(name, "bfloat16"), ("fair",),
+                                       " in bfloat16")
     return found
 
 
-IMAGE_CASES = (("tiny-vit", "trunk"), ("tiny-rn", "cache"))
-ALL_IMAGE_CASES = tuple((b, p) for b in ("tiny-vit", "tiny-rn") for p in ("trunk", "cache"))
+def _feature_programs(recorder: StageRecorder, mesh, variant: Variant, protocols,
+                      suffix: str = "") -> list:
+    """A feature program under each of ``protocols`` (``paper``: trained methods only)."""
+    method = variant.method
+    assert method.inputs in ("features", "paired"), f"{variant.label}: no lowering case " \
+        f"for inputs '{method.inputs}': add one to tests/test_lowering.py"
+    paired = method.inputs == "paired"
+    sizes = InputSizes(**FEATURE_SIZES, feature_dim=2 * FEATURE_SIZES["dim"] if paired else None)
+    cases = [("fair", dict(keep_params=True))]
+    if method.trains and "paper" in protocols:  # (epochs on test, or the last, as official)
+        cases.append(("paper", dict(keep_params=False, keep_logits=True)))
+    found = []
+    for protocol, keep in cases:
+        estimate_lib.feature_estimate(
+            _program(variant.label), variant, {"d": sizes},
+            rules=protocol_lib.rules(protocol, method, "d"), ood_test=OOD_TEST, mesh=mesh, **keep)
+        (jitted, args), = recorder.take()
+        found.append((f"{variant.label} feature program ({protocol}){suffix}", jitted, args,
+                      True))
+    return found
+
+
+#: (CLIP, training path, compute dtype of encoding and training).
+IMAGE_CASES = (("tiny-vit", "trunk", "float32"), ("tiny-rn", "cache", "bfloat16"))
+#: The tower x path pairs IMAGE_CASES leave out, in bfloat16.
+OTHER_IMAGE_CASES = (("tiny-vit", "cache", "bfloat16"), ("tiny-rn", "trunk", "bfloat16"))
 STAGE_NAMES = ("fit", "select stream", "select", "test stream", "OOD stream")
 
 
-def image_programs(recorder: StageRecorder, mesh, cases, variants=None) -> list:
+def image_programs(recorder: StageRecorder, mesh, cases, every_option: bool = False) -> list:
     """Every stage of the image programs (fit, select, the streams) of every registered image
-    method (or ``variants``), per (CLIP variant, training path) in ``cases``."""
-    if variants is None:
-        variants = [_variant(name) for name in methods.names()
-                    if methods.get(name).inputs == "images"]
+    method, per (CLIP variant, training path, dtype) in ``cases``; with ``every_option``
+    also each of the method's other option values."""
     found = []
-    for variant in variants:
-        rules = protocol_lib.rules("fair", variant.method, "d")
-        for backbone, path in cases:
-            sizes = estimate_lib.ImageSizes(num_classes=3, pool=6, selection=5, test=7,
-                                            ood_test=OOD_TEST, path=path, views=2,
-                                            cache_bytes=0, budget=0)
-            estimate_lib.image_estimate(_program(variant.label), variant, abstract_clip(backbone),
-                                        sizes, rules=rules, settings=config_lib.ImagesConfig(),
-                                        batch_images=4, mesh=mesh)
-            stages = recorder.take()
-            assert len(stages) == len(STAGE_NAMES), [type(j) for j, _ in stages]
-            for stage, (jitted, args) in zip(STAGE_NAMES, stages):
-                found.append((f"{variant.label} {stage} ({backbone}, {path} path)", jitted, args,
-                              stage == "fit"))
+    for name in methods.names():
+        method = methods.get(name)
+        if method.inputs != "images":
+            continue
+        options = [{}] + ([{o.name: c} for o in method.options for c in o.choices[1:]]
+                          if every_option else [])
+        for option in options:
+            for backbone, path, dtype in cases:
+                variant = _variant(name, dtype, **option)
+                sizes = estimate_lib.ImageSizes(num_classes=3, pool=6, selection=5, test=7,
+                                                ood_test=OOD_TEST, path=path, views=2,
+                                                cache_bytes=0, budget=0)
+                estimate_lib.image_estimate(
+                    _program(variant.label), variant, abstract_clip(backbone, dtype), sizes,
+                    rules=protocol_lib.rules("fair", variant.method, "d"),
+                    settings=config_lib.ImagesConfig(), batch_images=4, mesh=mesh)
+                stages = recorder.take()
+                assert len(stages) == len(STAGE_NAMES), [type(j) for j, _ in stages]
+                for stage, (jitted, args) in zip(STAGE_NAMES, stages):
+                    found.append((f"{variant.label} {stage} ({backbone}, {path} path, {dtype})",
+                                  jitted, args, stage == "fit"))
     return found
 
 
@@ -203,7 +222,8 @@ def test_every_methods_feature_program_lowers_for_gpu_and_tpu(monkeypatch, as_on
 
 @pytest.mark.devices(DEVICES)
 def test_image_programs_lower_for_gpu_and_tpu(monkeypatch, as_on_accelerators):
-    """Both tower kinds, both training paths (ViT in-step trunk, ResNet tap cache)."""
+    """Both tower kinds, both training paths, both compute dtypes (ViT in-step trunk in
+    float32, ResNet tap cache in bfloat16)."""
     recorder = StageRecorder(monkeypatch)
     assert_lowers(image_programs(recorder, sharding.cell_mesh(), IMAGE_CASES))
 
@@ -212,19 +232,13 @@ def test_image_programs_lower_for_gpu_and_tpu(monkeypatch, as_on_accelerators):
 @pytest.mark.devices(DEVICES)
 def test_image_program_variants_lower_for_gpu_and_tpu(monkeypatch, as_on_accelerators):
     """Every option value of every image method (on the ResNet: the tiny ViT has too few blocks
-    for LDC's official ViT taps), and the defaults on each tower kind and training path."""
+    for LDC's official ViT taps), and the defaults on the (tower, path) pairs the fast test
+    leaves out, in bfloat16."""
     recorder = StageRecorder(monkeypatch)
-    variants = []
-    for name in methods.names():
-        method = methods.get(name)
-        if method.inputs != "images":
-            continue
-        variants.append(_variant(name))
-        variants += [_variant(name, **{o.name: choice}) for o in method.options
-                     for choice in o.choices[1:]]
-    programs = image_programs(recorder, sharding.cell_mesh(), (("tiny-rn", "trunk"),),
-                              variants[1:])
-    programs += image_programs(recorder, sharding.cell_mesh(), ALL_IMAGE_CASES, variants[:1])
+    mesh = sharding.cell_mesh()
+    programs = image_programs(recorder, mesh, (("tiny-rn", "trunk", "float32"),),
+                              every_option=True)
+    programs += image_programs(recorder, mesh, OTHER_IMAGE_CASES)
     assert_lowers(programs)
 
 
