@@ -59,7 +59,7 @@ def add_compute_dtype_argument(group, trained: bool = True) -> None:
     group.add_argument("--compute-dtype", choices=config_lib.DTYPES, default="float32",
                        help=f"mixed precision: {what} in this dtype; parameters, optimizer "
                             "state, losses and stored features stay float32 (default float32; "
-                            "bfloat16 is for GPUs and TPUs: XLA emulates it slowly on CPUs)")
+                            "bfloat16 is meant for GPUs and TPUs, a CPU gains little or nothing)")
 
 
 def encode_dtype(args: argparse.Namespace) -> str:
