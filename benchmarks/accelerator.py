@@ -34,7 +34,9 @@ matmul measured in the same run (:func:`~jaxclip_fs.engine.hardware.calibrate`).
 On GPUs XLA may run float32 matmuls on TF32 tensor cores (its default
 precision), so a float32 row can pass 100 % of the FP32 (non-tensor) peak.
 The table is printed and one JSON file is written (``--out``). A benchmark
-that fails is reported with its error and the others still run (exit status 1).
+that fails is reported with its error and the others still run (exit status
+1). Past ``--budget`` seconds (default 330 for the full version) no further
+row is started; what was left out is listed.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ import math
 import sys
 import time
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
@@ -135,7 +137,7 @@ def peak_of(dtype: str, quick: bool) -> Peak:
 # --- the benchmarks ---------------------------------------------------------------------------
 
 
-def search_rows(sizes: Sizes) -> list[Row]:
+def search_rows(sizes: Sizes) -> Iterator[Row]:
     """bench_search's two searches, ours only (one compiled call each)."""
     try:
         from benchmarks import bench_search
@@ -143,40 +145,38 @@ def search_rows(sizes: Sizes) -> list[Row]:
         raise NotAvailable(f"benchmarks.bench_search cannot be imported ({exc})") from None
     task, val = bench_search.search_problem(sizes.search_val, num_classes=sizes.search_classes,
                                             dim=sizes.search_dim)
-    rows = []
     for label, order, method, hp, grid in bench_search.search_cases(sizes.search_dim):
         _, first, steady, flops = bench_search.ours(method, task, val, hp, grid)
         points = math.prod(len(grid[name]) for name in order)
-        rows.append(Row("search", f"{label} (C={sizes.search_classes}, D={sizes.search_dim}, "
-                                  f"{sizes.search_val} val)", "float32", steady, flops,
-                        {"points": points, "with_compile_s": first}))
-    return rows
+        yield Row("search", f"{label} (C={sizes.search_classes}, D={sizes.search_dim}, "
+                            f"{sizes.search_val} val)", "float32", steady, flops,
+                  {"points": points, "with_compile_s": first})
 
 
-def _seed_rows(benchmark: str, case: str, dtype: str, seeds: int, single: float, vmapped: float,
-               flops: float, notes: dict) -> list[Row]:
-    """An S = 1 row (one seed's run, the mean of S sequential ones) and an S-seed vmapped row."""
-    speedup = seeds * (single / seeds) / vmapped
-    return [Row(benchmark, f"{case}, S=1", dtype, single / seeds, flops / seeds, dict(notes)),
+def _seed_rows(benchmark: str, case: str, dtype: str, seeds: int, sequential: float,
+               vmapped: float, flops: float, notes: dict) -> list[Row]:
+    """An S = 1 row (one seed's run: the mean of S sequential runs, ``sequential`` seconds in
+    all) and the S-seed vmapped row (``flops``: XLA's count of the vmapped program)."""
+    speedup = sequential / vmapped
+    return [Row(benchmark, f"{case}, S=1", dtype, sequential / seeds, flops / seeds,
+                dict(notes)),
             Row(benchmark, f"{case}, S={seeds} vmapped", dtype, vmapped, flops,
                 {**notes, "speedup_over_sequential": speedup, "target": 0.7 * seeds})]
 
 
-def train_rows(sizes: Sizes) -> list[Row]:
+def train_rows(sizes: Sizes) -> Iterator[Row]:
     """bench_train_vmap: S sequential single-seed runs vs one vmapped S-seed run."""
     from benchmarks.bench_train_vmap import bench
 
     num_classes, dim = sizes.train_size
-    rows = []
     for name in sizes.train_methods:
         for dtype in sizes.train_dtypes:
             found = bench(name, num_classes, dim, sizes.train_seeds, sizes.train_epochs,
                           dtype=dtype, check=jax.devices()[0].platform == "cpu")
-            rows += _seed_rows("train", f"{name} C={num_classes} D={dim} {found['epochs']} "
+            yield from _seed_rows("train", f"{name} C={num_classes} D={dim} {found['epochs']} "
                                         "epochs", dtype, sizes.train_seeds, found["sequential"],
                                found["vmapped"], found["flops"],
-                               {"with_compile_s": found["first_batched"]})
-    return rows
+                                  {"with_compile_s": found["first_batched"]})
 
 
 def _best_time(fn, *args, repeats: int) -> tuple[float, float]:
@@ -192,12 +192,11 @@ def _best_time(fn, *args, repeats: int) -> tuple[float, float]:
     return first, best
 
 
-def encode_rows(sizes: Sizes) -> list[Row]:
+def encode_rows(sizes: Sizes) -> Iterator[Row]:
     """Extraction's image encoder (``features.image_encoder``), each variant and dtype."""
     from jaxclip_fs.convert import load_clip
     from jaxclip_fs.features.image_encoder import make_image_encoder
 
-    rows = []
     for variant in sizes.encode_variants:
         clip = load_clip(variant, "random")
         size = clip.config.image_size
@@ -208,38 +207,35 @@ def encode_rows(sizes: Sizes) -> list[Row]:
             first, best = _best_time(encoder.batches, images, repeats=sizes.encode_repeats)
             program, arguments = encoder.batches.program()
             flops = cost_lib.lowered_cost(program, *arguments).flops
-            rows.append(Row("encode", f"{variant} image encoder, batch {sizes.encode_batch}",
-                            dtype, best, flops,
-                            {"images_per_s": sizes.encode_batch / best, "with_compile_s": first}))
-    return rows
+            yield Row("encode", f"{variant} image encoder, batch {sizes.encode_batch}", dtype,
+                      best, flops,
+                      {"images_per_s": sizes.encode_batch / best, "with_compile_s": first})
 
 
-def ldc_rows(sizes: Sizes) -> list[Row]:
+def ldc_rows(sizes: Sizes) -> Iterator[Row]:
     """bench_ldc: LDC's fit (init and training steps) of S seeds, sequential vs vmapped."""
     from benchmarks.bench_ldc import bench_variant
 
-    rows = []
     settings = sizes.ldc
     for dtype in sizes.ldc_dtypes:
         found = bench_variant(sizes.ldc_variant, dtype=dtype, **settings)
         case = (f"LDC on {sizes.ldc_variant} ({settings['path']} path), {found['steps']} steps "
                 f"of batch {settings['batch']}")
-        rows += _seed_rows("ldc", case, dtype, settings["seeds"], found["sequential"],
-                           found["vmapped"], found["flops"],
-                           {"steps": found["steps"], "with_compile_s": found["first_all"]})
-    return rows
+        yield from _seed_rows("ldc", case, dtype, settings["seeds"], found["sequential"],
+                              found["vmapped"], found["flops"],
+                              {"steps": found["steps"], "with_compile_s": found["first_all"]})
 
 
-def tower_training_rows(sizes: Sizes) -> list[Row]:
+def tower_training_rows(sizes: Sizes) -> Iterator[Row]:
     """Extension point: one training step through CLIP's towers (CoOp's prompt learner,
     CLIP-LoRA's adapters), once such a method exists -- time its compiled step and count its
-    FLOPs like :func:`encode_rows`, returning :class:`Row` s of benchmark ``tower``."""
+    FLOPs like :func:`encode_rows`, yielding :class:`Row` s of benchmark ``tower``."""
     del sizes
     raise NotAvailable("no method trains through CLIP's towers yet (CoOp, CLIP-LoRA): "
                        "implement benchmarks.accelerator.tower_training_rows")
 
 
-BENCHMARKS: dict[str, Callable[[Sizes], list[Row]]] = {
+BENCHMARKS: dict[str, Callable[[Sizes], Iterator[Row]]] = {
     "search": search_rows, "train": train_rows, "encode": encode_rows, "ldc": ldc_rows,
     "tower": tower_training_rows,
 }
@@ -278,8 +274,11 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def run(names, quick: bool, log: Callable[[str], None] = print) -> dict:
-    """Runs the benchmarks ``names`` and returns the report (the JSON's content)."""
+def run(names, quick: bool, budget: float = math.inf,
+        log: Callable[[str], None] = print) -> dict:
+    """Runs the benchmarks ``names`` and returns the report (the JSON's content). Past
+    ``budget`` seconds no further row is started (each benchmark skipped from there is
+    reported)."""
     sizes = QUICK if quick else FULL
     device = jax.devices()[0]
     peaks = {dtype: peak_of(dtype, quick) for dtype in DTYPES}
@@ -291,20 +290,24 @@ def run(names, quick: bool, log: Callable[[str], None] = print) -> dict:
         "rows": [], "skipped": [], "errors": []}
     started = time.perf_counter()
     for name in names:
-        begun = time.perf_counter()
         log(f"[{time.perf_counter() - started:6.1f} s] {name} ...")
+        rows = None
         try:
-            rows = BENCHMARKS[name](sizes)
+            while True:
+                if time.perf_counter() - started > budget:
+                    raise NotAvailable(f"its remaining rows: past the time budget of "
+                                       f"{budget:.0f} s")
+                rows = iter(BENCHMARKS[name](sizes)) if rows is None else rows
+                row = next(rows, None)
+                if row is None:
+                    break
+                report["rows"].append(row_json(row, peaks))
+                log(f"[{time.perf_counter() - started:6.1f} s] {name}: {row.case} {row.dtype}")
         except NotAvailable as exc:
             report["skipped"].append({"benchmark": name, "reason": str(exc)})
-            continue
         except Exception as exc:  # noqa: BLE001 -- one failure must not lose the others
             report["errors"].append({"benchmark": name, "error": f"{type(exc).__name__}: {exc}",
                                      "traceback": traceback.format_exc()})
-            continue
-        report["rows"] += [row_json(r, peaks) for r in rows]
-        log(f"[{time.perf_counter() - started:6.1f} s] {name}: {len(rows)} row(s) in "
-            f"{time.perf_counter() - begun:.1f} s")
     report["seconds"] = time.perf_counter() - started
     return report
 
@@ -316,6 +319,9 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default=",".join(BENCHMARKS),
                         help=f"comma-separated subset of {', '.join(BENCHMARKS)}")
     parser.add_argument("--out", default="accelerator.json", help="the JSON report")
+    parser.add_argument("--budget", type=float, metavar="SECONDS",
+                        help="start no further row past this time (default: 330 s for the "
+                             "full version, none with --quick)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in BENCHMARKS]
@@ -325,7 +331,9 @@ def main(argv=None) -> int:
     device = jax.devices()[0]
     print(f"jax {jax.__version__} on {jax.device_count()} {device.platform} device(s) "
           f"({device.device_kind}); {'quick' if args.quick else 'full'} sizes", flush=True)
-    report = run(names, args.quick, log=lambda line: print(line, file=sys.stderr, flush=True))
+    budget = args.budget if args.budget is not None else (math.inf if args.quick else 330.0)
+    report = run(names, args.quick, budget,
+                 log=lambda line: print(line, file=sys.stderr, flush=True))
     atomic.write_json(args.out, report)
     print(table(report))
     print(f"\nwrote {args.out} ({report['seconds']:.0f} s)")

@@ -72,3 +72,10 @@ def test_a_failing_benchmark_is_reported_and_the_others_still_run(monkeypatch, t
     assert "RuntimeError: no such device" in report["errors"][0]["error"]
     assert [s["benchmark"] for s in report["skipped"]] == ["tower"]
     assert "search    FAILED: RuntimeError: no such device" in capsys.readouterr().out
+
+
+def test_past_the_time_budget_no_further_row_is_started(tmp_path):
+    report = accelerator.run(["encode", "tower"], quick=True, budget=0.0, log=lambda line: None)
+    assert report["rows"] == [] and report["errors"] == []
+    assert [(s["benchmark"], "time budget" in s["reason"]) for s in report["skipped"]] == [
+        ("encode", True), ("tower", True)]
