@@ -10,12 +10,14 @@ per layer:
   <= 1e-4 for tiny-vit, ViT-B/16 and RN50, a 10x margin), and each image's
   bfloat16 embedding is nearest to its own float32 one (what few-shot methods
   read of a feature: which images it resembles).
-* **Training** -- the trained heads see perturbed forward and backward passes
-  of 0.2 %-sized errors: their losses stay within 2 % per epoch, and a test
-  prediction can only change where its top two logits are that close -- a
-  near-tie. So per cell the test accuracy may move by at most 2 points (6 of
-  300 test images; measured: at most 0.7), and by at most 0.5 on average over
-  the cells (measured 0.03).
+* **Training** -- the trained heads see forward and backward passes perturbed
+  by 0.2 %-sized errors; logits of 20-30 (CLIP's scale 100 times cosines) are
+  rounded to steps of 0.125, so the mean epoch losses stay within 5 % of
+  float32's (measured: at most 1.8 %), and a test prediction can only change
+  where its top two logits are that close -- a near-tie. So per cell the test
+  accuracy may move by at most 2 points (6 of 300 test images; measured: at
+  most 0.33 here, 0.67 in a 27-cell sweep), and by at most 0.5 on average
+  over the cells (measured 0.02).
 * **LDC's step** (cached CLIP taps through its heads) -- loss within 1 %
   and gradients aligned (cosine >= 0.9; measured 0.97 on the tiny random
   ResNet, whose nearly constant activations BatchNorm divides by their tiny
@@ -204,7 +206,7 @@ def test_bfloat16_training_matches_float32_within_its_tolerance(parity_runs):
         if cell.method == "zero_shot":
             assert got["accuracy"] == want["accuracy"]  # nothing trained: nothing changed
             continue
-        np.testing.assert_allclose(got["epoch_losses"], want["epoch_losses"], rtol=2e-2)
+        np.testing.assert_allclose(got["epoch_losses"], want["epoch_losses"], rtol=5e-2)
         differs |= got["epoch_losses"] != want["epoch_losses"]
     assert differs, "bfloat16 training gave float32's losses bit for bit: was it applied?"
     assert max(moved) <= 2.0 and float(np.mean(moved)) <= 0.5, moved
