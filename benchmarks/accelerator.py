@@ -55,9 +55,8 @@ import numpy as np
 
 from jaxclip_fs.engine import cost as cost_lib
 from jaxclip_fs.engine import hardware
+from jaxclip_fs.experiment.config import DTYPES
 from jaxclip_fs.io import atomic
-
-DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -105,7 +105,7 @@ def test_training_steps_multiply_in_bfloat16_and_keep_float32_parameters(name):
         assert _cosine(grads[key], want[key]) > 0.99, key
 
 
-@pytest.mark.parametrize("backbone", ["tiny-vit", "tiny-rn"])
+@pytest.mark.parametrize("backbone", ["tiny-vit", pytest.param("tiny-rn", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("name", IMAGE_METHODS)
 def test_image_method_steps_run_their_heads_in_bfloat16(name, backbone):
     """An image method (LDC) on cached taps of digits images: its heads multiply in bfloat16

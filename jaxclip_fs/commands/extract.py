@@ -91,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     extraction = extract_features(
         dataset, loaded, shots=args.shots, seeds=seeds, views=args.views + 1,
         aug_scale=aug_scale, aug_seed=args.aug_seed,
-        taps=common.parse_names(args.taps, "--taps") if args.taps else (), dtype=common.encode_dtype(args),
+        taps=common.parse_names(args.taps, "--taps") if args.taps else (),
+        dtype=common.encode_dtype(args),
         batch_size=args.batch_size, cache_dir=args.cache_dir, use_cache=not args.no_cache,
         skip_corrupt=args.skip_corrupt, workers=args.workers, progress=not args.quiet,
         draws=draws, prompts=args.prompts)
