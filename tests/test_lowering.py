@@ -199,7 +199,8 @@ STAGE_NAMES = ("fit", "select stream", "select", "test stream", "OOD stream")
 def image_programs(recorder: StageRecorder, mesh, cases, every_option: bool = False) -> list:
     """Every stage of the image programs (fit, select, the streams) of every registered image
     method, per (CLIP variant, training path, dtype) in ``cases``; with ``every_option``
-    also each of the method's other option values."""
+    also each of the method's other option values (their fit and test stream: the stages
+    that hold the heads' training and eval-mode forward pass)."""
     found = []
     for name in methods.names():
         method = methods.get(name)
@@ -220,6 +221,8 @@ def image_programs(recorder: StageRecorder, mesh, cases, every_option: bool = Fa
                 stages = recorder.take()
                 assert len(stages) == len(STAGE_NAMES), [type(j) for j, _ in stages]
                 for stage, (jitted, args) in zip(STAGE_NAMES, stages):
+                    if option and stage not in ("fit", "test stream"):
+                        continue
                     found.append((f"{variant.label} {stage} ({backbone}, {path} path, {dtype})",
                                   jitted, args, stage == "fit"))
     return found
