@@ -12,6 +12,11 @@ CPU used. A call whose batch is one matrix runs inline and never waits, so
 :func:`one_matrix_at_a_time` makes every LAPACK call of a function see a
 single matrix, whatever ``vmap`` s surround it. Each matrix is factorised by
 the same LAPACK routine as in the batched call: the numbers are identical.
+
+Only the CPU needs this: on GPUs and TPUs (cuSOLVER, XLA's own decompositions)
+the batched call is safe and much faster than a loop of single matrices, so
+there the vmapped function makes one batched call (``lax.platform_dependent``:
+the program lowered for each platform holds only its own branch).
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ import jax.numpy as jnp
 
 
 def one_matrix_at_a_time(fn: Callable[[jax.Array], jax.Array]) -> Callable[[jax.Array], jax.Array]:
-    """``fn`` (of one matrix) under ``vmap``: a ``lax.map`` over the batch, not a batched call.
+    """``fn`` (of one matrix) under ``vmap``: on CPU a ``lax.map`` over the batch, not a batched
+    call; elsewhere the batched call (module docstring).
 
     Nested ``vmap`` s give nested maps, so the LAPACK calls inside ``fn``
     always see one matrix. (No reverse-mode autodiff: ``custom_vmap``.)
@@ -38,7 +44,8 @@ def one_matrix_at_a_time(fn: Callable[[jax.Array], jax.Array]) -> Callable[[jax.
         del axis_size
         if not in_batched[0]:
             return unbatched(x), False
-        return jax.lax.map(unbatched, x), True
+        return jax.lax.platform_dependent(x, cpu=lambda m: jax.lax.map(unbatched, m),
+                                          default=jax.vmap(fn)), True
 
     return unbatched
 
