@@ -96,7 +96,7 @@ def _mixed(method: Method, dtype: str) -> Method:
                     for k, v in updates.items()}
         return value.astype(jnp.float32), restored
 
-    return dataclasses.replace(method, loss=loss)
+    return dataclasses.replace(method, compute=dataclasses.replace(method.compute, loss=loss))
 
 
 def _bind_mixed(method: Method, dtype: str, spec) -> Method:
