@@ -87,17 +87,22 @@ def _fit(method, task, hp, epochs, val=None):
     return run(jax.random.key(0), task, val, hp)
 
 
+def _torch_cosine(lr, period, count):
+    """The first ``count`` learning rates of PyTorch's ``CosineAnnealingLR(T_max=period)``."""
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=period)
+    rates = []
+    for _ in range(count):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return rates
+
+
 def _dassl_lrs(lr, epochs):
     """Dassl's lr per epoch: the constant warmup (1e-5) for epoch 0, then PyTorch's
     ``CosineAnnealingLR(T_max=epochs)`` from its start, stepped once per epoch."""
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    cosine = []
-    for _ in range(epochs):
-        cosine.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    return [1e-5] + cosine[:epochs - 1]
+    return [1e-5] + _torch_cosine(lr, epochs, epochs - 1)
 
 
 def test_epoch_cosine_is_dassls_schedule():
@@ -333,14 +338,8 @@ def test_taskres_init_trajectory_prediction(data):
 def _cross_modal_lrs(lr, steps, warmup=50):
     """LinearWarmupScheduler: 1e-5 at iteration 0, lr·i/50 below 50, then PyTorch's
     CosineAnnealingLR(T_max=steps) from its start."""
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    cosine = []
-    for _ in range(steps):
-        cosine.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    return [1e-5] + [lr * i / warmup for i in range(1, warmup)] + cosine[:steps - warmup]
+    return ([1e-5] + [lr * i / warmup for i in range(1, warmup)]
+            + _torch_cosine(lr, steps, steps - warmup))
 
 
 def numpy_cross_modal(x, y, text, steps, lr=1e-3, weight_decay=0.01):

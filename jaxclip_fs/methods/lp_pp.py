@@ -2,7 +2,7 @@
 
 On L2-normalised features ``x̂``:
 
-    ``logits = x̂ Wᵀ + b + α ⊙ (x̂ Tᵀ)``   (α [C] class-wise text weights, no logit scale),
+    ``logits = x̂ Wᵀ + b + α ⊙ (x̂ Tᵀ)``   (α [C]: class-wise text weights; no logit scale),
 
 trained by full-batch gradient descent on the cross-entropy, with step sizes
 from the data instead of a search. Official code:
