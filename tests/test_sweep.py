@@ -1,6 +1,7 @@
 """The engine: records equal `evaluate`, fusion = separate programs, resume, params, CLI."""
 
 import csv
+import dataclasses
 import json
 import os
 
@@ -106,15 +107,34 @@ def test_program_per_shots_gives_the_records_of_one_program(fused_run, tmp_path)
     assert_same_records(read_records(out), read_records(str(tmp_path)))
 
 
-def test_sweep_records_equal_evaluate(fused_run):
-    """Each cell of the one vmapped program equals `evaluate` run on that cell alone."""
-    out, _ = fused_run
+# (method, options, hyperparameters): Tip-Adapter-F as configured, the probes with shortened
+# training (the layout, not the length, is under test)
+SWEPT = [("tip_adapter_f", {}, {}),
+         ("zs_lp", {}, {"epochs": 12}),
+         ("clap", {"constraint": "adaptive"}, {"epochs": 12, "lr": 0.01}),
+         ("lp_pp", {}, {"epochs": 15}),
+         ("taskres", {}, {"epochs": 12}),
+         ("cross_modal_lp", {}, {"steps": 250, "batch_size": 3})]
+
+
+@pytest.mark.parametrize("method, options, hp", SWEPT, ids=[m for m, _, _ in SWEPT])
+def test_sweep_records_equal_evaluate(fused_run, tmp_path, method, options, hp):
+    """Each cell of the one vmapped program (2 seeds x 3 shot counts x 2 datasets of different
+    class counts, fused) equals `evaluate` run on that cell alone -- here a 1-shot cell of the
+    smaller dataset, padded in classes and shots inside the program."""
+    if method == "tip_adapter_f":
+        out = fused_run[0]
+    else:
+        out = str(tmp_path)
+        cfg = dataclasses.replace(config(fuse_datasets=True), methods=(
+            config_lib.MethodConfig(method, dict(options), dict(hp)),))
+        run_sweep(out, cfg)
     found = read_records(out)
     assert len(found) == 2 * 3 * 2
-    for cell in (Cell("tip_adapter_f", "dtd", 2, 2),):
-        alone = evaluate_features(FEATURES[cell.dataset], cell.method, shots=cell.shots,
-                                  seed=cell.seed, log=None)
-        assert_same_records({cell: found[cell]}, {cell: alone})
+    cell = Cell(methods.get(method, **options).label, "oxford_pets", 1, 2)
+    alone = evaluate_features(FEATURES[cell.dataset], method, shots=cell.shots, seed=cell.seed,
+                              hp=hp, options=options or None, log=None)
+    assert_same_records({cell: found[cell]}, {cell: alone})
 
 
 def test_trained_params_are_saved_and_reproduce_the_accuracy(fused_run):
