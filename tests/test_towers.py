@@ -74,7 +74,7 @@ def random_factors(key, spec=LoraSpec(), scale=0.05):
 
 @functools.lru_cache(maxsize=None)
 def adapted_logits():
-    """jit of CLIP-LoRA's logits (default spec) on ``images()``: ``(factors, key|None) -> [2, C]``."""
+    """jit of CLIP-LoRA's logits (default spec) on ``images()``: ``(factors, key | None)``."""
     tokens = lora_tuning.template_tokens(tokenizer(), NAMES)
     return jax.jit(lambda f, key: lora_tuning.logits(CLIP(CONFIG), variables(), f, LoraSpec(),
                                                      None, tokens, images(), key))

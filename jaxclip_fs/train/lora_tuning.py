@@ -26,8 +26,9 @@ bicubic) + RandomHorizontalFlip`` on the training images.
 Where we differ: the official code trains under ``torch.autocast(float16)``
 with a ``GradScaler`` (float32 master weights); here the compute dtype is the
 CLIP module's (float32, or bfloat16 as an option) with float32 factors and
-optimiser. The crops are taken on device (:func:`~jaxclip_fs.features.augment.jax_random_resized_crop`)
-from the pool's stored S x S view, not from the original image file.
+optimiser. The crops are taken on device
+(:func:`~jaxclip_fs.features.augment.jax_random_resized_crop`) from the pool's
+stored S x S view, not from the original image file.
 """
 
 from __future__ import annotations
