@@ -291,6 +291,26 @@ def test_coop_seeds_vmapped_equal_runs_one_by_one():
     check_vmapped_equals_one_by_one(recipe, frozen, pool.astype(np.float32))
 
 
+def test_a_run_in_chunks_equals_the_run_in_one_go():
+    recipe = prompt_learning.recipe(CLIP(CONFIG), n_ctx=4, epochs=3, batch_size=4)
+    frozen = {"clip": variables(),
+              "tokens": jnp.asarray(prompts.context_skeleton(tokenizer(), NAMES, 4))}
+    pool = np.random.default_rng(0).standard_normal((3, S * C * K, CONFIG.embed_dim))
+    pool = pool.astype(np.float32)
+    all_tasks = tasks(mixed_masks())
+    start = towers.init_seeds(recipe, all_tasks)
+    whole, losses = towers.train_seeds(recipe, frozen, pool, all_tasks, start, steps=3)
+    state = towers.start_seeds(recipe, all_tasks, start)
+    chunks = []
+    for first in (0, 2):  # one program for both chunks; steps past the total stay idle
+        state, chunk = towers.run_seeds(recipe, frozen, pool, all_tasks, state, first, steps=2)
+        chunks.append(chunk)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+                 whole, state.adaptation)
+    np.testing.assert_allclose(np.concatenate(chunks, axis=1)[:, :3], losses, rtol=1e-6)
+    assert np.isnan(np.asarray(chunks[1][:, 1])).all()
+
+
 @pytest.mark.slow
 def test_clip_lora_seeds_vmapped_equal_runs_one_by_one():
     recipe = lora_tuning.recipe(CLIP(CONFIG), LoraSpec(), iterations_per_shot=2, batch_size=4,
@@ -355,3 +375,43 @@ def test_bfloat16_compute_stays_near_float32(case):
     flat16 = np.concatenate([np.ravel(g) for g in jax.tree.leaves(grads16)])
     cosine = flat32 @ flat16 / np.linalg.norm(flat32) / np.linalg.norm(flat16)
     assert cosine > 0.98
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("encoder, tower", [("vision", "visual"), ("text", "text")])
+def test_one_tower_lora_starts_at_zero_shot_and_trains_that_tower(encoder, tower):
+    spec = LoraSpec(encoder=encoder)
+    recipe = lora_tuning.recipe(CLIP(CONFIG), spec, augment=False)
+    factors = init_lora(jax.random.key(0), CONFIG, spec)
+    assert list(factors) == [tower]
+    img, txt = frozen_embeddings()
+    frozen = {"clip": variables(), "text": jnp.asarray(l2n(txt), jnp.float32),
+              "tokens": jnp.asarray(lora_tuning.template_tokens(tokenizer(), NAMES))}
+    logits = jax.jit(lambda f: lora_tuning.logits(CLIP(CONFIG), variables(), f, spec,
+                                                  frozen["text"], frozen["tokens"], images(),
+                                                  jax.random.key(1)))(factors)
+    np.testing.assert_allclose(logits, 100.0 * l2n(img) @ l2n(txt).T, atol=1e-4)
+    labels, weights = jnp.array([0, 2]), jnp.ones(2)
+    grads = jax.jit(jax.grad(recipe.loss))(factors, frozen, jnp.asarray(images()), labels, weights,
+                                  jax.random.key(2))
+    assert float(jnp.abs(grads[tower]["block1"]["q"]["b"]).max()) > 0
+
+
+@pytest.mark.slow
+def test_clip_lora_trains_on_fresh_crops_of_uint8_pixels():
+    from jaxclip_fs.features.augment import jax_random_resized_crop
+    from jaxclip_fs.clip.preprocess import CLIP_MEAN, CLIP_STD
+
+    recipe = lora_tuning.recipe(CLIP(CONFIG), LoraSpec(), total=2, batch_size=4)
+    pixels = np.random.default_rng(5).integers(0, 256, (1, S * C * K, 40, 40, 3), np.uint8)
+    key = jax.random.key(3)
+    want = jax_random_resized_crop(key, pixels[0, :4], CONFIG.image_size, scale=(0.08, 1.0))
+    want = (np.asarray(want) / 255.0 - np.asarray(CLIP_MEAN)) / np.asarray(CLIP_STD)
+    np.testing.assert_allclose(recipe.fetch(key, pixels[0, :4]), want, rtol=1e-5, atol=1e-5)
+    frozen = {"clip": variables(),
+              "tokens": jnp.asarray(lora_tuning.template_tokens(tokenizer(), NAMES))}
+    all_tasks = tasks(np.ones((S, C, K), np.float32))
+    adapted, losses = towers.train_seeds(recipe, frozen, pixels, all_tasks,
+                                         towers.init_seeds(recipe, all_tasks), steps=2)
+    assert np.isfinite(np.asarray(losses)).all()
+    assert float(jnp.abs(adapted["text"]["block2"]["v"]["b"]).max()) > 0

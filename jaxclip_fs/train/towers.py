@@ -22,7 +22,10 @@ and each equals its run alone.
 
 :func:`train_seeds` is that loop ``jax.vmap``-ped over S tasks (seeds; the
 index, mask and key of each) and jit-compiled: per-seed adaptations, one
-shared frozen CLIP and pool. Keys: a task's ``key`` gives
+shared frozen CLIP and pool. A long run can go in chunks instead
+(:func:`start_seeds`, then :func:`run_seeds` from step 0, n, 2n, ...: one
+program for every chunk, the :class:`TowerState` in between to report
+progress or checkpoint) with the same result. Keys: a task's ``key`` gives
 ``fold_in(key, 0)`` to :func:`init_seeds`, ``fold_in(key, 1)`` the plan,
 ``fold_in(key, 2)`` the steps (step t: ``fold_in(., t)``, then 0 for the
 fetch's augmentation and 1 for the loss's dropout).
@@ -170,37 +173,67 @@ def batch_at(recipe: TowerRecipe, pool: Any, task: TowerTask, counts: StepCounts
     return rows, labels, weights
 
 
-def train_task(recipe: TowerRecipe, frozen: Any, pool: Any, task: TowerTask, adaptation: Any,
-               *, steps: int) -> tuple[Any, jax.Array]:
-    """Trains one task's ``adaptation`` (module docstring); ``steps`` is the static scan length.
+class TowerState(NamedTuple):
+    """What a run carries from step to step (a plain pytree: checkpoint it to resume).
+
+    Attributes:
+      adaptation: the trained pytree.
+      opt_state: the optimiser's state (its step count drives the schedule).
+    """
+
+    adaptation: Any
+    opt_state: Any
+
+
+def start_task(recipe: TowerRecipe, task: TowerTask, adaptation: Any) -> TowerState:
+    """The state before step 0: ``adaptation`` and the task's fresh optimiser state."""
+    return TowerState(adaptation, recipe.optimizer(recipe.counts(task.mask)).init(adaptation))
+
+
+def run_task(recipe: TowerRecipe, frozen: Any, pool: Any, task: TowerTask, state: TowerState,
+             first_step, *, steps: int) -> tuple[TowerState, jax.Array]:
+    """Steps ``first_step .. first_step + steps - 1`` of one task (module docstring).
 
     Args:
       frozen: what the loss reads besides the adaptation (the CLIP variables, prompt tokens).
       pool: pytree of leaves [V, N, ...] (image features, or uint8 pixels).
       task: the task's index, mask and key.
-      adaptation: the initial adaptation.
+      state: the state after step ``first_step - 1`` (:func:`start_task` for 0).
+      first_step: int, may be traced (one program serves every chunk of a long run).
+      steps: static number of steps scanned.
 
     Returns:
-      (the final adaptation, losses [steps]: each step's batch loss, NaN past the task's total).
+      (the new state, losses [steps]: each step's batch loss, NaN past the task's total).
     """
     counts = recipe.counts(task.mask)
     optimizer = recipe.optimizer(counts)
     step_root = jax.random.fold_in(task.key, STEP_STREAM)
 
-    def step(carry, t):
-        adaptation, opt_state = carry
+    def step(state, t):
         rows, labels, weights = batch_at(recipe, pool, task, counts, t)
         key = jax.random.fold_in(step_root, t)
         inputs = recipe.fetch(jax.random.fold_in(key, FETCH_STREAM), rows)
-        new = train_step(recipe, optimizer, adaptation, opt_state, frozen, inputs, labels,
-                         weights, jax.random.fold_in(key, LOSS_STREAM))
+        adaptation, opt_state, loss = train_step(
+            recipe, optimizer, state.adaptation, state.opt_state, frozen, inputs, labels,
+            weights, jax.random.fold_in(key, LOSS_STREAM))
         active = t < counts.total
-        carry = select_tree(active, new[:2], (adaptation, opt_state))
-        return carry, jnp.where(active, new[2], jnp.nan)
+        new = select_tree(active, TowerState(adaptation, opt_state), state)
+        return new, jnp.where(active, loss, jnp.nan)
 
-    (adaptation, _), losses = jax.lax.scan(step, (adaptation, optimizer.init(adaptation)),
-                                           jnp.arange(steps))
-    return adaptation, losses
+    first_step = jnp.asarray(first_step, jnp.int32)
+    return jax.lax.scan(step, state, first_step + jnp.arange(steps, dtype=jnp.int32))
+
+
+def train_task(recipe: TowerRecipe, frozen: Any, pool: Any, task: TowerTask, adaptation: Any,
+               *, steps: int) -> tuple[Any, jax.Array]:
+    """All of one task's training in one scan of ``steps`` (>= its total) steps.
+
+    Returns:
+      (the final adaptation, losses [steps]).
+    """
+    state, losses = run_task(recipe, frozen, pool, task, start_task(recipe, task, adaptation), 0,
+                             steps=steps)
+    return state.adaptation, losses
 
 
 def init_seeds(recipe: TowerRecipe, tasks: TowerTask) -> Any:
@@ -220,3 +253,20 @@ def train_seeds(recipe: TowerRecipe, frozen: Any, pool: Any, tasks: TowerTask, a
     """
     return jax.vmap(functools.partial(train_task, recipe, steps=steps),
                     in_axes=(None, None, 0, 0))(frozen, pool, tasks, adaptations)
+
+
+@functools.partial(jax.jit, static_argnames=("recipe",))
+def start_seeds(recipe: TowerRecipe, tasks: TowerTask, adaptations: Any) -> TowerState:
+    """:func:`start_task` over S tasks (leaves [S, ...])."""
+    return jax.vmap(functools.partial(start_task, recipe))(tasks, adaptations)
+
+
+@functools.partial(jax.jit, static_argnames=("recipe", "steps"))
+def run_seeds(recipe: TowerRecipe, frozen: Any, pool: Any, tasks: TowerTask, state: TowerState,
+              first_step, *, steps: int) -> tuple[TowerState, jax.Array]:
+    """:func:`run_task` over S tasks: one chunk of a long run (progress, checkpoints, resume).
+
+    Chunks ``[0, n), [n, 2n), ...`` give exactly :func:`train_seeds`' result.
+    """
+    return jax.vmap(functools.partial(run_task, recipe, steps=steps),
+                    in_axes=(None, None, 0, 0, None))(frozen, pool, tasks, state, first_step)
