@@ -75,7 +75,9 @@ def test_coop_loss_and_context_gradient_equal_the_official_restatement(tmp_path)
     config = get_config("tiny-vit")
     model = openai_layout_model(config, seed=3)
     loaded = load_clip("tiny-vit", save_state_dict(model, str(tmp_path / "vit.safetensors")))
-    tokens = prompts.context_skeleton(load_tokenizer(), NAMES, n_ctx=4)
+    tokens = prompts.context_skeleton(load_tokenizer(), NAMES, n_ctx=4)  # cut after EOT
+    full = load_tokenizer()([f"X X X X {n.replace('_', ' ')}." for n in NAMES])  # 77: official
+    np.testing.assert_array_equal(full[:, :tokens.shape[1]], tokens)
     rng = np.random.default_rng(0)
     ctx = (0.02 * rng.standard_normal((4, config.text_width))).astype(np.float32)
     features = rng.standard_normal((5, config.embed_dim)).astype(np.float32)
@@ -87,7 +89,7 @@ def test_coop_loss_and_context_gradient_equal_the_official_restatement(tmp_path)
         jnp.asarray(WEIGHTS), jax.random.key(0))
 
     ctx_t = torch.tensor(ctx, requires_grad=True)
-    want = torch_coop_loss(model, ctx_t, tokens, features[REAL], LABELS[REAL])
+    want = torch_coop_loss(model, ctx_t, full, features[REAL], LABELS[REAL])
     want.backward()
     assert_close(loss, want.item(), "CoOp loss")
     assert_close(grads["ctx"], ctx_t.grad.numpy(), "CoOp context gradient")
@@ -151,7 +153,8 @@ def check_lora_parity(variant, spec, tmp_path, seed=0):
     config = get_config(variant)
     model = hf_model(config, seed=3)
     loaded = load_clip(variant, save_hf_dir(model, str(tmp_path / "hf")))
-    tokens = lora_tuning.template_tokens(load_tokenizer(), NAMES)
+    tokens = lora_tuning.template_tokens(load_tokenizer(), NAMES)  # cut after the EOT
+    full = load_tokenizer()([f"a photo of a {n.replace('_', ' ')}." for n in NAMES])  # 77
     images = random_images(config, 5, seed=1)
     factors = random_factors(config, spec, seed)
 
@@ -164,7 +167,7 @@ def check_lora_parity(variant, spec, tmp_path, seed=0):
     for p in model.parameters():
         p.requires_grad_(False)
     wrapped = wrap_with_lora(model, factors, spec)
-    want = torch_lora_loss(model, tokens, images[REAL], LABELS[REAL])
+    want = torch_lora_loss(model, full, images[REAL], LABELS[REAL])
     want.backward()
     assert_close(loss, want.item(), f"{variant} CLIP-LoRA loss")
     for (tower, block, p), module in wrapped.items():

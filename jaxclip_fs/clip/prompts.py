@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxclip_fs.clip.text import trim_after_eot
 from jaxclip_fs.errors import ConfigError
 
 DEFAULT_CONTEXT_LENGTH = 16  # CoOp's N_CTX
@@ -44,6 +45,9 @@ PLACEHOLDER = "X"
 def context_skeleton(tokenizer, classnames: Sequence[str], n_ctx: int = DEFAULT_CONTEXT_LENGTH,
                      context_length: int = 77) -> np.ndarray:
     """Tokens int32 [C, L] of ``"X X ... X {classname}."`` (``n_ctx`` placeholders).
+
+    L is the longest prompt's length (:func:`~jaxclip_fs.clip.text.trim_after_eot`):
+    the text tower's output does not change, its work shrinks.
 
     Raises:
       ConfigError: ``n_ctx`` < 1, a placeholder that is not one token, or a
@@ -59,7 +63,8 @@ def context_skeleton(tokenizer, classnames: Sequence[str], n_ctx: int = DEFAULT_
 
 def phrase_skeleton(tokenizer, classnames: Sequence[str], phrase: str,
                     context_length: int = 77) -> tuple[np.ndarray, int]:
-    """Tokens int32 [C, L] of ``"{phrase} {classname}."`` and M, the phrase's token count."""
+    """Tokens int32 [C, L] of ``"{phrase} {classname}."`` (trimmed as
+    :func:`context_skeleton`'s) and M, the phrase's token count."""
     phrase = phrase.replace("_", " ")
     n_ctx = len(tokenizer.encode(phrase))
     if n_ctx < 1:
@@ -68,11 +73,10 @@ def phrase_skeleton(tokenizer, classnames: Sequence[str], phrase: str,
 
 
 def _skeleton(tokenizer, classnames, prefix: str, n_ctx: int, context_length: int) -> np.ndarray:
-    texts = [f"{prefix} {name.replace('_', ' ')}." for name in classnames]
-    tokens = tokenizer(texts, context_length=context_length, truncate=False)
     if n_ctx + 2 >= context_length:
         raise ConfigError(f"{n_ctx} context vectors leave no room in {context_length} tokens")
-    return tokens
+    texts = [f"{prefix} {name.replace('_', ' ')}." for name in classnames]
+    return trim_after_eot(tokenizer(texts, context_length=context_length, truncate=False))
 
 
 def random_context(key: jax.Array, width: int, n_ctx: int = DEFAULT_CONTEXT_LENGTH,

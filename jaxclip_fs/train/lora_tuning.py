@@ -42,6 +42,7 @@ import optax
 
 from jaxclip_fs.clip.lora import Lora, LoraSpec, init_lora, tower_blocks
 from jaxclip_fs.clip.preprocess import CLIP_MEAN, CLIP_STD
+from jaxclip_fs.clip.text import trim_after_eot
 from jaxclip_fs.features.augment import jax_random_resized_crop
 from jaxclip_fs.methods.base import cross_entropy
 from jaxclip_fs.methods.cache import l2_normalize
@@ -62,9 +63,12 @@ CROP_SCALE = (0.08, 1.0)
 
 def template_tokens(tokenizer, classnames: Sequence[str], template: str = TEMPLATE,
                     context_length: int = 77) -> np.ndarray:
-    """int32 [C, L]: ``template`` filled with each class name (``_`` read as a space)."""
-    return tokenizer([template.format(name.replace("_", " ")) for name in classnames],
-                     context_length=context_length, truncate=False)
+    """int32 [C, L]: ``template`` filled with each class name (``_`` read as a space), cut
+    after the longest one's EOT (:func:`~jaxclip_fs.clip.text.trim_after_eot`: the same text
+    features for a fraction of the official 77 positions' work)."""
+    return trim_after_eot(tokenizer([template.format(name.replace("_", " "))
+                                     for name in classnames],
+                                    context_length=context_length, truncate=False))
 
 
 def cosine_learning_rate(count, total, lr=LR, min_lr=MIN_LR) -> jax.Array:
