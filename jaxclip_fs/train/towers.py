@@ -138,11 +138,6 @@ def max_steps(recipe: TowerRecipe, masks) -> int:
         (-1,) + masks.shape[-2:]))
 
 
-def weighted_batch_loss(loss_per_item: jax.Array, weights: jax.Array) -> jax.Array:
-    """``Σ w_i l_i / Σ w_i`` (padding rows have weight 0)."""
-    return jnp.sum(weights * loss_per_item) / jnp.maximum(jnp.sum(weights), 1.0)
-
-
 def train_step(recipe: TowerRecipe, optimizer: optax.GradientTransformation, adaptation: Any,
                opt_state: Any, frozen: Any, inputs: Any, labels: jax.Array, weights: jax.Array,
                key: jax.Array) -> tuple[Any, Any, jax.Array]:
