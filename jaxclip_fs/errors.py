@@ -40,3 +40,8 @@ class OutputError(JaxclipError):
     space). Raised before any work when the path is checked up front
     (:func:`jaxclip_fs.io.outputs.check_output_dir`); raised after the work only with the
     unwritten results printed on stdout first."""
+
+
+class NumericError(JaxclipError):
+    """A computation gave NaN or Inf where a result was due (names the cell): such a number is
+    never reported or recorded."""
