@@ -130,6 +130,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", metavar="DIR",
                    help="feature cache (default $JAXCLIP_FS_CACHE or ~/.cache/jaxclip-fs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars (messages stay)")
+    p.add_argument("--wait-lock", action="store_true",
+                   help="another run is writing into DIR: wait for it (default: stop)")
     common.add_protocol_arguments(p.add_argument_group("selection"))
 
 
@@ -166,8 +168,8 @@ def run(args: argparse.Namespace) -> int:
                           progress=not args.quiet, banner=not model.random)
     if paired:
         train_imo_adapters(sources.features.session, config.model.imo_adapters, not args.quiet)
-    run_experiment(config, RunDir(args.out, argv=args.argv), sources=sources,
-                   progress=not args.quiet, log=stderr_log)
+    run_experiment(config, RunDir(args.out, argv=args.argv, wait_lock=args.wait_lock),
+                   sources=sources, progress=not args.quiet, log=stderr_log)
 
     files = write_report(args.out)
     print(files.summary)

@@ -30,11 +30,13 @@ grow: a rerun with more of them extends the directory.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
 import math
 import os
+import shutil
 from typing import Any, Callable, Mapping, Sequence
 
 from jaxclip_fs.errors import ConfigError
@@ -187,6 +189,28 @@ def has_records(out_dir: str) -> bool:
         if any(f.endswith(".json") and not f.startswith(".") for f in files):
             return True
     return False
+
+
+def is_leftover(name: str) -> bool:
+    """A temporary file or folder of an interrupted atomic write (``.<name>.<random>.tmp...``,
+    ``....old``: :mod:`~jaxclip_fs.io.atomic`, :mod:`~jaxclip_fs.io.checkpoints`)."""
+    return name.startswith(".") and (".tmp" in name or name.endswith(".old"))
+
+
+def remove_leftovers(out_dir: str) -> int:
+    """Removes what interrupted writes left in ``out_dir`` (call with its lock held: no
+    other run is writing); returns how many entries went."""
+    removed = 0
+    for root, dirs, files in os.walk(out_dir):
+        for name in [d for d in dirs if is_leftover(d)]:
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+            dirs.remove(name)
+            removed += 1
+        for name in filter(is_leftover, files):
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(root, name))
+                removed += 1
+    return removed
 
 
 #: The path encoding of this version (:func:`~jaxclip_fs.io.paths.safe_name`); manifests

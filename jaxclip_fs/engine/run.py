@@ -209,6 +209,7 @@ class RunDir:
     def begin(self, config, provenance, inputs=None) -> dict:
         if self._lock is not None:
             self._lock.acquire()
+            outdir.remove_leftovers(self.out_dir)  # (of interrupted writes: no one else writes)
         try:
             old = outdir.read_manifest(self.out_dir)
             if old is not None and not outdir.has_records(self.out_dir):
