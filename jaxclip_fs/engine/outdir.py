@@ -348,10 +348,12 @@ def check_input(out_dir: str, manifest: dict, key: str, digest: str, source: str
     if known is not None:
         if known.get("digest") == digest:
             return False
+        was = known.get("source")
         raise ConfigError(
-            f"{out_dir} was run with {describe_input(key)} {known.get('digest')} "
-            f"({known.get('source')}), not {digest} ({source}): restore them to resume or "
-            "extend, or use another --out")
+            f"{out_dir} was run with {describe_input(key)} {known.get('digest')}"
+            f"{f' ({was})' if was != source else ''}, not {digest} ({source}): its records "
+            "were computed from the earlier one; restore it to resume or extend, or use "
+            "another --out")
     inputs[key] = {"digest": digest, "source": source}
     return True
 

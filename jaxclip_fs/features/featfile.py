@@ -54,6 +54,9 @@ from jaxclip_fs.errors import DataError, FeatureFileError
 from jaxclip_fs.io import atomic
 
 DEFAULT_LOGIT_SCALE = 100.0
+#: The norms an image feature row may have: the methods L2-normalise in float32, which
+#: fails below ~1e-12 (the square underflows) and above ~1e18 (it overflows).
+MIN_NORM, MAX_NORM = 1e-12, 1e18
 REQUIRED_KEYS = (
     "text", "train", "train_labels", "val", "val_labels", "test", "test_labels", "classnames",
 )
@@ -93,7 +96,7 @@ class FeatureSet:
 
 
 def validate(fs: FeatureSet, source: str = "features") -> FeatureSet:
-    """Checks shapes, dtypes, finiteness and label ranges; returns ``fs``.
+    """Checks shapes, dtypes, finiteness, feature norms and label ranges; returns ``fs``.
 
     Raises:
       FeatureFileError: one line, ``"<source>: key '<k>' ..."``.
@@ -131,6 +134,16 @@ def validate(fs: FeatureSet, source: str = "features") -> FeatureSet:
         arr = getattr(fs, key)
         if not np.all(np.isfinite(arr)):
             fail(key, "contains NaN or Inf")
+    for key in ("train", "val", "test"):
+        arr = getattr(fs, key)
+        norms = np.sqrt(np.sum(np.square(arr, dtype=np.float64), axis=-1))
+        bad = (norms < MIN_NORM) | (norms > MAX_NORM)
+        if bad.any():
+            where = np.argwhere(bad)[0]
+            fail(key, f"row {'/'.join(str(int(i)) for i in where)} has norm "
+                      f"{norms[tuple(where)]:.3g}: image features must have a norm in "
+                      f"[{MIN_NORM:g}, {MAX_NORM:g}] to be normalised in float32 (zero or "
+                      "vanishing features classify nothing)")
     norms = np.linalg.norm(fs.text, axis=1)
     if not np.allclose(norms, 1.0, atol=1e-3):
         fail("text", f"rows must be L2-normalised (norms range {norms.min():.4g}..{norms.max():.4g})")

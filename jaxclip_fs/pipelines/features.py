@@ -27,7 +27,7 @@ from jaxclip_fs.io.paths import inside, printable, safe_name
 from jaxclip_fs.features.text_classifier import prompts_digest
 from jaxclip_fs.pipelines import ood as ood_lib
 from jaxclip_fs.pipelines import sizes as sizes_lib
-from jaxclip_fs.pipelines.session import ClipSession
+from jaxclip_fs.pipelines.session import ClipSession, data_digest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,10 +133,12 @@ class ExtractedFeatures:
     def _identify(self, dataset: str, meta, path: str) -> None:
         """The identities of the inputs a kept feature file was extracted from (its meta):
         they are this run's, or the run directory refuses them."""
-        for key, field in (("weights", "weights_id"), ("tokenizer", "tokenizer_id"),
-                           (f"dataset:{dataset}", "dataset_identity")):
-            if meta.get(field):
-                self.session.identify(key, meta[field], f"{path} (extracted)")
+        found = {"weights": meta.get("weights_id"), "tokenizer": meta.get("tokenizer_id"),
+                 f"dataset:{dataset}": meta.get("dataset_identity") and
+                 data_digest(str(meta["dataset_identity"]))}
+        for key, digest in found.items():
+            if digest:
+                self.session.identify(key, digest, f"{path} (extracted)")
 
     def ood(self, name: str, parent: featfile.FeatureSet) -> ood_lib.OODSet:
         """The test features of OOD set ``name`` (kept as ``<name>.ood.npz``)."""

@@ -15,6 +15,12 @@ import numpy as np
 from jaxclip_fs.experiment.config import ExperimentConfig
 from jaxclip_fs.io.console import random_weights_banner
 
+def data_digest(identity: str) -> str:
+    """A dataset's identity (its sha256, :mod:`~jaxclip_fs.data.dataset`) as a run directory
+    records it: ``sha256:<16 hex>``."""
+    return f"sha256:{identity[:16]}"
+
+
 class ClipSession:
     """The CLIP and the datasets of an experiment config, loaded lazily.
 
@@ -122,7 +128,7 @@ class ClipSession:
 
             dataset = get_dataset(name, self.config.data.data_root,
                                   source=self.config.data.source)
-            self.identify(f"dataset:{name}", dataset.identity, dataset.source)
+            self.identify(f"dataset:{name}", data_digest(dataset.identity), dataset.source)
             self._datasets[name] = dataset
         return self._datasets[name]
 
