@@ -96,8 +96,13 @@ def inside(root: str | os.PathLike, *parts: str) -> str:
     return path
 
 
+_CONTROL = {i: f"\\x{i:02x}" for i in (*range(32), 127)}
+
+
 def printable(text: str) -> str:
-    """``text`` that can be printed and written as UTF-8: a name read from a file (JSON
-    allows lone surrogates such as ``\\ud800``) has such characters spelled ``\\ud800``."""
-    text = str(text)
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    """``text`` that can be printed, written as UTF-8 and put in one table cell or CSV field:
+    a name read from a file (JSON allows lone surrogates such as ``\\ud800``, and line
+    breaks) has such characters spelled as escapes (``\\ud800``, ``\\x0a``), and a
+    backslash doubled, so distinct names stay distinct."""
+    text = str(text).replace("\\", "\\\\")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").translate(_CONTROL)
