@@ -384,3 +384,39 @@ def test_duplicate_zip_members_are_an_error_naming_the_member(tmp_path):
             np.lib.format.write_array(member, fs.test)
     with pytest.raises(JaxclipError, match=r"holds member 'test.npy' more than once"):
         featfile.load(path)
+
+
+# --- directories written by the previous version --------------------------------------------
+
+
+def _as_previous_version(out):
+    """The manifest as the version before the path encoding and input identities wrote it."""
+    manifest = outdir.read_manifest(out)
+    for key in ("path_encoding", "inputs"):
+        manifest.pop(key)
+    manifest["settings"]["model"]["imo_adapters"] = None
+    open(os.path.join(out, "manifest.json"), "w").write(json.dumps(manifest))
+
+
+def test_a_previous_versions_directory_resumes_or_says_why_not(tmp_path, capsys):
+    path = feature_file(tmp_path / "pets.npz")
+    out = str(tmp_path / "run")
+    argv = ["run", "--features", path, "--method", "tip_adapter", "--shots", "1", "--quiet",
+            "--no-report", "--out", out]
+    assert cli.main(argv + ["--seeds", "1"]) == 0
+    _as_previous_version(out)  # ordinary names: the same paths
+    capsys.readouterr()
+    assert cli.main(argv + ["--seeds", "1,2"]) == 0
+    assert "resuming: 1 of 2 cells already finished" in capsys.readouterr().err
+    assert outdir.read_manifest(out)["path_encoding"] == outdir.PATH_ENCODING
+
+    named = feature_file(tmp_path / "named.npz", meta={"dataset": "folder:/data/x_ok"})
+    out = str(tmp_path / "named_run")
+    argv = ["run", "--features", named, "--method", "tip_adapter", "--shots", "1", "--seeds",
+            "1", "--quiet", "--no-report", "--out", out]
+    assert cli.main(argv) == 0
+    _as_previous_version(out)  # a name whose path was not unique before
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    one_line_error(capsys, "written by an earlier version", "'folder:/data/x_ok'",
+                   "use another --out")

@@ -224,14 +224,13 @@ def _legacy_name(name: str) -> str:
     return name.replace(os.sep, "_").replace(":", "_")
 
 
-def _check_path_encoding(out_dir: str, old: Mapping[str, Any], grid: Mapping[str, Any]) -> None:
-    """A directory written before :data:`PATH_ENCODING` resumes where every name keeps its
-    path; else one line says why it cannot."""
+def _check_path_encoding(out_dir: str, old: Mapping[str, Any], names: Sequence[str]) -> None:
+    """A directory written before :data:`PATH_ENCODING` resumes where every name of this
+    invocation's cells (method variants, datasets, protocols) keeps its path; else one
+    line says why it cannot."""
     if old.get("path_encoding") == PATH_ENCODING:
         return
-    names = {str(n) for key in ("methods", "datasets", "ood", "protocols")
-             for n in list(old["grid"].get(key, [])) + list(grid.get(key, []))}
-    for name in sorted(names):
+    for name in sorted(set(names)):
         if safe_name(name) != _legacy_name(name):
             raise ConfigError(
                 f"{out_dir} was written by an earlier version, whose record paths for "
@@ -255,7 +254,8 @@ def _migrated(settings: Mapping[str, Any]) -> dict:
 def merge_manifest(out_dir: str, config: config_lib.ExperimentConfig,
                    provenance: Mapping[str, Any] | None = None,
                    argv: Sequence[str] | None = None, *,
-                   old: Mapping[str, Any] | None | str = "read") -> dict:
+                   old: Mapping[str, Any] | None | str = "read",
+                   datasets: Sequence[str] | None = None) -> dict:
     """Checks this invocation against ``out_dir``'s manifest and returns the updated manifest.
 
     Args:
@@ -263,6 +263,8 @@ def merge_manifest(out_dir: str, config: config_lib.ExperimentConfig,
       provenance: further fixed settings (e.g. the backbone of given feature files).
       argv: the command line, recorded in the history.
       old: the manifest to check against (None: a fresh directory); default: read it.
+      datasets: the names of this invocation's datasets (default: the config's; feature
+        files name theirs).
 
     Raises:
       ConfigError: a fixed setting or a variant's hyperparameters differ from
@@ -279,7 +281,9 @@ def merge_manifest(out_dir: str, config: config_lib.ExperimentConfig,
     if old is None:
         merged_grid, merged_hp, history, inputs = grid, method_hp, [], {}
     else:
-        _check_path_encoding(out_dir, old, grid)
+        _check_path_encoding(out_dir, old, [*grid["methods"], *grid["protocols"], *grid["ood"],
+                                            *(config.data.datasets if datasets is None
+                                              else datasets)])
         field = settings_difference(old, settings)
         if field is not None:
             was, now = field[1:]

@@ -146,9 +146,10 @@ class Sink(Protocol):
     keep_logits: bool
 
     def begin(self, config: config_lib.ExperimentConfig, provenance: Mapping[str, Any],
-              inputs: Mapping[str, tuple[str, str]]) -> dict:
+              inputs: Mapping[str, tuple[str, str]], datasets: Sequence[str]) -> dict:
         """Called first; returns the grid the inputs must cover (``shots``, ``seeds`` lists).
-        ``inputs``: the identities known now (:meth:`Sources.identities`)."""
+        ``inputs``: the identities known now (:meth:`Sources.identities`); ``datasets``: the
+        names of the datasets the cells have."""
 
     def identify(self, key: str, digest: str, source: str) -> None:
         """An input's identity became known (it loaded); refuses one the outputs were not
@@ -206,7 +207,7 @@ class RunDir:
                                    argv=argv) if writer else None
         self._unsaved = False
 
-    def begin(self, config, provenance, inputs=None) -> dict:
+    def begin(self, config, provenance, inputs=None, datasets=None) -> dict:
         if self._lock is not None:
             self._lock.acquire()
             outdir.remove_leftovers(self.out_dir)  # (of interrupted writes: no one else writes)
@@ -216,7 +217,7 @@ class RunDir:
                 self._forget(old, config, provenance)
                 old = None
             self.manifest = outdir.merge_manifest(self.out_dir, config, provenance, self.argv,
-                                                  old=old)
+                                                  old=old, datasets=datasets)
             self.config = config
             self._unsaved = True
             for key, (digest, source) in (inputs or {}).items():
@@ -307,8 +308,8 @@ class CellDir:
         self.results: list[CellResult] = []
         self.written: list[str] = []
 
-    def begin(self, config, provenance, inputs=None) -> dict:
-        del provenance, inputs
+    def begin(self, config, provenance, inputs=None, datasets=None) -> dict:
+        del provenance, inputs, datasets
         return {"shots": list(config.grid.shots), "seeds": list(config.grid.seeds)}
 
     def identify(self, key: str, digest: str, source: str) -> None:
@@ -462,12 +463,13 @@ def run_experiment(config: config_lib.ExperimentConfig, sink: Sink, *,
         sources.provider(variant.method.inputs, label)
     ood_of = ood_parents(config, ood_lib.parent_of) if config.data.ood else {}
 
-    grid = sink.begin(config, sources.provenance, sources.identities())
+    datasets = tuple(config.data.datasets) or sources.datasets
+    grid = sink.begin(config, sources.provenance, sources.identities(), datasets)
     completed = False
     try:
         if sources.session is not None:
             sources.session.listen(sink)  # the CLIP, tokenizer and datasets, as they load
-        result = _compute(config, sink, sources, variants, grid, ood_of, mesh,
+        result = _compute(config, sink, sources, variants, datasets, grid, ood_of, mesh,
                           progress=progress and writer, say=say, started=started)
         completed = True
         return result
@@ -478,11 +480,10 @@ def run_experiment(config: config_lib.ExperimentConfig, sink: Sink, *,
 
 
 def _compute(config: config_lib.ExperimentConfig, sink: Sink, sources: Sources,
-             variants: Mapping[str, Variant], grid: Mapping[str, Any],
+             variants: Mapping[str, Variant], datasets: Sequence[str], grid: Mapping[str, Any],
              ood_of: Mapping[str, Sequence[str]], mesh, *, progress: bool,
              say: Callable[[str], None], started: float) -> RunResult:
     """The pending cells of ``grid``: planned, run program by program, delivered to ``sink``."""
-    datasets = tuple(config.data.datasets) or sources.datasets
     cells = all_cells(config.labels(), datasets, config.grid.shots, config.grid.seeds,
                       config.protocol.names)
     pending = _pending_everywhere(sink, cells, ood_of)
