@@ -164,7 +164,8 @@ def cell_records(result: CellResult, *, program: Program, rules: Rules, seconds:
                     records.build_record(
             method=cell.method, shots=cell.shots, seed=cell.seed,
             hyperparameters=result.hyperparameters,
-            provenance={**ood.meta, "dataset": ood.name}, **ood_common,
+            provenance={**ood.meta, "dataset": ood.name,
+                        "tokenizer_id": result.provenance.get("tokenizer_id")}, **ood_common,
             accuracy=float(ood.accuracy), final_accuracy=float(ood.accuracy),
             trained_on=cell.dataset,
             num_classes=int(ood.num_classes), test_size=int(ood.test_size), **results, **extra)))
