@@ -59,7 +59,7 @@ def read_class_folders(
       directory: holds one subfolder per class.
       label_of: folder name -> label; every subfolder must be in it.
       id_prefix: prepended to the ids (relative paths ``<folder>/<file>``).
-      seen: ``(device, inode) -> path`` of files listed by earlier calls (updated).
+      seen: ``resolved path -> path`` of files listed by earlier calls (updated).
 
     Returns:
       ids and int64 labels, in sorted folder then file order.

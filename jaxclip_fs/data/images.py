@@ -48,11 +48,12 @@ def list_image_files(directory: str, seen: dict | None = None) -> list[str]:
     (by :data:`IMAGE_EXTENSIONS`) are skipped. Symbolic links are followed,
     but never into a folder already on the way down (an ancestor: ``ln -s ..
     cat/up`` would list the tree again and again) nor twice into one folder,
-    and each real file is listed once, under its first path in sorted order.
+    and each real file (by resolved path) is listed once, under its first path in
+    sorted order.
 
     Args:
-      seen: ``(device, inode) -> path`` of the files listed so far (updated), so
-        that callers listing several folders can tell a file listed twice.
+      seen: ``resolved path -> path`` of the files listed so far (updated), so that
+        callers listing several folders can tell a file listed twice.
     """
     seen = {} if seen is None else seen
     found = []
@@ -73,11 +74,7 @@ def list_image_files(directory: str, seen: dict | None = None) -> list[str]:
             if name.startswith(".") or not is_image_file(name):
                 continue
             path = os.path.join(dirpath, name)
-            try:
-                st = os.stat(path)
-            except OSError:
-                st = None  # (a dangling link: reading it names it)
-            key = (st.st_dev, st.st_ino) if st is not None else path
+            key = os.path.realpath(path)  # (hard links stay apart, as in any listing)
             if key in seen:
                 continue
             seen[key] = path

@@ -197,11 +197,22 @@ def is_leftover(name: str) -> bool:
     return name.startswith(".") and (".tmp" in name or name.endswith(".old"))
 
 
+#: The folders a run writes into (:func:`remove_leftovers` looks nowhere else).
+WRITTEN_DIRS = ("records", "params", "features", "confusion", "report")
+
+
 def remove_leftovers(out_dir: str) -> int:
-    """Removes what interrupted writes left in ``out_dir`` (call with its lock held: no
-    other run is writing); returns how many entries went."""
+    """Removes what interrupted writes left in the run's own files and folders of ``out_dir``
+    (call with its lock held: no other run is writing); returns how many entries went."""
     removed = 0
-    for root, dirs, files in os.walk(out_dir):
+    if os.path.isdir(out_dir):
+        for name in os.listdir(out_dir):
+            if is_leftover(name) and name.startswith((f".{MANIFEST}.", f".{CONFIG}.")):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(out_dir, name))
+                    removed += 1
+    for root, dirs, files in (entry for folder in WRITTEN_DIRS
+                              for entry in os.walk(os.path.join(out_dir, folder))):
         for name in [d for d in dirs if is_leftover(d)]:
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
             dirs.remove(name)

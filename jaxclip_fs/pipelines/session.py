@@ -15,6 +15,7 @@ import numpy as np
 from jaxclip_fs.experiment.config import ExperimentConfig
 from jaxclip_fs.io.console import random_weights_banner
 
+
 def data_digest(identity: str) -> str:
     """A dataset's identity (its sha256, :mod:`~jaxclip_fs.data.dataset`) as a run directory
     records it: ``sha256:<16 hex>``."""
