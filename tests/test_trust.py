@@ -67,6 +67,12 @@ def feature_file(path, seed=0, dataset="oxford_pets", **changes):
     return str(path)
 
 
+def features_run(path, out, *extra):
+    """``run`` of Tip-Adapter, 1 shot, on the feature file ``path`` into ``out``."""
+    return ["run", "--features", path, "--method", "tip_adapter", "--shots", "1", "--quiet",
+            "--out", str(out), *extra]
+
+
 # --- 1. records overwrite each other --------------------------------------------------------
 
 
@@ -95,8 +101,7 @@ def test_datasets_differing_by_slash_or_underscore_keep_their_own_records(tmp_pa
 def test_a_changed_feature_file_is_refused_naming_it_and_both_digests(tmp_path, capsys):
     path = feature_file(tmp_path / "pets.npz")
     out = str(tmp_path / "run")
-    base = ["run", "--features", path, "--method", "tip_adapter", "--shots", "1", "--quiet",
-            "--no-report", "--out", out]
+    base = features_run(path, out, "--no-report")
     assert cli.main(base + ["--seeds", "1"]) == 0
     first = featfile.load(path)
     feature_file(tmp_path / "pets.npz", seed=7)  # same path, new content
@@ -182,8 +187,7 @@ def test_report_never_writes_outside_its_folder(tmp_path, capsys):
 def test_a_dataset_named_dot_dot_something_is_reported(tmp_path, capsys):
     path = feature_file(tmp_path / "f.npz", meta={"dataset": "..pets"})
     out = tmp_path / "run"
-    assert cli.main(["run", "--features", path, "--method", "tip_adapter", "--shots", "1",
-                     "--seeds", "1", "--quiet", "--out", str(out)]) == 0
+    assert cli.main(features_run(path, out, "--seeds", "1")) == 0
     assert "| Tip-Adapter |" in capsys.readouterr().out
     assert (out / "report" / "report.md").read_text().count("..pets") >= 1
 
@@ -238,8 +242,7 @@ def test_non_finite_logits_are_an_error_naming_the_cell():
 def test_a_record_with_a_non_finite_accuracy_is_recomputed(tmp_path, capsys, accuracy):
     path = feature_file(tmp_path / "pets.npz")
     out = str(tmp_path / "run")
-    argv = ["run", "--features", path, "--method", "tip_adapter", "--shots", "1", "--seeds", "1",
-            "--quiet", "--out", out]
+    argv = features_run(path, out, "--seeds", "1")
     assert cli.main(argv) == 0
     cell = Cell("tip_adapter", "oxford_pets", 1, 1)
     record = outdir.record_path(out, cell)
@@ -302,8 +305,7 @@ def test_the_demos_smaller_grid_runs_after_a_demo_with_imo_adapters(tmp_path, ca
 def test_a_second_run_into_a_directory_in_use_stops_naming_the_holder(tmp_path, capsys):
     path = feature_file(tmp_path / "pets.npz")
     out = tmp_path / "run"
-    argv = ["run", "--features", path, "--method", "tip_adapter", "--shots", "1", "--seeds", "1",
-            "--quiet", "--out", str(out)]
+    argv = features_run(path, out, "--seeds", "1")
     out.mkdir()
     with open(out / ".lock", "w") as held:  # as the first run holds it (io/lock.py)
         fcntl.flock(held, fcntl.LOCK_EX)
@@ -365,8 +367,7 @@ def test_config_json_holds_absolute_paths_so_run_config_works_from_elsewhere(
     (tmp_path / "a").mkdir()
     monkeypatch.chdir(tmp_path / "a")
     feature_file(tmp_path / "a" / "pets.npz")
-    assert cli.main(["run", "--features", "pets.npz", "--method", "tip_adapter", "--shots", "1",
-                     "--seeds", "1", "--quiet", "--no-report", "--out", "run"]) == 0
+    assert cli.main(features_run("pets.npz", "run", "--seeds", "1", "--no-report")) == 0
     config = json.loads((tmp_path / "a" / "run" / "config.json").read_text())
     assert config["data"]["features"] == [str(tmp_path / "a" / "pets.npz")]
     monkeypatch.chdir(tmp_path)
@@ -401,8 +402,7 @@ def _as_previous_version(out):
 def test_a_previous_versions_directory_resumes_or_says_why_not(tmp_path, capsys):
     path = feature_file(tmp_path / "pets.npz")
     out = str(tmp_path / "run")
-    argv = ["run", "--features", path, "--method", "tip_adapter", "--shots", "1", "--quiet",
-            "--no-report", "--out", out]
+    argv = features_run(path, out, "--no-report")
     assert cli.main(argv + ["--seeds", "1"]) == 0
     _as_previous_version(out)  # ordinary names: the same paths
     capsys.readouterr()
@@ -412,8 +412,7 @@ def test_a_previous_versions_directory_resumes_or_says_why_not(tmp_path, capsys)
 
     named = feature_file(tmp_path / "named.npz", meta={"dataset": "folder:/data/x_ok"})
     out = str(tmp_path / "named_run")
-    argv = ["run", "--features", named, "--method", "tip_adapter", "--shots", "1", "--seeds",
-            "1", "--quiet", "--no-report", "--out", out]
+    argv = features_run(named, out, "--seeds", "1", "--no-report")
     assert cli.main(argv) == 0
     _as_previous_version(out)  # a name whose path was not unique before
     capsys.readouterr()
