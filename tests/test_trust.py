@@ -135,19 +135,36 @@ def test_a_changed_tokenizer_is_refused(tmp_path, capsys, monkeypatch, no_vocabu
     one_line_error(capsys, "the tokenizer", record["tokenizer"], "clip-bpe:sha256:")
 
 
+def hf_tiny_vit(directory, seed=0):
+    """A transformers CLIPModel directory of the tiny ViT (random values), no vocabulary."""
+    from clip_checkpoints import hf_model, save_hf_dir
+    from jaxclip_fs.clip.variants import get_config
+
+    save_hf_dir(hf_model(get_config("tiny-vit"), seed=seed), str(directory))
+    assert not {"vocab.json", "tokenizer.json"} & set(os.listdir(directory))
+    return str(directory)
+
+
+def test_changed_weights_behind_the_same_path_are_refused(tmp_path, capsys):
+    weights = hf_tiny_vit(tmp_path / "ckpt")
+    out = str(tmp_path / "run")
+    base = ["run", "--dataset", "digits", "--backbone", "tiny-vit", "--weights", weights,
+            "--views", "0", "--quiet", "--method", "zero_shot", "--shots", "1", "--no-report",
+            "--cache-dir", str(tmp_path / "cache"), "--out", out]
+    assert cli.main(base + ["--seeds", "1"]) == 0
+    hf_tiny_vit(tmp_path / "ckpt", seed=1)  # other weights, same directory
+    capsys.readouterr()
+    assert cli.main(base + ["--seeds", "1,2"]) == 2
+    one_line_error(capsys, "was run with the weights sha256:", "not sha256:", weights)
+    assert len(read_records(out)) == 1
+
+
 # --- 3. the tokenizer falls back silently ---------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def hf_checkpoint(tmp_path_factory):
-    """A transformers CLIPModel directory of the tiny ViT (random values), no vocabulary."""
-    from clip_checkpoints import hf_model, save_hf_dir
-    from jaxclip_fs.clip.variants import get_config
-
-    directory = str(tmp_path_factory.mktemp("hf_tiny_vit"))
-    save_hf_dir(hf_model(get_config("tiny-vit")), directory)
-    assert not {"vocab.json", "tokenizer.json"} & set(os.listdir(directory))
-    return directory
+    return hf_tiny_vit(tmp_path_factory.mktemp("hf_tiny_vit"))
 
 
 @pytest.mark.parametrize("command", ["embed", "extract"])
