@@ -97,7 +97,8 @@ def check_finite(results: Sequence[CellResult], program: Program) -> None:
                    **{f"head {k} accuracy": v for k, v in result.heads.items()},
                    **{f"{o.name} accuracy": o.accuracy for o in result.ood}}
         what = ([] if result.finite else ["its test logits"]) + [
-            name for name, value in numbers.items() if not np.isfinite(float(value))]
+            name for name, value in numbers.items()
+            if value is not None and not np.isfinite(float(value))]  # None: not measured
         if what:
             bad.append((result.cell, what))
     if bad:
