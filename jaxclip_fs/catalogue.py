@@ -151,6 +151,11 @@ CARDS: tuple[Card, ...] = (
          summary="TA++: s (original) + alpha · exp(-beta (1 - f' F'ᵀ)) L (IMO-adapted features)"),
     Card("tx_pp", "TX++", "paired", paper="Kravets & Namboodiri, BMVC 2024",
          summary="TX++: s - gamma · KL-term (original) + alpha · exp(-beta (1 - f' F'ᵀ)) L"),
+    # (ProKeR's own tables could not be read here: no published figures are encoded)
+    Card("proker", "ProKeR", paper="Bendou et al., CVPR 2025",
+         summary="ProKeR: s + K_xS (K_SS / lambda + I)⁻¹ (L - S), K = exp(-beta (1 - x x'ᵀ))"),
+    Card("ridge", "Ridge (LSR)", paper="big_vision few-shot evaluator (Kolesnikov et al.)",
+         summary="ridge: [x̃, 100] (XᵀX + l2_reg I)⁻¹ Xᵀ (2L - 1), whitened support features"),
 )
 _BY_NAME: Mapping[str, Card] = {c.name: c for c in CARDS}
 NAMES = tuple(_BY_NAME)

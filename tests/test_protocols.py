@@ -487,7 +487,11 @@ def test_rules_table():
         assert official is not None and official.source, name
         r = protocol_lib.rules("paper", method, "dtd")
         assert r.reported == official.reported and r.search_on == official.search_on
-        assert protocol_lib.rules("paper", method, "imagenet").search_on == "test"
+        on_imagenet = protocol_lib.rules("paper", method, "imagenet")
+        if official.search_on == "none":  # (an official code that selects nothing: no split)
+            assert on_imagenet.search_on == "none" and r.val_rows == "none" and not r.searches
+        else:
+            assert on_imagenet.search_on == "test"
         fair = protocol_lib.rules("fair", method, "imagenet")
         assert fair.search_on == "val" and not fair.optimistic and fair.sampler == "nested"
         free = protocol_lib.rules("validation_free", method, "imagenet")
