@@ -84,10 +84,22 @@ def assert_same_records(a, b):
 
 
 @pytest.fixture(scope="module")
-def fused_run(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("fused"))
-    result = run_sweep(out, config(fuse_datasets=True))
-    return out, result
+def one_program(tmp_path_factory):
+    """``method -> (out, result)``: its sweep of both datasets x 3 shots x 2 seeds, the datasets
+    fused into one program (run once per method)."""
+    runs = {}
+
+    def run(method):
+        if method not in runs:
+            out = str(tmp_path_factory.mktemp("fused"))
+            runs[method] = out, run_sweep(out, config(methods=(method,), fuse_datasets=True))
+        return runs[method]
+    return run
+
+
+@pytest.fixture(scope="module")
+def fused_run(one_program):
+    return one_program("tip_adapter_f")
 
 
 def test_fused_datasets_give_the_records_of_separate_programs(fused_run, tmp_path):
@@ -106,12 +118,14 @@ def test_program_per_shots_gives_the_records_of_one_program(fused_run, tmp_path)
     assert_same_records(read_records(out), read_records(str(tmp_path)))
 
 
-def test_sweep_records_equal_evaluate(fused_run):
-    """Each cell of the one vmapped program equals `evaluate` run on that cell alone."""
-    out, _ = fused_run
+@pytest.mark.parametrize("method", ["tip_adapter_f", "proker", "ridge"])
+def test_sweep_records_equal_evaluate(one_program, method):
+    """Each cell of the one vmapped program (seeds x shots x padded, fused datasets) equals
+    `evaluate` run on that cell alone."""
+    out, _ = one_program(method)
     found = read_records(out)
     assert len(found) == 2 * 3 * 2
-    for cell in (Cell("tip_adapter_f", "dtd", 2, 2),):
+    for cell in (Cell(method, "dtd", 2, 2), Cell(method, "oxford_pets", 4, 1)):
         alone = evaluate_features(FEATURES[cell.dataset], cell.method, shots=cell.shots,
                                   seed=cell.seed, log=None)
         assert_same_records({cell: found[cell]}, {cell: alone})

@@ -171,11 +171,13 @@ def _random_feature_gram(samples, mask, residual, params, beta):
     return jax.lax.scan(add, start, (chunks(samples), chunks(mask), chunks(residual)))[0]
 
 
-def proker(solver: str = SOLVER.default) -> Method:
+def proker(solver: str = SOLVER.default, features: int = RFF_FEATURES) -> Method:
     """ProKeR as a :class:`Method` (module docstring).
 
     Args:
       solver: ``auto``, ``exact`` or ``rff`` (:data:`SOLVER`).
+      features: the number R of random Fourier features (from Python; the registry's
+        variants use :data:`RFF_FEATURES`).
     """
 
     def init(key, task, hp):
@@ -183,7 +185,7 @@ def proker(solver: str = SOLVER.default) -> Method:
         del hp
         views, c, k, d = augmented_views(task.support).shape
         if uses_random_features(solver, views * c * k):
-            return random_features(key, RFF_FEATURES, d)
+            return random_features(key, features, d)
         return {}
 
     def precompute(params, task, queries, query_mask):
