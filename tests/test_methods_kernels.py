@@ -114,6 +114,34 @@ def test_proker_search_equals_the_official_loop(data):
     assert len(set(counts.reshape(-1))) > 3  # the grid matters on this set
 
 
+def _eigh_trips(jaxpr, trips=1, found=None):
+    """``[(times run, matrix shape)]`` of every ``eigh`` in a jaxpr: the product of the lengths
+    of the scans around it."""
+    found = [] if found is None else found
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "eigh":
+            found.append((trips, eqn.invars[0].aval.shape))
+        inner = trips * int(eqn.params["length"]) if eqn.primitive.name == "scan" else trips
+        for value in eqn.params.values():
+            for item in value if isinstance(value, (tuple, list)) else (value,):
+                sub = getattr(item, "jaxpr", item)
+                if hasattr(sub, "eqns"):
+                    _eigh_trips(sub, inner, found)
+    return found
+
+
+@pytest.mark.parametrize("solver, size", [("exact", (V - 1) * C * K), ("rff", 16)])
+def test_proker_search_decomposes_once_per_beta(data, solver, size):
+    """The search's eigendecomposition runs once per β, never per (β, λ)."""
+    method = proker_lib.proker(solver=solver, features=16)
+    params = method.init(jax.random.key(0), data["task"], {})
+    grid = {"beta": jnp.linspace(0.5, 8.0, 6), "lambda": jnp.geomspace(1e-3, 10.0, 7)}
+    val = make_evalset(data["queries"], data["labels"])
+    jaxpr = jax.make_jaxpr(functools.partial(grid_search, method))(
+        params, data["task"], val, {}, grid).jaxpr
+    assert _eigh_trips(jaxpr) == [(6, (size, size))]
+
+
 def test_proker_random_features_approximate_the_kernel():
     """``E[z(x)·z(x')] = exp(-β (1 - x·x'))`` on the sphere: R = 2^17 features give it
     within Monte-Carlo error (~ 3/sqrt(R))."""
