@@ -130,10 +130,12 @@ def _eigh_trips(jaxpr, trips=1, found=None):
     return found
 
 
-@pytest.mark.parametrize("solver, size", [("exact", (V - 1) * C * K), ("rff", 16)])
-def test_proker_search_decomposes_once_per_beta(data, solver, size):
-    """The search's eigendecomposition runs once per β, never per (β, λ)."""
-    method = proker_lib.proker(solver=solver, features=16)
+@pytest.mark.parametrize("solver, features, size", [
+    ("exact", 0, (V - 1) * C * K), ("rff", 16, 16), ("rff", 64, (V - 1) * C * K)])
+def test_proker_search_decomposes_once_per_beta(data, solver, features, size):
+    """The search's eigendecomposition runs once per β, never per (β, λ): of the kernel, of
+    the R x R feature Gram matrix, or of the N x N one when there are more features."""
+    method = proker_lib.proker(solver=solver, features=features)
     params = method.init(jax.random.key(0), data["task"], {})
     grid = {"beta": jnp.linspace(0.5, 8.0, 6), "lambda": jnp.geomspace(1e-3, 10.0, 7)}
     val = make_evalset(data["queries"], data["labels"])
@@ -154,12 +156,13 @@ def test_proker_random_features_approximate_the_kernel():
 
 
 def test_proker_random_feature_solve(data):
-    """``solver=rff`` is the official solve with the kernel ``Z Zᵀ`` of its features (the
-    primal R x R solve equals the dual N x N one), and approaches the exact logits."""
+    """``solver=rff`` is the official solve with the kernel ``Z Zᵀ`` of its features (R x R
+    primal for R = 16 < N = 24 samples, N x N dual for R = 1024), and approaches the exact
+    logits as R grows."""
     beta, lmbda = 2.0, 0.3
     exact = _proker_reference(data, beta, lmbda)
     errors = []
-    for features in (32, 1024):
+    for features in (16, 1024):
         method = proker_lib.proker(solver="rff", features=features)
         params = jax.jit(method.init)(jax.random.key(7), data["task"], {})
         omega, phase = (np.asarray(params[n], np.float64) for n in ("omega", "phase"))
@@ -202,8 +205,7 @@ def _ridge_reference(support_view, queries, lam, num_classes):
     return prep(_normalize(queries.astype(np.float64))) @ w
 
 
-@pytest.mark.parametrize("shots", [K, 1])  # primal (12 >= 9 features), dual (4 < 9)
-@pytest.mark.parametrize("lam", [8.0, 1024.0])
+@pytest.mark.parametrize("shots, lam", [(K, 8.0), (1, 1024.0)])  # primal (12 >= 9), dual (4 < 9)
 def test_ridge_closed_form(data, shots, lam):
     task = data["task"]
     small = task._replace(support=task.support[:, :, :shots],

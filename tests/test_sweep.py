@@ -1,6 +1,7 @@
 """The engine: records equal `evaluate`, fusion = separate programs, resume, params, CLI."""
 
 import csv
+import dataclasses
 import json
 import os
 
@@ -84,22 +85,10 @@ def assert_same_records(a, b):
 
 
 @pytest.fixture(scope="module")
-def one_program(tmp_path_factory):
-    """``method -> (out, result)``: its sweep of both datasets x 3 shots x 2 seeds, the datasets
-    fused into one program (run once per method)."""
-    runs = {}
-
-    def run(method):
-        if method not in runs:
-            out = str(tmp_path_factory.mktemp("fused"))
-            runs[method] = out, run_sweep(out, config(methods=(method,), fuse_datasets=True))
-        return runs[method]
-    return run
-
-
-@pytest.fixture(scope="module")
-def fused_run(one_program):
-    return one_program("tip_adapter_f")
+def fused_run(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("fused"))
+    result = run_sweep(out, config(fuse_datasets=True))
+    return out, result
 
 
 def test_fused_datasets_give_the_records_of_separate_programs(fused_run, tmp_path):
@@ -118,17 +107,31 @@ def test_program_per_shots_gives_the_records_of_one_program(fused_run, tmp_path)
     assert_same_records(read_records(out), read_records(str(tmp_path)))
 
 
-@pytest.mark.parametrize("method", ["tip_adapter_f", "proker", "ridge"])
-def test_sweep_records_equal_evaluate(one_program, method):
-    """Each cell of the one vmapped program (seeds x shots x padded, fused datasets) equals
-    `evaluate` run on that cell alone."""
-    out, _ = one_program(method)
+# (method, options, hyperparameters): the probes with shortened training (the layout, not the
+# length, is under test)
+SWEPT = [("tip_adapter_f", {}, {}),
+         ("proker", {}, {}),
+         ("ridge", {}, {})]
+
+
+@pytest.mark.parametrize("method, options, hp", SWEPT, ids=[m for m, _, _ in SWEPT])
+def test_sweep_records_equal_evaluate(fused_run, tmp_path, method, options, hp):
+    """Each cell of the one vmapped program (2 seeds x 3 shot counts x 2 datasets of different
+    class counts, fused) equals `evaluate` run on that cell alone -- here a 1-shot cell of the
+    smaller dataset, padded in classes and shots inside the program."""
+    if method == "tip_adapter_f":
+        out = fused_run[0]
+    else:
+        out = str(tmp_path)
+        cfg = dataclasses.replace(config(fuse_datasets=True), methods=(
+            config_lib.MethodConfig(method, dict(options), dict(hp)),))
+        run_sweep(out, cfg)
     found = read_records(out)
     assert len(found) == 2 * 3 * 2
-    for cell in (Cell(method, "dtd", 2, 2), Cell(method, "oxford_pets", 4, 1)):
-        alone = evaluate_features(FEATURES[cell.dataset], cell.method, shots=cell.shots,
-                                  seed=cell.seed, log=None)
-        assert_same_records({cell: found[cell]}, {cell: alone})
+    cell = Cell(methods.get(method, **options).label, "oxford_pets", 1, 2)
+    alone = evaluate_features(FEATURES[cell.dataset], method, shots=cell.shots, seed=cell.seed,
+                              hp=hp, options=options or None, log=None)
+    assert_same_records({cell: found[cell]}, {cell: alone})
 
 
 def test_trained_params_are_saved_and_reproduce_the_accuracy(fused_run):

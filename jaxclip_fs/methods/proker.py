@@ -31,7 +31,9 @@ Gaussian kernel ``exp(-β ‖x - x'‖² / 2)``, so ``k(x, x') = E[z(x) z(x')]``
 ``sqrt(β)`` per β. With ``K ≈ Z_S Z_Sᵀ`` the push-through identity gives
 ``K_fS α ≈ z(f) U diag(λ / (s + λ)) Uᵀ Z_Sᵀ R`` with ``Z_Sᵀ Z_S = U diag(s) Uᵀ``:
 an R x R decomposition per β (the support streamed in chunks), again every λ
-a rescale.
+a rescale; with fewer samples than features (N ≤ R) the N x N kernel ``Z_S Z_Sᵀ``
+is decomposed instead (the same solve, as big_vision's ridge picks the smaller
+Gram matrix).
 
 Hyperparameters (official ``trainers/proker.py`` with ``main.py``
 ``--hp-selection``): β and λ searched together (β outer, λ inner, first
@@ -150,6 +152,13 @@ def feature_map(projection, phase, beta):
     return math.sqrt(2.0 / count) * jnp.cos(jnp.sqrt(beta) * projection + phase)
 
 
+def _kernel_ridge(kernel, query_kernel, residual, lam):
+    """``K_fS (K_SS / λ + I)⁻¹ R`` through ``K_SS = U diag(s) Uᵀ`` -> [M, C]."""
+    eigenvalues, vectors = eigh(kernel)
+    alpha = spectral_filter(vectors, shrinkage(eigenvalues, lam), vectors.T @ residual)
+    return query_kernel @ alpha
+
+
 def _random_feature_gram(samples, mask, residual, params, beta):
     """``Z_Sᵀ Z_S`` [R, R] and ``Z_Sᵀ R`` [R, C], the support streamed in row chunks."""
     n = samples.shape[0]
@@ -202,21 +211,23 @@ def proker(solver: str = SOLVER.default, features: int = RFF_FEATURES) -> Method
     def terms(pre, params, task, hp):
         """``logit_scale · (f Wᵀ + K_fS α)`` at (β, λ), the decomposition shared by every λ."""
         beta, lam = hp["beta"], hp["lambda"]
-        mask = pre["mask"]
-        if "samples" in pre:  # random Fourier features
-            gram, projected = _random_feature_gram(pre["samples"], mask, pre["residual"],
-                                                   params, beta)
+        mask, residual = pre["mask"], pre["residual"]
+        if "samples" not in pre:  # the exact kernel
+            kernel = mask[:, None] * mask[None, :] * jnp.exp(
+                -beta * (1.0 - pre["support_affinity"]))
+            query_kernel = mask * jnp.exp(-beta * (1.0 - pre["query_affinity"]))
+            adapter = _kernel_ridge(kernel, query_kernel, residual, lam)
+        elif pre["samples"].shape[0] <= params["omega"].shape[0]:  # features: N x N dual
+            support = mask[:, None] * feature_map(pre["samples"] @ params["omega"].T,
+                                                  params["phase"], beta)
+            queries = feature_map(pre["queries"], params["phase"], beta)
+            adapter = _kernel_ridge(support @ support.T, queries @ support.T, residual, lam)
+        else:  # features: R x R primal, the support streamed
+            gram, projected = _random_feature_gram(pre["samples"], mask, residual, params, beta)
             eigenvalues, vectors = eigh(gram)
             weights = spectral_filter(vectors, shrinkage(eigenvalues, lam),
                                       vectors.T @ projected)
             adapter = feature_map(pre["queries"], params["phase"], beta) @ weights
-        else:
-            kernel = (mask[:, None] * mask[None, :]
-                      * jnp.exp(-beta * (1.0 - pre["support_affinity"])))
-            eigenvalues, vectors = eigh(kernel)
-            alpha = spectral_filter(vectors, shrinkage(eigenvalues, lam),
-                                    vectors.T @ pre["residual"])
-            adapter = (mask * jnp.exp(-beta * (1.0 - pre["query_affinity"]))) @ alpha
         return task.logit_scale * (pre["cos"] + adapter), {}
 
     return Method(
