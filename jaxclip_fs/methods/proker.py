@@ -20,7 +20,9 @@ residual.
 λ of the grid, each a rescale of the eigenvalues (``α = U (g ⊙ Uᵀ R)``,
 ``g = λ / (s + λ)``) -- where the official loop solves an N x N system per
 (β, λ). ``terms`` decomposes at its β; the search scans β and vmaps λ, so
-the decomposition (which does not depend on λ) runs once per β.
+the decomposition (which does not depend on λ) runs once per β -- once per
+chunk of λ values where a validation set's logits exceed the search's memory
+bound (``methods/search.py``; ImageNet-sized sets: one λ per chunk).
 
 **Random Fourier features** (``solver=rff``; ``auto`` beyond
 :data:`EXACT_LIMIT` support samples, e.g. ImageNet's 160k at 16 shots x 10
