@@ -53,7 +53,31 @@ def _timed(fn, *args):
     return out, time.perf_counter() - start
 
 
-def _ours(method, task, val, hp, grid):
+def search_problem(num_val: int, *, num_classes: int = NUM_CLASSES, dim: int = DIM):
+    """The searched features: ``(task, val)`` of one synthetic CLIP-like set (ImageNet's shape
+    by default: C = 1000, D = 1024, 16 shots x 10 augmented views) with ``num_val`` images."""
+    fs = make_task(0, num_classes=num_classes, dim=dim, shots=SHOTS, views=VIEWS,
+                   val_per_class=-(-num_val // num_classes), test_per_class=1)
+    task = task_of(fs.train[:, support_index(fs, SHOTS, 1)], fs.text, fs.logit_scale)
+    return task, make_evalset(fs.val[:num_val], fs.val_labels[:num_val])
+
+
+def search_cases(dim: int = DIM) -> list:
+    """``(label, order, method, hp, grid)`` of the two searches: Tip-Adapter's official
+    200 (β) x 20 (α) grid, APE's 200 x 20 x 21 (γ) at ImageNet's settings."""
+    ta = methods.get("tip_adapter")
+    ape = methods.get("ape")
+    ape_hp = {k: v for k, v in ape.defaults("imagenet", dim).items()
+              if k in ("k", "lambda1", "lambda2")}
+    ape_grid = dict(ape.grid("imagenet"))
+    ape_grid["gamma"] = hp_lib.official_grid(1.0, 21, start=0.0)  # the issue's 21 γ values
+    return [("Tip-Adapter 200 x 20", ("beta", "alpha"), ta, {}, ta.grid("imagenet")),
+            ("APE 200 x 20 x 21", ("beta", "alpha", "gamma"), ape, ape_hp, ape_grid)]
+
+
+def ours(method, task, val, hp, grid):
+    """Our search, one jit-compiled call: ``(output, seconds with compilation, seconds
+    compiled, XLA's FLOPs)``."""
     def search(task, val, hp, grid):
         return grid_search(method, method.init(None, task, hp), task, val, hp, grid)
 
@@ -151,36 +175,26 @@ def main():
     rng = np.random.default_rng(0)
 
     start = time.perf_counter()
-    fs = make_task(0, num_classes=NUM_CLASSES, dim=DIM, shots=SHOTS, views=VIEWS,
-                   val_per_class=-(-num_val // NUM_CLASSES), test_per_class=1)
-    task = task_of(fs.train[:, support_index(fs, SHOTS, 1)], fs.text, fs.logit_scale)
-    val = make_evalset(fs.val[:num_val], fs.val_labels[:num_val])
+    task, val = search_problem(num_val)
     print(f"features: C={NUM_CLASSES} D={DIM} {SHOTS} shots x {VIEWS - 1} augmented views, "
           f"{num_val} validation images (generated in {time.perf_counter() - start:.0f} s)")
     print(f"devices: {jax.devices()}; torch threads: {torch.get_num_threads()}\n")
     setup = _torch_setup(task, val)
 
     results = []
-    ta = methods.get("tip_adapter")
-    ta_grid = ta.grid("imagenet")
-    out, first, steady, flops = _ours(ta, task, val, {}, ta_grid)
-    per_point, loop_total = _baseline(tip_adapter_point, setup, ta_grid, ("beta", "alpha"),
+    (ta_label, ta_order, ta, _, ta_grid), (ape_label, ape_order, ape, ape_hp, ape_grid) = \
+        search_cases()
+    out, first, steady, flops = ours(ta, task, val, {}, ta_grid)
+    per_point, loop_total = _baseline(tip_adapter_point, setup, ta_grid, ta_order,
                                       np.asarray(out["counts"]), num_val, args.sample, rng)
-    results.append(("Tip-Adapter 200 x 20", 200 * 20, first, steady, per_point, loop_total,
-                     flops))
+    results.append((ta_label, 200 * 20, first, steady, per_point, loop_total, flops))
 
-    ape = methods.get("ape")
-    ape_hp = {k: v for k, v in ape.defaults("imagenet", DIM).items()
-              if k in ("k", "lambda1", "lambda2")}
-    ape_grid = dict(ape.grid("imagenet"))
-    ape_grid["gamma"] = hp_lib.official_grid(1.0, 21, start=0.0)  # the issue's 21 γ values
-    out, first, steady, flops = _ours(ape, task, val, ape_hp, ape_grid)
+    out, first, steady, flops = ours(ape, task, val, ape_hp, ape_grid)
     params = jax.jit(ape.init)(None, task, as_arrays(ape_hp))
     state = ape_setup(setup, params, task)
-    per_point, loop_total = _baseline(ape_point, state, ape_grid, ("beta", "alpha", "gamma"),
+    per_point, loop_total = _baseline(ape_point, state, ape_grid, ape_order,
                                       np.asarray(out["counts"]), num_val, args.sample, rng)
-    results.append(("APE 200 x 20 x 21", 200 * 20 * 21, first, steady, per_point, loop_total,
-                    flops))
+    results.append((ape_label, 200 * 20 * 21, first, steady, per_point, loop_total, flops))
 
     print(f"{'grid':24s} {'points':>7s} {'ours (s)':>10s} {'ours+jit':>9s} {'loop/pt (s)':>12s} "
           f"{'loop (s, est.)':>15s} {'speed-up':>9s}")

@@ -39,6 +39,7 @@ from jaxclip_fs.data.fewshot import coop_val_rows
 from jaxclip_fs.features.featfile import support_index
 from jaxclip_fs.features.synthetic import make_task
 from jaxclip_fs.methods.base import as_arrays
+from jaxclip_fs.methods.precision import in_compute_dtype
 from jaxclip_fs.methods.task import make_evalset, stack
 from jaxclip_fs.methods.task import make_task as task_of
 from jaxclip_fs.train.fit import fit, task_key
@@ -68,8 +69,10 @@ def _tasks(num_classes, dim, seeds):
     return keys, tasks, vals
 
 
-def bench(name, num_classes, dim, num_seeds, epochs):
-    method = methods.get(name)
+def bench(name, num_classes, dim, num_seeds, epochs, dtype="float32", check=True):
+    """Times S sequential runs vs one vmapped run (module docstring), training in ``dtype``
+    (mixed precision); ``check``: both give the same numbers (on CPU: to 1e-3)."""
+    method = in_compute_dtype(methods.get(name), dtype)
     values, _ = method.resolve(None, dim, {"epochs": epochs} if epochs else {})
     hp = as_arrays(values)
     run = functools.partial(fit, method, batch_size=int(values["batch_size"]),
@@ -86,7 +89,7 @@ def bench(name, num_classes, dim, num_seeds, epochs):
     vmapped = _timed(batched, *stacked)
     # same numbers either way
     together = batched(*stacked)
-    for i in (0, num_seeds - 1):
+    for i in (0, num_seeds - 1) if check else ():
         a = jax.tree.leaves(single(keys[i], tasks[i], vals[i]))
         b = jax.tree.leaves(jax.tree.map(lambda x: x[i], together))
         for x, y in zip(a, b):

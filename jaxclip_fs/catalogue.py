@@ -151,6 +151,17 @@ CARDS: tuple[Card, ...] = (
          summary="TA++: s (original) + alpha · exp(-beta (1 - f' F'ᵀ)) L (IMO-adapted features)"),
     Card("tx_pp", "TX++", "paired", paper="Kravets & Namboodiri, BMVC 2024",
          summary="TX++: s - gamma · KL-term (original) + alpha · exp(-beta (1 - f' F'ᵀ)) L"),
+    Card("zs_lp", "ZS-LP", paper="Silva-Rodríguez et al., CVPR 2024",
+         summary="ZS-LP: tau · cos(f, w_c), w initialised at the text embeddings, SGD"),
+    Card("clap", "CLAP", paper="Silva-Rodríguez et al., CVPR 2024",
+         summary="CLAP: ZS-LP + (1/C) Σ_c lambda_c ‖w_c - t_c‖², lambda_c = zero-shot "
+                 "true-class probability"),
+    Card("lp_pp", "LP++", paper="Huang et al., CVPR 2024",
+         summary="LP++: f Wᵀ + b + alpha_c · f t_cᵀ, full batch, Lipschitz step sizes"),
+    Card("taskres", "TaskRes", paper="Yu et al., CVPR 2023",
+         summary="TaskRes: tau · f · norm(t + alpha · R)ᵀ, residual R learned from 0"),
+    Card("cross_modal_lp", "Cross-Modal LP", paper="Lin et al., CVPR 2023",
+         summary="Cross-modal linear probe: tau · f Wᵀ, W from T, trained on images and texts"),
     # (ProKeR's own tables could not be read here: no published figures are encoded)
     Card("proker", "ProKeR", paper="Bendou et al., CVPR 2025",
          summary="ProKeR: s + K_xS (K_SS / lambda + I)⁻¹ (L - S), K = exp(-beta (1 - x x'ᵀ))"),

@@ -204,6 +204,8 @@ def _hyper(**changes):
     (dict(training=Training(trainable=())), "learns nothing"),
     (dict(training=Training(("w",), unit="hours")), "unit must be one of"),
     (dict(training=Training(("w",), unit="steps")), "keeps its final iterate"),
+    (dict(training=Training(("w",), eval_every=10)), "eval_every (a positive number"),
+    (dict(training=Training(("w",), epoch_end=lambda p, t, h: {})), "epoch_end updates state"),
     (dict(hyper=_hyper(declared=(hparams.ALPHA, hparams.LR)), training=Training(("w",))),
      "declared twice"),  # (the default optimizer declares lr)
 ])

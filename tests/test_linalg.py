@@ -1,4 +1,5 @@
-"""methods.linalg: under vmap every LAPACK call sees one matrix (batched ones can deadlock).
+"""methods.linalg: under vmap every LAPACK call sees one matrix (batched ones can deadlock);
+GPUs and TPUs keep the batched call.
 
 jaxlib 0.10-0.11 split a batched LAPACK call over XLA:CPU's intra-op pool and
 block a pool thread until it finishes; sharded sweep programs running such
@@ -51,3 +52,18 @@ def test_gda_init_vmapped_over_cells_makes_unbatched_lapack_calls():
     init = jax.jit(jax.vmap(gda.init, in_axes=(None, 0, None)))
     shapes = _lapack_matrix_shapes(init, jax.random.key(0), tasks, {})
     assert shapes and all(len(shape) == 2 for shape in shapes), shapes
+
+
+def test_accelerators_keep_the_batched_decomposition():
+    """Lowered for CUDA / TPU, the vmapped ``pinv_hermitian`` is one batched decomposition
+    (no loop); for the CPU a loop of single-matrix LAPACK calls."""
+    a = jax.ShapeDtypeStruct((2, 3, 16, 16), jnp.float32)
+    program = jax.jit(jax.vmap(jax.vmap(pinv_hermitian)))
+    for platform, target in (("cuda", "cusolver_syevd_ffi"), ("tpu", "Eigh"),
+                             ("cpu", "lapack_ssyevd_ffi")):
+        text = jax.export.export(program, platforms=(platform,))(a).mlir_module()
+        calls = re.findall(r"custom_call @(\w+)\(%\w+\)[^\n]*: \((tensor<[\dx]+f32>)\)", text)
+        batched = platform != "cpu"
+        assert calls == [(target, "tensor<2x3x16x16xf32>" if batched else "tensor<16x16xf32>")], \
+            (platform, calls)
+        assert ("stablehlo.while" in text) != batched, platform

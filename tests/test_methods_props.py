@@ -19,8 +19,11 @@ from jaxclip_fs.methods.task import (
 )
 from jaxclip_fs.train import fit
 
-# every registered method that reads CLIP features (image / paired methods have their own tests)
-NAMES = tuple(n for n in methods.names() if methods.get(n).inputs == "features")
+# every registered method that reads CLIP features (image / paired methods have their own tests),
+# and each other choice of its structural options (variant labels, e.g. clap[constraint=...])
+NAMES = tuple(label for n in methods.names() if methods.get(n).inputs == "features"
+              for label in [n] + [methods.get(n, **{o.name: choice}).label
+                                  for o in methods.get(n).options for choice in o.choices[1:]])
 D = 8
 EPOCHS, BATCH = 3, 4
 
@@ -55,7 +58,7 @@ def _logits_after_fit(method, key, task, val, hp, queries, query_mask=None):
 @functools.lru_cache(maxsize=None)
 def _compiled(name, batched=False):
     """One jitted fit+logits per method (and one vmapped over tasks), shared by the tests."""
-    run = functools.partial(_logits_after_fit, methods.get(name))
+    run = functools.partial(_logits_after_fit, methods.get_variant(name))
     if batched:
         run = jax.vmap(run, in_axes=(0, 0, 0, None, 0, 0))
     return jax.jit(run)
@@ -64,19 +67,19 @@ def _compiled(name, batched=False):
 @pytest.mark.parametrize("name", NAMES)
 def test_jit_compiles_and_is_finite(name):
     task, val = _random_task(0)
-    hp = _hp(methods.get(name))
+    hp = _hp(methods.get_variant(name))
     out = _compiled(name)(jax.random.key(0), task, val, hp, val.features)
     assert out.shape == (10, 3)
     assert np.all(np.isfinite(np.asarray(out)))
 
 
 # ``neutral`` is optional: the methods that declare values giving zero-shot's logits
-NEUTRAL = tuple(n for n in NAMES if methods.get(n).hyper.neutral is not None)
+NEUTRAL = tuple(n for n in NAMES if methods.get_variant(n).hyper.neutral is not None)
 
 
 @pytest.mark.parametrize("name", NEUTRAL)
 def test_neutral_hyperparameters_give_zero_shot(name):
-    method = methods.get(name)
+    method = methods.get_variant(name)
     task, val = _random_task(1)
     hp = {**_hp(method), **as_arrays(method.hyper.neutral)}
     params = jax.jit(method.init)(jax.random.key(0), task, hp)  # APE-T's residual is 0 at init
@@ -88,7 +91,7 @@ def test_neutral_hyperparameters_give_zero_shot(name):
 
 def _padded_batch(name, pairs, keys):
     """Runs ``pairs`` (task, val) padded to 5 classes x 4 shots x 13 rows, vmapped together."""
-    hp = _hp(methods.get(name))
+    hp = _hp(methods.get_variant(name))
     tasks = stack([pad_task(task, 5, 4) for task, _ in pairs])
     vals = stack([pad_evalset(val, 13) for _, val in pairs])
     batched = _compiled(name, batched=True)(keys, tasks, vals, hp, vals.features, vals.mask)
@@ -125,7 +128,7 @@ def test_nested_shot_mask_equals_smaller_task(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_declared_grids_and_defaults_are_valid(name):
-    method = methods.get(name)
+    method = methods.get_variant(name)
     specs = method.hparam_specs
     search = set(method.names("search"))
     for dataset in (None, "imagenet", "eurosat", "not_a_dataset"):

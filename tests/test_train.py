@@ -167,6 +167,66 @@ def test_steps_mode_takes_exactly_its_steps_and_cuts_the_last_epoch_short():
               max_epochs=3, unit="steps")
 
 
+def test_steps_mode_validated_every_k_updates_keeps_the_best_check():
+    """``eval_every = 4``: the iterates after updates 0, 4, 8 (0-based) are scored -- an
+    iteration loop's ``if i % 4 == 0`` after its update -- and the best kept (θ after update t
+    is θ0 - (t + 1) lr g under the constant gradient). Two tasks vmapped with their own step
+    counts: a check past a task's steps is never scored; updates after the last check of the
+    scan are not run."""
+    inputs = jnp.zeros((1, 3, 4, 1))
+    full = jnp.ones((3, 4))  # 12 items, batches of 5: 3 steps per epoch
+    theta0 = jnp.asarray([0.3, -0.1, 0.2])
+
+    def after(t):
+        return np.asarray(theta0) - (t + 1) * 0.1 * GRAD
+
+    def run(steps, goal):
+        return train(_linear_loss, lambda p: -jnp.sum((p["theta"] - goal) ** 2),
+                     {"theta": theta0}, ("theta",), class_major_data(inputs, full),
+                     jax.random.key(1), {"steps": steps}, batch_size=5, max_epochs=10,
+                     unit="steps", optimizer=_sgd(0.1), eval_every=4)
+
+    goals = jnp.asarray(np.stack([after(4) + 0.01, after(9)]))  # best: update 4; update 8
+    params, info = jax.jit(jax.vmap(run))(jnp.asarray([10, 6]), goals)
+    np.testing.assert_allclose(np.asarray(params["theta"][0]), after(4), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(params["theta"][1]), after(4), rtol=1e-5)
+    assert [int(e) for e in info["best_epoch"]] == [4 // 3, 4 // 3]
+    scores = np.asarray(info["scores"])
+    assert scores.shape == (2, 3) and np.all(np.isfinite(scores[0]))
+    assert np.isfinite(scores[1, :2]).all() and np.isnan(scores[1, 2])  # check 8 >= 6 steps
+    np.testing.assert_allclose(scores[0, 2], -np.sum((after(8) - np.asarray(goals[0])) ** 2),
+                               rtol=1e-4)
+    with pytest.raises(ValueError, match="epoch_end"):
+        train(_linear_loss, None, {"theta": theta0}, ("theta",), class_major_data(inputs, full),
+              jax.random.key(1), {"steps": 3}, batch_size=5, max_epochs=3, selection="final",
+              unit="steps", optimizer=_sgd(0.1), epoch_end=lambda p: {})
+
+
+def test_epoch_end_updates_state_after_each_of_a_tasks_own_epochs():
+    """``epoch_end`` runs after every epoch's updates of each task (vmapped tasks with 2 and 4
+    epochs): here it records θ and counts the epochs in the auxiliary state."""
+    inputs = jnp.zeros((1, 3, 4, 1))
+    mask = jnp.ones((3, 4))  # 12 items, batch 5: 3 steps per epoch
+    theta0 = jnp.asarray([0.3, -0.1, 0.2])
+
+    def epoch_end(params):
+        return {"count": params["count"] + 1.0, "seen": params["theta"]}
+
+    def run(epochs):
+        return train(_linear_loss, None, {"theta": theta0, "count": jnp.zeros(()),
+                                          "seen": jnp.zeros(3)}, ("theta",),
+                     class_major_data(inputs, mask), jax.random.key(0), {"epochs": epochs},
+                     batch_size=5, max_epochs=4, selection="final", optimizer=_sgd(0.1),
+                     aux=("count", "seen"), epoch_end=epoch_end)
+
+    params, _ = jax.jit(jax.vmap(run))(jnp.asarray([2, 4]))
+    for i, epochs in enumerate((2, 4)):
+        assert float(params["count"][i]) == epochs
+        expected = np.asarray(theta0) - 3 * epochs * 0.1 * GRAD
+        np.testing.assert_allclose(np.asarray(params["seen"][i]), expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(params["theta"][i]), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_steps_mode_equals_epochs_mode_on_whole_epochs():
     """``steps = epochs · steps_per_epoch``: the same batches, views and updates as epochs."""
     rng = np.random.default_rng(2)

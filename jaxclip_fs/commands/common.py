@@ -51,8 +51,25 @@ def add_quiet_argument(parser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars or messages")
 
 
-def add_extraction_arguments(group, views_default: int = 10) -> None:
-    """``--views``, ``--aug-scale``, ``--aug-seed``, ``--dtype``, ``--batch-size``."""
+def add_compute_dtype_argument(group, trained: bool = True) -> None:
+    """``--compute-dtype``: mixed precision (the CLIP encoders and, with ``trained``, the
+    trained heads)."""
+    what = ("the CLIP encoders and the trained heads' training steps (Tip-Adapter-F, APE-T, "
+            "CLIP-Adapter, LDC) compute" if trained else "the CLIP encoders compute")
+    group.add_argument("--compute-dtype", choices=config_lib.DTYPES, default="float32",
+                       help=f"mixed precision: {what} in this dtype; parameters, optimizer "
+                            "state, losses and stored features stay float32 (default float32; "
+                            "bfloat16 is meant for GPUs and TPUs, a CPU gains little or nothing)")
+
+
+def encode_dtype(args: argparse.Namespace) -> str:
+    """The CLIP encoders' compute dtype: ``--dtype`` if given, else ``--compute-dtype``."""
+    return getattr(args, "dtype", None) or getattr(args, "compute_dtype", "float32")
+
+
+def add_extraction_arguments(group, views_default: int = 10, trained: bool = True) -> None:
+    """``--views``, ``--aug-scale``, ``--aug-seed``, ``--compute-dtype``, ``--dtype``,
+    ``--batch-size``."""
     group.add_argument("--views", type=int, default=views_default, metavar="N",
                        help="augmented views per train image, besides the plain one (default "
                             f"{views_default}, Tip-Adapter's cache; trained methods take a fresh "
@@ -60,8 +77,10 @@ def add_extraction_arguments(group, views_default: int = 10) -> None:
     group.add_argument("--aug-scale", default="0.5,1", metavar="LOW,HIGH",
                        help="RandomResizedCrop area range of the views (default 0.5,1)")
     group.add_argument("--aug-seed", type=int, default=0, help="augmentation seed (default 0)")
-    group.add_argument("--dtype", choices=config_lib.DTYPES, default="float32",
-                       help="CLIP compute dtype (features are stored as float32)")
+    add_compute_dtype_argument(group, trained)
+    group.add_argument("--dtype", choices=config_lib.DTYPES,
+                       help="the CLIP encoders' compute dtype alone (default: --compute-dtype; "
+                            "features are stored as float32)")
     group.add_argument("--batch-size", type=int, default=64, metavar="B",
                        help="images per compiled encoding batch (default 64)")
 
@@ -292,7 +311,7 @@ def experiment_config(args: argparse.Namespace, *, datasets: Sequence[str] = (),
         extraction=config_lib.ExtractionConfig(
             views=get("views", defaults.views),
             aug_scale=parse_scale(get("aug_scale", "0.5,1")),
-            aug_seed=get("aug_seed", defaults.aug_seed), dtype=get("dtype", defaults.dtype),
+            aug_seed=get("aug_seed", defaults.aug_seed), dtype=encode_dtype(args),
             batch_size=get("batch_size", defaults.batch_size)),
         images=config_lib.ImagesConfig(
             train_path=get("train_path", images.train_path),
@@ -310,4 +329,5 @@ def experiment_config(args: argparse.Namespace, *, datasets: Sequence[str] = (),
             use_cache=not get("no_cache", False), workers=get("workers"),
             stall_timeout=get("stall_timeout", 300.0),
             program_timeout=get("program_timeout", 0.0)),
+        train_dtype=get("compute_dtype", "float32"),
     ))

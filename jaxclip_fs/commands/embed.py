@@ -9,6 +9,7 @@ import sys
 import numpy as np
 
 from jaxclip_fs import __version__
+from jaxclip_fs.commands import common
 from jaxclip_fs.errors import ConfigError
 from jaxclip_fs.io import atomic
 from jaxclip_fs.io.console import random_weights_banner
@@ -48,6 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="FILE.npz")
     p.add_argument("--batch-size", type=int, default=32, metavar="B",
                    help="images/texts per compiled batch (default 32)")
+    common.add_compute_dtype_argument(p, trained=False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("nothing to embed: give --image PATH ... and/or --text STR ...")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-    loaded = load_clip(args.backbone, args.weights)
+    from jaxclip_fs.features.encode import compute_dtype
+
+    loaded = load_clip(args.backbone, args.weights, dtype=compute_dtype(args.compute_dtype))
     if loaded.is_random:
         print(random_weights_banner(loaded.weights_id, "embeddings"), file=sys.stderr)
     tokenizer = load_tokenizer(loaded.source_dir)
@@ -70,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     weights = "random" if loaded.is_random else loaded.weights_id
     meta = {"backbone": loaded.config.name, "weights": weights, "weights_id": loaded.weights_id,
             "is_random": loaded.is_random, "tokenizer": tokenizer.name,
+            "compute_dtype": args.compute_dtype,
             "images": list(args.image), "texts": list(args.text),
             "jaxclip_fs_version": __version__}
     atomic.save_npz(args.out, image=image, text=text, backbone=np.str_(loaded.config.name),

@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, help="registry name or folder:PATH")
     common.add_data_arguments(p)
     common.add_model_arguments(p, required=True)
-    common.add_extraction_arguments(p)
+    common.add_extraction_arguments(p, trained=False)
     p.add_argument("--shots", type=int, metavar="K",
                    help="train pool = the K-shot sets of --seeds (default: whole train split)")
     p.add_argument("--seeds", metavar="S1,S2,...",
@@ -91,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     extraction = extract_features(
         dataset, loaded, shots=args.shots, seeds=seeds, views=args.views + 1,
         aug_scale=aug_scale, aug_seed=args.aug_seed,
-        taps=common.parse_names(args.taps, "--taps") if args.taps else (), dtype=args.dtype,
+        taps=common.parse_names(args.taps, "--taps") if args.taps else (),
+        dtype=common.encode_dtype(args),
         batch_size=args.batch_size, cache_dir=args.cache_dir, use_cache=not args.no_cache,
         skip_corrupt=args.skip_corrupt, workers=args.workers, progress=not args.quiet,
         draws=draws, prompts=args.prompts)

@@ -109,7 +109,7 @@ def _extraction(config, session, image_source, variants, decisions, ood_of, out_
             kind = variants[d.program.method].method.inputs
             if kind in FEATURE_KINDS:
                 needs.setdefault(dataset, set()).add(kind)
-    clip = abstract_clip(config.model.backbone)
+    clip = abstract_clip(config.model.backbone, config.extraction.dtype)
     batch, views = config.extraction.batch_size, session.train_views
     found = []
     for dataset, kinds in needs.items():

@@ -17,7 +17,7 @@ its measured speed -- and published peak figures of accelerators, for estimates.
 * :data:`ACCELERATORS` -- published peak FLOP/s, HBM bandwidth and memory of
   a few accelerator kinds, each with its source. These are vendors' peak
   figures (dense, no sparsity): a program's time at them is a lower bound,
-  an *estimate*, never a measurement.
+  an *estimate*, never a measurement. :func:`published` finds a device's entry.
 """
 
 from __future__ import annotations
@@ -189,3 +189,22 @@ ACCELERATORS: tuple[Accelerator, ...] = (
                 "Google Cloud TPU v5e documentation (cloud.google.com/tpu/docs/v5e): 197 "
                 "TFLOPS bf16 peak per chip, 16 GiB HBM2 at 819 GB/s"),
 )
+
+
+#: Substrings of a ``Device.device_kind`` -> the :data:`ACCELERATORS` entry whose figures
+#: apply (first match wins). PCIe and NVL boards run at other clocks and power: not matched.
+DEVICE_KINDS = (("H200", "NVIDIA H200 SXM"), ("H100", "NVIDIA H100 SXM"),
+                ("A100", "NVIDIA A100 SXM 80GB"), ("TPU v4", "Google TPU v4"),
+                ("TPU v5 lite", "Google TPU v5e"), ("TPU v5e", "Google TPU v5e"))
+
+
+def published(device_kind: str) -> Accelerator | None:
+    """The :data:`ACCELERATORS` entry of a device kind (``jax.devices()[0].device_kind``, e.g.
+    ``"NVIDIA H100 80GB HBM3"``, ``"TPU v5 lite"``), or None when none applies."""
+    if "PCIe" in device_kind or "NVL" in device_kind:
+        return None
+    by_name = {a.name: a for a in ACCELERATORS}
+    for needle, name in DEVICE_KINDS:
+        if needle in device_kind:
+            return by_name[name]
+    return None

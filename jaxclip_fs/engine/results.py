@@ -144,4 +144,4 @@ def cell_records(result: CellResult, *, program: Program, rules: Rules, seconds:
 
 
 #: Facts of the inputs' provenance copied into records (besides the required fields).
-RECORDED_META = ("imo_adapters", "imo_weights_id", "feature_file")
+RECORDED_META = ("imo_adapters", "imo_weights_id", "feature_file", "compute_dtype")

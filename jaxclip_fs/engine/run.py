@@ -441,6 +441,14 @@ def _resolve(variant: Variant, dataset: str, inputs: _Inputs, rules):
     return variant.resolve(dataset, dim, search=rules.searches)
 
 
+def compute_dtypes(meta: Mapping[str, Any], method, config: config_lib.ExperimentConfig) -> dict:
+    """What a record says of its precision: the CLIP's compute dtype when encoding its inputs
+    (``unknown`` for feature files that do not say) and its training steps' (None: the
+    method trains nothing)."""
+    return {"encoding": meta.get("dtype", "unknown"),
+            "training": config.train_dtype if method.trains else None}
+
+
 def _limits(config: config_lib.ExperimentConfig) -> dict:
     """The watchdog's limits of every program (:mod:`~jaxclip_fs.engine.watchdog`)."""
     return {"stall": config.execution.stall_timeout,
@@ -475,7 +483,9 @@ def _run_feature_program(program: Program, variant: Variant, inputs: _Inputs,
         heads = {k: float(v[g, t]) for k, v in outputs["heads"].items()}
         best = float(outputs["best_score"][g, t]) if method.trains else None
         results.append(CellResult(
-            cell=cell, method=method, provenance={**fs.meta, "dataset": cell.dataset},
+            cell=cell, method=method,
+            provenance={**fs.meta, "dataset": cell.dataset,
+                        "compute_dtype": compute_dtypes(fs.meta, method, config)},
             hyperparameters=method.used(res.values, res.grid, index), searched=list(res.grid),
             accuracy=reported(rules.reported, final, heads, best), final_accuracy=final,
             val_accuracy=float(outputs["val_accuracy"][g, t]) if rules.searches else None,
@@ -511,7 +521,7 @@ def _run_image_program(program: Program, variant: Variant, inputs: _Inputs,
     out = image_program.run_image_program(
         program, method, data, resolved, oods=oods, rules=rules, mesh=mesh,
         keep_logits=sink.keep_logits, limits=_limits(config))
-    provenance = data.meta
+    provenance = {**data.meta, "compute_dtype": compute_dtypes(data.meta, method, config)}
     results = []
     for t, cell in enumerate(program.cells):
         index = {name: int(v[t]) for name, v in out["index"].items()}

@@ -18,6 +18,7 @@ methods     name, options (each a value or a list: a sweep axis), hp    may grow
 data        datasets, features (files), ood; data_root, source           may grow
 model       backbone, weights, imo_adapters                              fixed
 extraction  views, aug_scale, aug_seed, dtype, batch_size               fixed
+train_dtype the trained heads' compute dtype (mixed precision)           fixed
 images      train_path, tap_cache_views, aug_scale; tap_cache_budget_gib fixed
 protocol    names (fair, fewshot, paper, validation_free)                may grow
             sampler, prompts                                             fixed
@@ -115,7 +116,8 @@ class ExtractionConfig:
         there are at least as many as epochs.
       aug_scale: RandomResizedCrop area range of the augmented views.
       aug_seed: seed of the augmented views.
-      dtype: CLIP compute dtype (features are stored as float32).
+      dtype: the CLIP's compute dtype -- encoding, and the frozen CLIP inside image
+        methods' steps (features are stored as float32).
       batch_size: images per compiled encoding batch.
     """
 
@@ -214,6 +216,7 @@ class ExperimentConfig:
     hp: Mapping[str, float] = dataclasses.field(default_factory=dict)
     grid: GridConfig = GridConfig()
     execution: ExecutionConfig = ExecutionConfig()
+    train_dtype: str = "float32"
 
     # --- derived views ------------------------------------------------------------------
 
@@ -238,8 +241,13 @@ class ExperimentConfig:
         return tuple(label for label, _, _ in self.variants())
 
     def fixed_settings(self) -> dict:
-        """The fields a rerun into the same directory must repeat (they shape every number)."""
-        return {"model": dataclasses.asdict(self.model),
+        """The fields a rerun into the same directory must repeat (they shape every number).
+
+        ``train_dtype`` appears only when not float32, so directories written before it
+        existed (all float32) still resume.
+        """
+        mixed = {} if self.train_dtype == "float32" else {"train_dtype": self.train_dtype}
+        return {**mixed, "model": dataclasses.asdict(self.model),
                 "extraction": _jsonable(dataclasses.asdict(self.extraction)),
                 "images": {k: v for k, v in dataclasses.asdict(self.images).items()
                            if k != "tap_cache_budget_gib"},
@@ -289,6 +297,7 @@ def check(config: ExperimentConfig) -> ExperimentConfig:
         raise ConfigError("data: give either datasets (extracted here) or features (files)")
     choose("data.source", config.data.source, SOURCES)
     choose("extraction.dtype", config.extraction.dtype, DTYPES)
+    choose("train_dtype", config.train_dtype, DTYPES)
     if not config.protocol.names:
         raise ConfigError("protocol.names must name at least one protocol")
     for name in config.protocol.names:

@@ -30,6 +30,7 @@ from jaxclip_fs.errors import ConfigError
 from jaxclip_fs.experiment.config import ExperimentConfig
 from jaxclip_fs.methods import hparams as hparams_lib
 from jaxclip_fs.methods.base import Method
+from jaxclip_fs.methods.precision import in_compute_dtype
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -73,16 +74,19 @@ class Variant:
 
 
 def resolve_variants(config: ExperimentConfig) -> list[Variant]:
-    """The config's method variants, built and checked against the registry.
+    """The config's method variants, built and checked against the registry; trained ones in
+    the config's ``train_dtype`` (:func:`~jaxclip_fs.methods.precision.in_compute_dtype`).
 
     Raises:
-      ConfigError: unknown method, option or value, or a hyperparameter no
-        method declares (names it and the valid ones).
+      ConfigError: unknown method, option or value, a hyperparameter no
+        method declares (names it and the valid ones), or a method whose own
+        dtype option conflicts with ``train_dtype``.
     """
     variants = []
     declared: dict[str, None] = {}  # every declared name, in declaration order
     for label, method_config, options in config.variants():
-        method = methods_lib.get(method_config.name, **options)
+        method = in_compute_dtype(methods_lib.get(method_config.name, **options),
+                                  config.train_dtype)
         specs = method.hparam_specs
         declared.update(dict.fromkeys(specs))
         own = hparams_lib.parse_assignments(method_config.hp, specs, method_config.name)

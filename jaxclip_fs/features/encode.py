@@ -77,6 +77,13 @@ class FixedBatchEncoder:
                              f"{[self.batch_size, *self.row_shape]}")
         return dict(self._jitted(self._params, rows))
 
+    def program(self) -> tuple[Callable, tuple]:
+        """``(jitted fn, abstract arguments of one batch)``: the compiled program, for lowering
+        it elsewhere (e.g. for another platform: ``jax.export``) without running it."""
+        params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), self._params)
+        rows = jax.ShapeDtypeStruct((self.batch_size, *self.row_shape), self.row_dtype)
+        return self._jitted, (params, rows)
+
     @property
     def num_compilations(self) -> int:
         """How many shapes have been compiled (1 after any number of calls)."""

@@ -75,18 +75,24 @@ def text_classifier(
         cache_dir=cache_dir, use_cache=use_cache, progress=progress, desc="text", unit="class"))
 
 
+def text_encoder(clip, length: int, *, dtype: str, batch_size: int) -> FixedBatchEncoder:
+    """``encode_text`` of int tokens [B, L] -> ``{"text": float32 [B, E]}``, computed in
+    ``dtype``, compiled for one batch shape."""
+    model = clip.model.clone(dtype=compute_dtype(dtype))
+
+    def fn(variables, rows):
+        return {TEXT_KEY: model.apply(variables, rows, method="encode_text").astype(jnp.float32)}
+
+    return FixedBatchEncoder(fn, clip.params, batch_size, (length,), np.int32)
+
+
 def encode_texts(clip, tokens: np.ndarray, kind: str, *, dtype: str, batch_size: int,
                  cache_dir: str | os.PathLike | None, use_cache: bool, progress: bool,
                  desc: str, unit: str) -> np.ndarray:
     """``encode_text`` of int tokens [N, T, L] → float32 [N, T, E], N items of T texts each,
     cached by content (``kind``, model, weights, dtype, tokens)."""
     length = tokens.shape[-1]
-    model = clip.model.clone(dtype=compute_dtype(dtype))
-
-    def fn(variables, rows):
-        return {TEXT_KEY: model.apply(variables, rows, method="encode_text").astype(jnp.float32)}
-
-    encoder = FixedBatchEncoder(fn, clip.params, batch_size, (length,), np.int32)
+    encoder = text_encoder(clip, length, dtype=dtype, batch_size=batch_size)
     entry = None
     if use_cache:
         spec = {"kind": kind, "model": clip.config.architecture(),

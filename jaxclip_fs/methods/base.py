@@ -267,11 +267,18 @@ class Training:
       unit: ``"epochs"`` -- the loop runs ``epochs`` passes over the support,
         ``ceil(n / batch_size)`` steps each; ``"steps"`` -- it runs ``steps``
         optimizer updates, the support's batches in turn, epoch after epoch
-        (the last epoch cut short); always keeps the final iterate.
+        (the last epoch cut short); keeps the final iterate, or with
+        ``eval_every`` the best on validation of its checks.
       full_batch: every step sees the whole support (one step per epoch; no
         ``batch_size`` hyperparameter).
       epoch_selection: ``"validation"`` (the best epoch on validation) or
         ``"final"`` (the last iterate).
+      eval_every: steps with ``"validation"``: the iterates after updates 0, k,
+        2k, ... (0-based) are scored on validation and the best is kept -- the
+        ``if i % k == 0`` early stopping of an iteration loop (0: none).
+      epoch_end: epochs: ``(params, task, hp) -> {state key: value}`` run after
+        every epoch's updates (an outer step, e.g. an augmented Lagrangian's
+        multiplier update); its keys are ``state`` entries.
       state_estimate: ``(params, task, inputs, labels, weights, hp) -> state``:
         a batch's own values of the ``state`` entries; when given, the trainer
         replaces the trained state by their mean over one more epoch (PyTorch's
@@ -285,6 +292,8 @@ class Training:
     full_batch: bool = False
     epoch_selection: str = "validation"
     state_estimate: LossFn | None = None
+    eval_every: int = 0
+    epoch_end: Callable[..., dict] | None = None
 
     @property
     def length(self) -> str:
@@ -533,8 +542,14 @@ def check_method(method: Method) -> Method:
             fail(f"training.unit must be one of {TRAINING_UNITS}, got '{training.unit}'")
         if training.epoch_selection not in EPOCH_SELECTIONS:
             fail(f"epoch_selection must be one of {EPOCH_SELECTIONS}")
-        if training.unit == "steps" and training.epoch_selection != "final":
-            fail("a method trained in steps keeps its final iterate (epoch_selection='final')")
+        if (training.unit == "steps" and training.epoch_selection != "final"
+                and training.eval_every <= 0):
+            fail("a method trained in steps keeps its final iterate (epoch_selection='final') "
+                 "unless it is validated every eval_every > 0 updates")
+        if training.eval_every and (training.unit != "steps" or training.eval_every < 0):
+            fail("eval_every (a positive number of updates) needs training counted in steps")
+        if training.epoch_end is not None and (training.unit != "epochs" or not training.state):
+            fail("epoch_end updates state once per epoch: it needs unit='epochs' and state keys")
         if training.state_estimate is not None and not training.state:
             fail("state_estimate re-estimates state, but the method declares none")
     for option in method.options:

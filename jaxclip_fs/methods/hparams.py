@@ -155,3 +155,9 @@ WEIGHT_DECAY = HParam("weight_decay", "train", "AdamW decoupled weight decay", m
 #: The default training's hyperparameters: the loop's epochs and batch size, cosine AdamW's
 #: lr, eps and weight decay (``methods.base.Training`` declares them for a method).
 TRAINING = (EPOCHS, LR, BATCH_SIZE, EPS, WEIGHT_DECAY)
+#: The norm at which a probe's class prototypes start (``norm · text``). Feature files hold
+#: unit class embeddings; the CoOp-family codes train the text encoder's raw outputs, whose
+#: norm sets their step sizes (docs/methods.md, "The probes' prototype norm").
+TEXT_NORM = HParam("text_norm", "fixed", "norm of the class prototypes at initialisation "
+                   "(the text encoder's raw output norm in the official code; 1: unit)",
+                   minimum=0.0, strictly_positive=True)

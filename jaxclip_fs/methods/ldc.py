@@ -400,7 +400,8 @@ OPTIONS = (
     Option("bn_stats", BN_STATS, "BatchNorm statistics evaluated: as training left them "
                                  "(official) or re-estimated on the final weights (update_bn)"),
     Option("dtype", DTYPES, "dtype of LDC's own weights and activations (the official code: "
-                            "float16 weights, trained so); BatchNorm in float32"),
+                            "float16 weights, trained so); BatchNorm in float32. Mixed "
+                            "precision (float32 weights) is --compute-dtype instead"),
 )
 CARD = catalogue.card("ldc")
 OFFICIAL = Official(

@@ -12,6 +12,11 @@ CPU used. A call whose batch is one matrix runs inline and never waits, so
 :func:`one_matrix_at_a_time` makes every LAPACK call of a function see a
 single matrix, whatever ``vmap`` s surround it. Each matrix is factorised by
 the same LAPACK routine as in the batched call: the numbers are identical.
+
+Only the CPU needs this: on GPUs and TPUs (cuSOLVER, XLA's own decompositions)
+the batched call is safe and much faster than a loop of single matrices, so
+there the vmapped function makes one batched call (``lax.platform_dependent``:
+the program lowered for each platform holds only its own branch).
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ import jax.numpy as jnp
 
 
 def one_matrix_at_a_time(fn: Callable[[jax.Array], Any]) -> Callable[[jax.Array], Any]:
-    """``fn`` (of one matrix) under ``vmap``: a ``lax.map`` over the batch, not a batched call.
+    """``fn`` (of one matrix) under ``vmap``: on CPU a ``lax.map`` over the batch, not a batched
+    call; elsewhere the batched call (module docstring).
 
     Nested ``vmap`` s give nested maps, so the LAPACK calls inside ``fn``
     always see one matrix. ``fn`` may return a pytree of arrays (``eigh``'s
@@ -40,7 +46,8 @@ def one_matrix_at_a_time(fn: Callable[[jax.Array], Any]) -> Callable[[jax.Array]
         if not in_batched[0]:
             out = unbatched(x)
             return out, jax.tree.map(lambda _: False, out)
-        out = jax.lax.map(unbatched, x)
+        out = jax.lax.platform_dependent(x, cpu=lambda m: jax.lax.map(unbatched, m),
+                                         default=jax.vmap(fn))
         return out, jax.tree.map(lambda _: True, out)
 
     return unbatched

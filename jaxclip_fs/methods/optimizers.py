@@ -66,6 +66,22 @@ def cosine_decay(lr, total_steps) -> Callable[[jax.Array], jax.Array]:
     return learning_rate
 
 
+def epoch_cosine(lr, total_steps, epochs, warmup_epochs: int = 1,
+                 warmup_lr: float = 1e-5) -> Callable[[jax.Array], jax.Array]:
+    """Dassl's schedule (the CoOp family's trainers), stepped once per epoch: ``warmup_lr`` for
+    the first ``warmup_epochs`` epochs, then ``lr · ½ (1 + cos(π (e - warmup_epochs) / E))`` in
+    epoch ``e`` of ``E`` (``CosineAnnealingLR(T_max=E)`` behind a ``ConstantWarmupScheduler``
+    that recounts, ``WARMUP_RECOUNT=True``). The epoch of update ``count`` is ``count //
+    (total_steps / epochs)``; arguments may be traced."""
+    per_epoch = jnp.maximum(jnp.round(total_steps / epochs), 1.0).astype(jnp.int32)
+
+    def learning_rate(count):
+        epoch = count // per_epoch
+        cosine = lr * 0.5 * (1.0 + jnp.cos(jnp.pi * (epoch - warmup_epochs) / epochs))
+        return jnp.where(epoch < warmup_epochs, warmup_lr, cosine)
+    return learning_rate
+
+
 def cosine_adamw(lr, total_steps, eps, weight_decay) -> optax.GradientTransformation:
     """AdamW whose step size decays as ``lr · ½ (1 + cos(π t / T))``; arguments may be traced."""
     return optax.adamw(cosine_decay(lr, total_steps), b1=0.9, b2=0.999, eps=eps,
@@ -76,6 +92,22 @@ def _cosine_adamw(hp, steps, params):
     del params
     return cosine_adamw(hp["lr"], steps, hp["eps"], hp["weight_decay"])
 
+
+MOMENTUM = hp_lib.HParam("momentum", "train", "SGD momentum (PyTorch's: buffer = μ·buffer + g)",
+                         minimum=0.0, maximum=1.0)
+SGD_LR = hp_lib.HParam("lr", "train", "SGD peak learning rate (Dassl: 1 warmup epoch at 1e-5, "
+                       "then cosine per epoch)", minimum=0.0, strictly_positive=True)
+
+
+def _epoch_cosine_sgd(hp, steps, params):
+    del params
+    return optax.sgd(epoch_cosine(hp["lr"], steps, hp["epochs"]), momentum=hp["momentum"])
+
+
+#: SGD with momentum on Dassl's per-epoch schedule (one epoch at 1e-5, then cosine over the
+#: epochs), no weight decay: the CoOp-family trainers' ``OPTIM.NAME: sgd``. Reads ``lr``,
+#: ``momentum`` (and the loop's ``epochs``); trains in epochs.
+EPOCH_COSINE_SGD = Optimizer(_epoch_cosine_sgd, (SGD_LR, MOMENTUM))
 
 #: AdamW (PyTorch semantics: decoupled decay, eps outside the square root) with a cosine decay
 #: per step over the task's own steps; reads ``lr``, ``eps``, ``weight_decay``.

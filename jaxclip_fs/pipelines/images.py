@@ -47,7 +47,7 @@ from jaxclip_fs.clip.preprocess import CLIP_MEAN, CLIP_STD
 from jaxclip_fs.errors import ConfigError, DataError
 from jaxclip_fs.experiment.config import TRAIN_PATHS, ImagesConfig
 from jaxclip_fs.features import augment
-from jaxclip_fs.features.encode import FixedBatchEncoder, encode_items
+from jaxclip_fs.features.encode import FixedBatchEncoder, compute_dtype, encode_items
 from jaxclip_fs.features.extract import select_train_pool
 from jaxclip_fs.features.image_encoder import encode_split, load_views, make_image_encoder
 from jaxclip_fs.features.pipeline import default_workers, ordered_prefetch
@@ -94,13 +94,13 @@ class AbstractCLIP:
         return abstract_variables(self.config)
 
 
-def abstract_clip(backbone: str) -> AbstractCLIP:
-    """The :class:`AbstractCLIP` of a variant name (no weights are read)."""
+def abstract_clip(backbone: str, dtype: str = "float32") -> AbstractCLIP:
+    """The :class:`AbstractCLIP` of a variant name computing in ``dtype`` (no weights are read)."""
     from jaxclip_fs.clip.model import CLIP
     from jaxclip_fs.clip.variants import get_config
 
     config = get_config(backbone)
-    return AbstractCLIP(config, CLIP(config))
+    return AbstractCLIP(config, CLIP(config, compute_dtype(dtype)))
 
 
 @functools.lru_cache(maxsize=32)
@@ -231,15 +231,16 @@ def support_pixels(dataset, indices: np.ndarray, size: int, *, views: int = 1, a
 
 def tap_cache_pool(clip, dataset, indices: np.ndarray, tap_names: Sequence[str], *, views: int,
                    aug_seed: int = 0, aug_scale: tuple[float, float] = augment.LDC_SCALE,
-                   batch_size: int = 64, cache_dir=None, use_cache: bool = True,
-                   workers: int | None = None, progress: bool = True) -> dict:
+                   batch_size: int = 64, dtype: str = "float32", cache_dir=None,
+                   use_cache: bool = True, workers: int | None = None,
+                   progress: bool = True) -> dict:
     """The tap-cache pool of train ``indices``: ``{"taps": T x [V, N, ...], "features": [V, N, E]}``
 
-    Encoded through :func:`~jaxclip_fs.features.image_encoder.encode_split`
-    (content-addressed cache).
+    Encoded (computing in ``dtype``, stored as float32) through
+    :func:`~jaxclip_fs.features.image_encoder.encode_split` (content-addressed cache).
     """
     unique = tuple(dict.fromkeys(tap_names))
-    encoder = make_image_encoder(clip, taps=unique, batch_size=batch_size)
+    encoder = make_image_encoder(clip, taps=unique, dtype=dtype, batch_size=batch_size)
     encoded = encode_split(encoder, dataset, "train", indices, views=views, aug_seed=aug_seed,
                            aug_scale=tuple(aug_scale), cache_dir=cache_dir, use_cache=use_cache,
                            workers=workers, progress=progress)
@@ -375,7 +376,8 @@ class ImageSource:
         common = dict(aug_seed=x.aug_seed, aug_scale=tuple(o.aug_scale), workers=s.execution.workers)
         if path == "cache":
             arrays = tap_cache_pool(clip, dataset, pool.indices, taps, views=views,
-                                    batch_size=x.batch_size, cache_dir=s.execution.cache_dir,
+                                    batch_size=x.batch_size, dtype=x.dtype,
+                                    cache_dir=s.execution.cache_dir,
                                     use_cache=s.execution.use_cache, progress=s.progress, **common)
             fetch = cache_fetch
         else:
@@ -384,7 +386,7 @@ class ImageSource:
         origin = dataset.split_origin
         meta = {"backbone": clip.config.name,
                 "weights": "random" if clip.is_random else clip.weights_id,
-                "dataset": dataset.name, "dataset_identity": dataset.identity,
+                "dataset": dataset.name, "dataset_identity": dataset.identity, "dtype": x.dtype,
                 "split_policy": {"train": pool.policy,
                                  "val": f"val split ({origin.get('val', 'val split')})",
                                  "test": f"whole test split ({origin.get('test', 'test split')})"}}
@@ -394,7 +396,7 @@ class ImageSource:
 
     def abstract_clip(self) -> AbstractCLIP:
         """The CLIP's architecture without loading its weights."""
-        return abstract_clip(self.session.config.model.backbone)
+        return abstract_clip(self.session.config.model.backbone, self.session.extraction.dtype)
 
     def cache_views(self) -> int:
         """Views per support image in a tap cache: the plain one and the augmented ones."""

@@ -54,12 +54,15 @@ class ClipSession:
         return self.extraction.views + 1
 
     def clip(self):
-        """The :class:`~jaxclip_fs.convert.load.LoadedCLIP` of ``model.backbone`` / ``weights``."""
+        """The :class:`~jaxclip_fs.convert.load.LoadedCLIP` of ``model.backbone`` / ``weights``,
+        computing in ``extraction.dtype`` (parameters float32)."""
         if self._clip is None:
             from jaxclip_fs.convert import load_clip
+            from jaxclip_fs.features.encode import compute_dtype
 
             model = self.config.model
-            self._clip = load_clip(model.backbone, model.weights)
+            self._clip = load_clip(model.backbone, model.weights,
+                                   dtype=compute_dtype(self.extraction.dtype))
             if self._clip.is_random and self.banner:
                 print(random_weights_banner(self._clip.weights_id, 'features'), file=sys.stderr)
         return self._clip

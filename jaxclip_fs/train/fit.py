@@ -62,6 +62,8 @@ def train_params(method: Method, params, key, task: Task, data: TrainData, val: 
         raise ValueError(f"method '{method.name}' selects its epoch on validation; give val")
     estimate = (None if training.state_estimate is None else
                 lambda p, x, y, w: training.state_estimate(p, task, x, y, w, hp))
+    epoch_end = (None if training.epoch_end is None else
+                 lambda p: training.epoch_end(p, task, hp))
     return train(
         lambda p, x, y, w: training_loss(method, p, task, x, y, w, hp),
         (lambda p: accuracy(logits(method, p, task, val.features, hp, val.mask), val))
@@ -70,7 +72,7 @@ def train_params(method: Method, params, key, task: Task, data: TrainData, val: 
         batch_size=batch_size, max_epochs=max_epochs, aux=training.state,
         selection=training.epoch_selection, aux_estimate=estimate, progress=progress,
         optimizer=lambda steps: training.optimizer.make(hp, steps, params), unit=training.unit,
-        **streams,
+        eval_every=training.eval_every if validate else 0, epoch_end=epoch_end, **streams,
     )
 
 

@@ -41,12 +41,18 @@ adapters -- trains through the pieces here:
   - **Steps instead of epochs** (``settings["steps"]``, ``unit="steps"``): the
     loop runs that many updates, taking the epochs' batches in turn (epoch
     ``e`` keeps its order and views) and cutting the last epoch short -- the
-    iteration loops of CoOp-style code; the final iterate is kept.
+    iteration loops of CoOp-style code; the final iterate is kept, or, with
+    ``eval_every = k``, the best on validation of the iterates after updates
+    ``0, k, 2k, ...`` (0-based; the ``if i % k == 0`` check of an iteration loop
+    after its update) -- updates after the last check are not run.
   - **Epoch selection**: ``"validation"`` scores the params on validation
     after every epoch (``eval_fn``) and returns the best epoch's (first best
     wins; the official loops start from ``best_acc = 0``, here the first
     epoch always counts); ``"final"`` returns the last epoch's (LDC's
     official loop), with no evaluation.
+  - **Outer steps** (optional ``epoch_end``, epochs only): after every epoch's
+    updates, ``epoch_end(params)`` replaces auxiliary entries -- e.g. the
+    multipliers of an augmented Lagrangian, updated once per epoch.
   - **Re-estimated auxiliary state** (optional ``aux_estimate``): after
     training, the auxiliary state is replaced by the mean, over the batches
     of one more epoch (epoch ``epochs``: same loader, fresh order and views),
@@ -279,6 +285,8 @@ def train(
     progress: Callable[[Any, Any], None] | None = None,
     optimizer: MakeOptimizer | None = None,
     unit: str = "epochs",
+    eval_every: int = 0,
+    epoch_end: Callable[[Any], dict] | None = None,
 ) -> tuple[dict, dict]:
     """Trains ``params[trainable]`` (module docstring) and returns the selected epoch's params.
 
@@ -307,19 +315,27 @@ def train(
       optimizer: ``steps -> optax.GradientTransformation`` given the task's number of
         updates (default: cosine AdamW from ``settings``).
       unit: ``"epochs"`` or ``"steps"`` (module docstring).
+      eval_every: steps with ``"validation"``: score the iterate after updates
+        0, k, 2k, ... (static k > 0) and keep the best.
+      epoch_end: epochs: ``params -> {aux key: value}`` applied after every epoch.
 
     Returns:
       ``(params, info)``: ``info`` has ``best_epoch`` (int; the last trained
-      epoch with ``"final"``), ``best_score``, ``scores`` [max_epochs] (NaN
-      past the task's epochs, and everywhere with ``"final"``), ``losses``
-      [max_epochs] the mean training loss per epoch (NaN past the task's epochs).
+      epoch with ``"final"``; steps with validation: the epoch of the kept
+      update), ``best_score``, ``scores`` [max_epochs] (NaN past the task's
+      epochs, and everywhere with ``"final"``; steps with validation: one per
+      check, NaN after the task's last), ``losses`` [max_epochs] the mean
+      training loss per epoch (NaN past the task's epochs).
     """
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}, got '{selection}'")
     if unit not in UNITS:
         raise ValueError(f"unit must be one of {UNITS}, got '{unit}'")
-    if unit == "steps" and selection != "final":
-        raise ValueError("training counted in steps keeps its final iterate (selection='final')")
+    if unit == "steps" and selection != "final" and eval_every <= 0:
+        raise ValueError("training counted in steps keeps its final iterate (selection='final') "
+                         "unless it is validated every eval_every > 0 updates")
+    if epoch_end is not None and unit != "epochs":
+        raise ValueError("epoch_end needs training counted in epochs")
     fixed = {k: v for k, v in params.items() if k not in trainable and k not in aux}
     num_views = jax.tree.leaves(data.pool)[0].shape[0]
     num_classes, shots = data.mask.shape
@@ -368,6 +384,9 @@ def train(
             return state, (loss, active)
 
         state, (losses, active) = jax.lax.scan(one, state, jnp.arange(steps_scanned))
+        if epoch_end is not None:
+            outer = {**state.aux, **epoch_end(whole(state))}
+            state = state._replace(aux=select_tree(epoch_active, outer, state.aux))
         mean_loss = jnp.sum(jnp.where(active, losses, 0.0)) / jnp.maximum(jnp.sum(active), 1)
         if validate:
             score = jnp.asarray(eval_fn(whole(state)), jnp.float32)
@@ -385,7 +404,12 @@ def train(
 
     learned = {k: params[k] for k in trainable}
     state0 = TrainState(learned, {k: params[k] for k in aux}, tx.init(learned))
-    if unit == "steps":
+    if unit == "steps" and validate:
+        best, best_score, best_epoch, scores, losses = _run_validated_steps(
+            lambda state, epoch, j, active: step(state, loader(epoch), j, active),
+            lambda state: jnp.asarray(eval_fn(whole(state)), jnp.float32),
+            state0, steps, steps_per_epoch, max_epochs, eval_every)
+    elif unit == "steps":
         state, scores, losses = _run_steps(
             lambda state, epoch, j, active: step(state, loader(epoch), j, active),
             state0, steps, steps_per_epoch, max_epochs)
@@ -425,3 +449,49 @@ def _run_steps(step, state, steps, steps_per_epoch, max_steps: int):
     counts = jnp.zeros((max_steps,), jnp.float32).at[epoch_of].add(active)
     losses = jnp.where(counts > 0, totals / jnp.maximum(counts, 1.0), jnp.nan)
     return state, jnp.full((max_steps,), jnp.nan, jnp.float32), losses
+
+
+def _run_validated_steps(step, score, state, steps, steps_per_epoch, max_steps: int, every: int):
+    """Steps mode with validation: block ``b`` runs updates ``t = (b-1)k+1 .. bk`` (block 0:
+    update 0 only; k = ``every``), then scores the iterate after update ``bk`` if it ran; the
+    first best is kept. ``ceil(max_steps / k)`` blocks are scanned (updates after the last
+    check cannot be kept, so they are not run).
+
+    Returns:
+      ``((learned, aux), best score, best epoch (of the kept update), scores [blocks], losses
+      [max_steps] per epoch)``.
+    """
+    if every <= 0:
+        raise ValueError(f"eval_every must be a positive number of updates, got {every}")
+    per_epoch = jnp.maximum(steps_per_epoch, 1)
+    blocks = -(-max_steps // every)
+
+    def block(carry, b):
+        state, best, best_score, best_epoch = carry
+
+        def one(state, i):
+            t = b * every - (every - 1) + i
+            epoch = jnp.maximum(t, 0) // per_epoch
+            active = (t >= 0) & (t < steps)
+            state, loss = step(state, epoch, jnp.maximum(t, 0) % per_epoch, active)
+            return state, (loss, epoch, active)
+
+        state, record = jax.lax.scan(one, state, jnp.arange(every))
+        checked = b * every < steps
+        value = jnp.where(checked, score(state), jnp.nan)
+        improved = checked & (value > best_score)
+        best = select_tree(improved, (state.learned, state.aux), best)
+        best_score = jnp.where(improved, value, best_score)
+        best_epoch = jnp.where(improved, (b * every) // per_epoch, best_epoch)
+        return (state, best, best_score, best_epoch), (value, record)
+
+    init = (state, (state.learned, state.aux), jnp.asarray(-jnp.inf, jnp.float32),
+            jnp.asarray(0, jnp.int32))
+    (_, best, best_score, best_epoch), (scores, (losses, epoch_of, active)) = jax.lax.scan(
+        block, init, jnp.arange(blocks))
+    losses, epoch_of = losses.reshape(-1), jnp.minimum(epoch_of.reshape(-1), max_steps - 1)
+    active = active.reshape(-1).astype(jnp.float32)
+    totals = jnp.zeros((max_steps,), jnp.float32).at[epoch_of].add(active * losses)
+    counts = jnp.zeros((max_steps,), jnp.float32).at[epoch_of].add(active)
+    per_epoch_losses = jnp.where(counts > 0, totals / jnp.maximum(counts, 1.0), jnp.nan)
+    return best, best_score, best_epoch.astype(jnp.int32), scores, per_epoch_losses
