@@ -144,7 +144,7 @@ class StageRecorder:
 def _variant(name: str, compute: str = "float32", **options) -> Variant:
     """A method variant, its training in ``compute`` (mixed precision)."""
     method = in_compute_dtype(methods.get(name, **options), compute)
-    return Variant(method.label, method, {"epochs": 2} if method.trains else {})
+    return Variant(method.label, method, {method.training.length: 2} if method.trains else {})
 
 
 def _program(label: str) -> Program:

@@ -77,6 +77,12 @@ def _cosine(a, b):
 # --- what runs in bfloat16 -------------------------------------------------------------------
 
 
+#: Relative loss tolerance of one mixed-precision step (default 1e-2). LP++'s logits add
+#: ``α_c · x·t_c`` with α initialised at 250 x the mean text score (tens here), so bfloat16's
+#: rounding of logits of that size (2^-9 relative) moves its loss by up to about 2 %.
+LOSS_REL_TOL = {"lp_pp": 2.5e-2}
+
+
 @pytest.mark.parametrize("name", TRAINED_FEATURE_METHODS)
 def test_training_steps_multiply_in_bfloat16_and_keep_float32_parameters(name):
     """Every matrix product of the mixed-precision step (forward and backward) takes bfloat16
@@ -99,7 +105,7 @@ def test_training_steps_multiply_in_bfloat16_and_keep_float32_parameters(name):
     assert value.dtype == jnp.float32
     assert {g.dtype for g in jax.tree.leaves(grads)} == {jnp.dtype(jnp.float32)}
     want_value, want = step(plain)(params)
-    assert float(value) == pytest.approx(float(want_value), rel=1e-2)
+    assert float(value) == pytest.approx(float(want_value), rel=LOSS_REL_TOL.get(name, 1e-2))
     assert float(value) != float(want_value)  # really computed in bfloat16
     for key in plain.trainable:
         assert _cosine(grads[key], want[key]) > 0.99, key
@@ -175,9 +181,15 @@ PARITY_FEATURES = {"synthetic": make_task(3, num_classes=10, dim=64, shots=16, v
                                           dataset="synthetic")}
 
 
+def _short(name: str) -> dict[str, float]:
+    """A method counted in steps trains 40 of them (the others 5 epochs, the config's hp)."""
+    training = methods.get(name).training
+    return {"steps": 40.0} if training is not None and training.length == "steps" else {}
+
+
 def _parity_config(train_dtype: str) -> config_lib.ExperimentConfig:
     return config_lib.ExperimentConfig(
-        methods=tuple(config_lib.MethodConfig(m) for m in PARITY_METHODS),
+        methods=tuple(config_lib.MethodConfig(m, hp=_short(m)) for m in PARITY_METHODS),
         data=config_lib.DataConfig(datasets=("synthetic",)),
         grid=config_lib.GridConfig(shots=(1, 16), seeds=(1, 2)), hp={"epochs": 5.0},
         train_dtype=train_dtype)

@@ -35,6 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxclip_fs.clip.lora import Lora, lora_update
+
 # PyTorch's kaiming_uniform_(a=sqrt(5)): bound = sqrt(6 / ((1 + a^2) fan_in)) = 1/sqrt(fan_in).
 torch_linear_uniform = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
@@ -99,14 +101,33 @@ class SelfAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None = None,
-                 first_token_only: bool = False) -> jax.Array:
-        """x [B, T, W] -> [B, T, W]; only the first token's output, [B, 1, W], if asked."""
+                 first_token_only: bool = False, lora: Lora | None = None,
+                 deterministic: bool = True) -> jax.Array:
+        """x [B, T, W] -> [B, T, W]; only the first token's output, [B, 1, W], if asked.
+
+        ``lora`` (this block's factors, :mod:`jaxclip_fs.clip.lora`) adds
+        ``s · (Dropout(x) A) B`` to each adapted projection (q, k, v of ``qkv``;
+        o of ``out``); its dropout draws from the ``"dropout"`` rng unless
+        ``deterministic``. Without ``lora`` the computation is the plain one.
+        """
         batch, tokens, width = x.shape
         qkv = nn.Dense(3 * width, dtype=self.dtype, name="qkv")(x)
+        if lora is not None:
+            parts = jnp.split(qkv, 3, axis=-1)
+            qkv = jnp.concatenate(
+                [part + self._lora_update(lora, name, x, deterministic)
+                 if name in lora.factors else part for name, part in zip("qkv", parts)], axis=-1)
         qkv = qkv.reshape(batch, tokens, 3, self.heads, width // self.heads)
         q = qkv[:, :1, 0] if first_token_only else qkv[:, :, 0]
-        out = dot_product_attention(q, qkv[:, :, 1], qkv[:, :, 2], mask)
-        return nn.Dense(width, dtype=self.dtype, name="out")(out.reshape(batch, -1, width))
+        out = dot_product_attention(q, qkv[:, :, 1], qkv[:, :, 2], mask).reshape(batch, -1, width)
+        projected = nn.Dense(width, dtype=self.dtype, name="out")(out)
+        if lora is not None and "o" in lora.factors:
+            projected = projected + self._lora_update(lora, "o", out, deterministic)
+        return projected
+
+    def _lora_update(self, lora: Lora, name: str, x: jax.Array, deterministic: bool) -> jax.Array:
+        rng = None if deterministic or lora.dropout == 0.0 else self.make_rng("dropout")
+        return lora_update(lora.factors[name], x, lora.scale, lora.dropout, rng)
 
 
 class Mlp(nn.Module):
@@ -141,7 +162,11 @@ class BottleneckAdapter(nn.Module):
 
 
 class ResidualAttentionBlock(nn.Module):
-    """One pre-norm transformer block (module docstring), optional IMO adapter."""
+    """One pre-norm transformer block (module docstring), optional IMO adapter.
+
+    Call positionally ``(x, mask, deterministic, first_token_only, lora)`` when
+    rematerialised (:func:`block_class`): arguments 3 and 4 are static there.
+    """
 
     heads: int
     mlp_dim: int
@@ -154,15 +179,18 @@ class ResidualAttentionBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None = None,
-                 deterministic: bool = True, first_token_only: bool = False) -> jax.Array:
+                 deterministic: bool = True, first_token_only: bool = False,
+                 lora: Lora | None = None) -> jax.Array:
         """x [B, T, W] -> [B, T, W], or the first token only, [B, 1, W].
 
         ``first_token_only`` computes exactly the first row of the full output
         (all tokens are still attended to) -- enough for a ViT's last block
-        when only the class-token embedding is wanted.
+        when only the class-token embedding is wanted. ``lora``: this block's
+        attention adapters (:class:`SelfAttention`), or None.
         """
         attn = SelfAttention(self.heads, self.dtype, name="attn")(
-            LayerNorm(self.eps, self.dtype, name="ln_1")(x), mask, first_token_only)
+            LayerNorm(self.eps, self.dtype, name="ln_1")(x), mask, first_token_only, lora,
+            deterministic)
         x = (x[:, :1] if first_token_only else x) + attn
         y = x + Mlp(self.mlp_dim, self.act, self.dtype, name="mlp")(
             LayerNorm(self.eps, self.dtype, name="ln_2")(x))
@@ -175,3 +203,11 @@ class ResidualAttentionBlock(nn.Module):
 def causal_mask(length: int) -> np.ndarray:
     """bool [L, L], True on and below the diagonal (token i sees tokens <= i)."""
     return np.tril(np.ones((length, length), dtype=bool))
+
+
+def block_class(remat: bool) -> type[ResidualAttentionBlock]:
+    """:class:`ResidualAttentionBlock`, or its ``nn.remat`` (activations recomputed in the
+    backward pass; ``deterministic`` and ``first_token_only`` static). Same parameters."""
+    if not remat:
+        return ResidualAttentionBlock
+    return nn.remat(ResidualAttentionBlock, static_argnums=(3, 4))

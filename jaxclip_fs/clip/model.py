@@ -18,6 +18,14 @@ Variables: ``params`` always; ``batch_stats`` (frozen BatchNorm running
 statistics) for ResNet towers. With ``config.adapter_dim > 0`` the ViT blocks
 have IMO adapters, trained with ``deterministic=False`` and a ``"dropout"``
 rng (``rngs={"dropout": key}``).
+
+Adaptations trained through the towers are *arguments*, never parameters:
+CoOp's context embeddings (``encode_text(tokens, prompts=...)``,
+:mod:`jaxclip_fs.clip.prompts`) and CLIP-LoRA's low-rank factors
+(``lora=`` of ``encode_image`` / ``encode_text``, :mod:`jaxclip_fs.clip.lora`).
+Without them every method computes exactly what it computed before.
+``CLIP(config, dtype, remat=True)`` rematerialises the transformer blocks
+(``nn.remat``: activations recomputed in the backward pass; same parameters).
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxclip_fs.clip.layers import BottleneckAdapter
+from jaxclip_fs.clip.lora import Lora
 from jaxclip_fs.clip.resnet import ModifiedResNet
 from jaxclip_fs.clip.text import TextTransformer
 from jaxclip_fs.clip.variants import CLIPConfig
@@ -48,11 +57,14 @@ class CLIP(nn.Module):
 
     config: CLIPConfig
     dtype: Any = jnp.float32
+    remat: bool = False
 
     def setup(self):
-        tower = VisionTransformer if self.config.is_vit else ModifiedResNet
-        self.visual = tower(self.config, self.dtype)
-        self.text = TextTransformer(self.config, self.dtype)
+        if self.config.is_vit:
+            self.visual = VisionTransformer(self.config, self.dtype, self.remat)
+        else:
+            self.visual = ModifiedResNet(self.config, self.dtype)
+        self.text = TextTransformer(self.config, self.dtype, self.remat)
         self.logit_scale = self.param(
             "logit_scale", nn.initializers.constant(INIT_LOGIT_SCALE), (), jnp.float32)
 
@@ -61,20 +73,33 @@ class CLIP(nn.Module):
         return self.encode_image(images)[0], self.encode_text(tokens), self.logit_scale
 
     def encode_image(self, images: jax.Array, taps: tuple[str, ...] = (),
-                     deterministic: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
+                     deterministic: bool = True, lora: Lora | None = None
+                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Images [B, S, S, 3] -> (embedding [B, E] float32, {tap: features}).
 
         Taps: ViT ``"block<i>"`` (1-based): the residual stream after block i,
         all tokens incl. the class token, [B, 1 + N, W]; ResNet ``"layer1"`` ..
-        ``"layer4"``: NHWC feature maps.
+        ``"layer4"``: NHWC feature maps. ``lora``: the image tower's LoRA
+        factors (ViT only; :mod:`jaxclip_fs.clip.lora`); their dropout needs
+        ``deterministic=False`` and ``rngs={"dropout": key}``.
         """
         check_taps(self.config, taps)
-        emb, out = self.visual(images, tuple(taps), deterministic)
+        if lora is None:
+            emb, out = self.visual(images, tuple(taps), deterministic)
+        else:
+            self._require(vit=True, method="encode_image with LoRA")
+            emb, out = self.visual(images, tuple(taps), deterministic, lora)
         return emb.astype(jnp.float32), out
 
-    def encode_text(self, tokens: jax.Array) -> jax.Array:
-        """Tokens int [B, L] -> embedding [B, E] float32 (EOT = argmax token id)."""
-        return self.text(tokens).astype(jnp.float32)
+    def encode_text(self, tokens: jax.Array, prompts: jax.Array | None = None,
+                    lora: Lora | None = None, deterministic: bool = True) -> jax.Array:
+        """Tokens int [B, L] -> embedding [B, E] float32 (EOT = argmax token id).
+
+        ``prompts`` [B, L, W]: input embeddings used instead of the tokens'
+        (CoOp's context, :func:`jaxclip_fs.clip.prompts.prompt_embeddings`);
+        ``lora``: the text tower's LoRA factors (:mod:`jaxclip_fs.clip.lora`).
+        """
+        return self.text(tokens, prompts, lora, deterministic).astype(jnp.float32)
 
     def attnpool(self, feature_map: jax.Array) -> jax.Array:
         """ResNet only: the frozen attention pool, [B, h, w, 32 w] -> [B, E] float32."""

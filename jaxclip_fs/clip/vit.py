@@ -7,6 +7,9 @@ Images NHWC [B, S, S, 3], S = ``image_size``, already CLIP-normalised::
     x = block_L(...block_1(x))                        taps "block<i>": x after block i
     embedding = ln_post(x[:, 0]) @ proj               [B, E]
 
+``lora`` (:mod:`jaxclip_fs.clip.lora`) adds low-rank updates to the blocks'
+attention; ``remat`` recomputes each block's activations in the backward pass.
+
 Unless ``block<L>`` is tapped, the last block computes only the class
 token's row (attention over all tokens, MLP on one): the same embedding for
 1/T of that block's MLP and output projection.
@@ -22,7 +25,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxclip_fs.clip.layers import LayerNorm, ResidualAttentionBlock
+from jaxclip_fs.clip.layers import LayerNorm, block_class
+from jaxclip_fs.clip.lora import Lora
 from jaxclip_fs.clip.variants import CLIPConfig
 
 
@@ -49,10 +53,12 @@ class VisionTransformer(nn.Module):
 
     config: CLIPConfig
     dtype: jnp.dtype = jnp.float32
+    remat: bool = False
 
     def setup(self):
         c = self.config
         width = c.vision_width
+        block = block_class(self.remat)
         self.conv1 = PatchEmbed(c.vision_patch_size, width, self.dtype)
         self.class_embedding = self.param(
             "class_embedding", nn.initializers.normal(width ** -0.5), (width,), jnp.float32)
@@ -61,7 +67,7 @@ class VisionTransformer(nn.Module):
             (c.num_patches + 1, width), jnp.float32)
         self.ln_pre = LayerNorm(c.layer_norm_eps, self.dtype)
         self.blocks = [
-            ResidualAttentionBlock(
+            block(
                 c.vision_heads, c.vision_mlp_dim, c.act, c.layer_norm_eps, c.adapter_dim,
                 c.adapter_scale, c.adapter_dropout, self.dtype, name=f"block{i}")
             for i in range(1, c.vision_layers + 1)
@@ -71,7 +77,8 @@ class VisionTransformer(nn.Module):
             "proj", nn.initializers.normal(width ** -0.5), (width, c.embed_dim), jnp.float32)
 
     def __call__(self, images: jax.Array, taps: tuple[str, ...] = (),
-                 deterministic: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
+                 deterministic: bool = True, lora: Lora | None = None
+                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
         x = self.conv1(images)
         cls = jnp.broadcast_to(self.class_embedding.astype(self.dtype), (x.shape[0], 1, x.shape[2]))
         x = jnp.concatenate([cls, x], axis=1) + self.positional_embedding.astype(self.dtype)
@@ -80,8 +87,8 @@ class VisionTransformer(nn.Module):
         for i, block in enumerate(self.blocks, start=1):
             tapped = f"block{i}" in taps
             # The last block only needs the class token's row unless it is tapped.
-            x = block(x, deterministic=deterministic,
-                      first_token_only=i == len(self.blocks) and not tapped)
+            x = block(x, None, deterministic, i == len(self.blocks) and not tapped,
+                      None if lora is None else lora.block(f"block{i}"))
             if tapped:
                 out[f"block{i}"] = x
         return self.project(self.ln_post(x[:, 0])), out
