@@ -32,7 +32,9 @@ import json
 import os
 import sys
 
-from benchmarks.reproduce.compare import all_passed, compare, format_checks
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the CLI: one LAPACK thread in XLA's pool
+
+from benchmarks.reproduce.compare import all_passed, compare, format_checks  # noqa: E402
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
@@ -50,8 +52,9 @@ def published_methods(backbone: str, shots, datasets, ood=()) -> list[str]:
 
 def load_config(name_or_path: str) -> dict:
     """A reproduction by name (``configs/<name>.json``) or path (its methods completed by
-    ``add_published_methods``), with the experiment's grid flattened beside it (``backbone``, ``methods``, ``datasets``, ``ood``, ``shots``,
-    ``seeds``, ``protocol``: what :func:`~benchmarks.reproduce.compare.compare` reads)."""
+    ``add_published_methods``), with the experiment's grid flattened beside it
+    (``backbone``, ``methods``, ``datasets``, ``ood``, ``shots``, ``seeds``, ``protocol``:
+    what :func:`~benchmarks.reproduce.compare.compare` reads)."""
     path = (name_or_path if name_or_path.endswith(".json")
             else os.path.join(CONFIG_DIR, f"{name_or_path}.json"))
     if not os.path.isfile(path):
