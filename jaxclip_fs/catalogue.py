@@ -196,8 +196,8 @@ def split_label(label: str) -> tuple[str, dict[str, str]]:
     name, bracket, rest = label.partition("[")
     if not bracket:
         return label, {}
-    pairs = [p.split("=", 1) for p in rest.rstrip("]").split(",") if p]
-    return name, {k: v for k, v in pairs}
+    pairs = [p.partition("=") for p in rest.rstrip("]").split(",") if p]
+    return name, {k: v for k, _, v in pairs}  # (a record's label may lack the '=')
 
 
 def display_name(label: str) -> str:

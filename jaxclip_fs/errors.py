@@ -40,3 +40,17 @@ class OutputError(JaxclipError):
     space). Raised before any work when the path is checked up front
     (:func:`jaxclip_fs.io.outputs.check_output_dir`); raised after the work only with the
     unwritten results printed on stdout first."""
+
+
+class NumericError(JaxclipError):
+    """A computation gave NaN or Inf where a result was due (names the cell): such a number is
+    never reported or recorded."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (and kin) received: unwinds like Ctrl-C; ``signum`` says which signal (the
+    exit status is 128 + signum: 143 for SIGTERM)."""
+
+    def __init__(self, signum: int = 15):
+        super().__init__(signum)
+        self.signum = signum

@@ -221,8 +221,9 @@ def test_record_marks_missing_provenance_unknown(tmp_path):
                                   provenance={"backbone": "RN50", "weights": ""}, accuracy=50.0)
     assert record["backbone"] == "RN50"
     assert record["weights"] == record["dataset"] == record["split_policy"] == "unknown"
-    assert list(record)[:9] == ["method", "backbone", "weights", "dataset", "split_policy", "shots",
-                                "seed", "hyperparameters", "code_version"]
+    assert record["tokenizer"] == "unknown"
+    assert list(record)[:10] == ["method", "backbone", "weights", "dataset", "split_policy",
+                                 "tokenizer", "shots", "seed", "hyperparameters", "code_version"]
     records.write_record(tmp_path / "r.json", record)
     assert json.loads((tmp_path / "r.json").read_text()) == record
 

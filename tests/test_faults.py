@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -28,19 +29,30 @@ CELLS = 4
 TIMEOUT = 240  # seconds a run may take (a few on an idle machine)
 
 
-def run_cli(out, cache, *, fault=None, events=None, quiet=True):
+def cli_process(out, cache, *, fault=None, events=None, quiet=True, sig=None, start=False):
+    """The run (``tests/fault_run.py``) with ``fault`` (``POINT:N``) sending ``sig`` (default
+    SIGKILL; ``WAIT``: block there); finished, or started (``start``: a ``Popen``)."""
     env = subprocess_env(XLA_FLAGS="--xla_backend_optimization_level=1",
                          JAX_COMPILATION_CACHE_DIR=os.environ.get(
                              "JAXCLIP_FS_TEST_JIT_CACHE", "/tmp/jaxclip-fs-test-jit-cache"),
                          JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="1")
-    env.pop("JAXCLIP_FS_TEST_FAULT", None)
+    for name in ("JAXCLIP_FS_TEST_FAULT", "JAXCLIP_FS_TEST_SIGNAL"):
+        env.pop(name, None)
     if fault:
         env["JAXCLIP_FS_TEST_FAULT"] = fault
+    if sig:
+        env["JAXCLIP_FS_TEST_SIGNAL"] = sig
     if events:
         env["JAXCLIP_FS_TEST_EVENTS"] = str(events)
     argv = [sys.executable, FAULT_RUN, "run", *GRID, "--cache-dir", str(cache), "--out", str(out)]
-    return subprocess.run(argv + (["--quiet"] if quiet else []), capture_output=True, text=True,
-                          timeout=TIMEOUT, env=env, cwd=REPO)
+    argv += ["--quiet"] if quiet else []
+    if start:
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env, cwd=REPO)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, env=env, cwd=REPO)
+
+
+run_cli = cli_process
 
 
 def events_of(path, point):
@@ -122,3 +134,72 @@ def test_killed_during_the_report(reference, tmp_path):
     with open(out / "report" / "report.md") as f, \
             open(reference["dir"] / "report" / "report.md") as g:
         assert f.read().replace(str(out), "DIR") == g.read().replace(str(reference["dir"]), "DIR")
+
+
+INTERRUPTED = "finished work is saved; rerun the same command to resume."
+
+
+def _one_line_interruption(proc, status, name=""):
+    """The process ended with ``status`` and a single line saying so: no traceback (orbax's
+    background savers, XLA's threads), no crash."""
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == status, (proc.returncode, proc.stderr[-3000:])
+    assert lines[-1] == f"interrupted{name}: {INTERRUPTED}", lines[-5:]
+    assert not any("Traceback" in line or "Error" in line for line in lines), proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("sig, status, name", [("INT", 130, ""), ("TERM", 143, " (SIGTERM)")])
+def test_a_signal_during_a_params_save_is_one_line_and_the_rerun_resumes(
+        reference, tmp_path, sig, status, name):
+    cache = reference["dir"].parent / "cache"
+    out = tmp_path / "run"
+    _one_line_interruption(run_cli(out, cache, fault="save:1", sig=sig), status, name)
+    assert len(read_records(str(out))) == 2  # Tip-Adapter's cells, finished before
+    rerun = run_cli(out, cache)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming: 2 of 4 cells already finished" in rerun.stderr
+    assert not [p for p in out.rglob(".*") if p.name != ".lock"]  # no temporary leftovers
+    assert_same_records(read_records(str(out)), reference["records"])
+
+
+def test_sigterm_inside_a_program_is_one_line_143_and_keeps_finished_work(reference, tmp_path):
+    cache = reference["dir"].parent / "cache"
+    out = tmp_path / "run"
+    _one_line_interruption(run_cli(out, cache, fault="program:2", sig="TERM"), 143,
+                           " (SIGTERM)")
+    assert len(read_records(str(out))) == 2
+
+
+@pytest.mark.parametrize("after", [0.5, 1.0, 2.0])
+def test_an_early_ctrl_c_is_one_line(reference, tmp_path, after):
+    """Ctrl-C while the package, JAX and its backend are still starting, or compiling (the
+    real command: its handlers are in place before anything is imported)."""
+    argv = [sys.executable, "-m", "jaxclip_fs.cli", "run", *GRID, "--cache-dir",
+            str(reference["dir"].parent / "cache"), "--out", str(tmp_path / "run"), "--quiet"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=subprocess_env(), cwd=REPO)
+    time.sleep(after)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=TIMEOUT)
+    _one_line_interruption(subprocess.CompletedProcess(proc.args, proc.returncode, stdout,
+                                                       stderr), 130)
+
+
+def test_a_second_run_into_a_directory_in_use_stops_naming_the_first(reference, tmp_path):
+    cache = reference["dir"].parent / "cache"
+    out, events = tmp_path / "run", tmp_path / "events"
+    first = run_cli(out, cache, fault="program:1", sig="WAIT", events=events, start=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not events_of(events, "program") and time.monotonic() < deadline:
+            time.sleep(0.1)  # the first run is inside its first program, holding DIR
+        second = run_cli(out, cache)
+        assert second.returncode == 2, second.stderr
+        (line,) = [x for x in second.stderr.splitlines() if x.startswith("error")]
+        assert f"{out} is in use by another run (pid {first.pid} on " in line
+        assert "--wait-lock" in line and "--cache-dir" in line  # (the first's command)
+    finally:
+        open(f"{events}.go", "w").close()
+        stdout, stderr = first.communicate(timeout=TIMEOUT)
+    assert first.returncode == 0, stderr
+    assert_same_records(read_records(str(out)), reference["records"])

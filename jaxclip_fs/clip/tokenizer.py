@@ -19,8 +19,11 @@ replaced by ``eot`` (``clip.tokenize(..., truncate=True)``).
 The vocabulary is never shipped with this package. :func:`load_tokenizer`
 finds it in a checkpoint directory, the ``JAXCLIP_FS_BPE`` environment
 variable, a pip-installed ``open_clip`` / OpenAI ``clip`` package, or the
-Hugging Face cache; with none of them it returns a byte-level fallback whose
-``name`` says that it is not CLIP's vocabulary.
+Hugging Face cache (fetched from the hub for real weights, where it can be
+reached). With none of them, random weights get a byte-level fallback whose
+``name`` says that it is not CLIP's vocabulary; real weights get a one-line
+error saying where to get it. ``Tokenizer.identity`` (kind and a digest of the
+vocabulary) goes into feature files, records and a run directory's identity.
 
 Difference from the references: open_clip spells the special tokens
 ``<start_of_text>``/``<end_of_text>`` when they occur literally in a text;
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import html
 import importlib.util
 import json
@@ -134,6 +138,20 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer({self.name!r})"
+
+    @functools.cached_property
+    def identity(self) -> str:
+        """``clip-bpe:sha256:<16 hex>`` (``byte-fallback:...`` for the fallback): the kind and
+        a digest of the vocabulary and merges -- the same for the same vocabulary whichever
+        file it was read from, different for any other."""
+        h = hashlib.sha256()
+        for symbol, index in sorted(self._encoder.items(), key=lambda item: item[1]):
+            h.update(f"{index}\t{symbol}\n".encode("utf-8", "surrogatepass"))
+        h.update(b"merges\n")
+        for (first, second), _ in sorted(self._ranks.items(), key=lambda item: item[1]):
+            h.update(f"{first} {second}\n".encode("utf-8", "surrogatepass"))
+        kind = "clip-bpe" if self.is_clip_vocab else "byte-fallback"
+        return f"{kind}:sha256:{h.hexdigest()[:16]}"
 
     def _merge_word_uncached(self, word: str) -> tuple[str, ...]:
         """BPE on one byte-mapped pre-token: repeatedly merge the lowest-ranked pair.
@@ -385,20 +403,34 @@ def _bundled_bpe_file(package: str) -> str | None:
     return path if os.path.isfile(path) else None
 
 
-def _hub_cache_files() -> tuple[str, str] | None:
-    """``vocab.json``/``merges.txt`` of ``HUB_REPO`` if already in the local HF cache."""
+def _hub_cache_files(download: bool = False) -> tuple[str, str] | None:
+    """``vocab.json``/``merges.txt`` of ``HUB_REPO`` if already in the local HF cache, or with
+    ``download`` fetched from the hub (None where it cannot be reached or is set offline)."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        vocab, merges = (hf_hub_download(HUB_REPO, name, local_files_only=True)
-                         for name in ("vocab.json", "merges.txt"))
-        return vocab, merges
+        return tuple(hf_hub_download(HUB_REPO, name, local_files_only=True)
+                     for name in ("vocab.json", "merges.txt"))
     except LocalEntryNotFoundError:
+        if not download or os.environ.get("HF_HUB_OFFLINE", "").strip() not in ("", "0"):
+            return None
+    try:
+        return tuple(hf_hub_download(HUB_REPO, name) for name in ("vocab.json", "merges.txt"))
+    except Exception:  # no network, no such file, hub errors: there is no vocabulary to be had
         return None
 
 
-def load_tokenizer(source_dir: str | os.PathLike | None = None) -> Tokenizer:
+#: Where a CLIP vocabulary comes from (the one-line error when real weights have none).
+WHERE_TO_GET = (
+    "put vocab.json + merges.txt (or tokenizer.json) next to the checkpoint, set "
+    f"{BPE_ENV_VAR} to OpenAI's {BPE_FILENAME} (github.com/openai/CLIP, clip/), "
+    "pip install open_clip_torch, or run `hf download openai/clip-vit-base-patch32 "
+    "vocab.json merges.txt` on a machine with internet and copy ~/.cache/huggingface")
+
+
+def load_tokenizer(source_dir: str | os.PathLike | None = None, *,
+                   required: bool = False) -> Tokenizer:
     """Finds CLIP's vocabulary and returns its tokenizer (or the labelled fallback).
 
     Search order (first hit wins):
@@ -411,12 +443,19 @@ def load_tokenizer(source_dir: str | os.PathLike | None = None) -> Tokenizer:
        directory; set but unusable is an error.
     3. The BPE file bundled with an installed ``open_clip`` or OpenAI
        ``clip`` package (located with ``importlib.util.find_spec``).
-    4. ``openai/clip-vit-base-patch32`` in the Hugging Face cache (offline).
-    5. :func:`fallback_tokenizer`, whose ``name`` says it is not CLIP's.
+    4. ``openai/clip-vit-base-patch32`` in the Hugging Face cache (offline);
+       with ``required``, fetched from the hub where it can be reached.
+    5. :func:`fallback_tokenizer`, whose ``name`` says it is not CLIP's --
+       only without ``required``: real weights never meet it (a zero-shot
+       classifier of their text tower from another vocabulary is meaningless).
+
+    Args:
+      source_dir: the checkpoint's directory (or file), searched first.
+      required: the vocabulary must be CLIP's (pass True for every weights but random).
 
     Raises:
       CheckpointError: ``source_dir`` does not exist or its vocabulary files
-        are broken.
+        are broken; or ``required`` and no vocabulary is found (says where to get one).
       ConfigError: ``$JAXCLIP_FS_BPE`` names nothing usable.
     """
     if source_dir is not None:
@@ -441,7 +480,12 @@ def load_tokenizer(source_dir: str | os.PathLike | None = None) -> Tokenizer:
         bundled = _bundled_bpe_file(package)
         if bundled is not None:
             return tokenizer_from_bpe_file(bundled)
-    hub_files = _hub_cache_files()
+    hub_files = _hub_cache_files(download=required)
     if hub_files is not None:
         return tokenizer_from_hf_files(*hub_files)
+    if required:
+        where = f" in {os.fspath(source_dir)}" if source_dir is not None else ""
+        raise CheckpointError(f"no CLIP vocabulary found{where} or anywhere else searched, and "
+                              "real weights need CLIP's own (the byte-level fallback would give "
+                              f"a wrong zero-shot classifier): {WHERE_TO_GET}")
     return fallback_tokenizer()

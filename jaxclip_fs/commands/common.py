@@ -11,6 +11,7 @@ share are declared once here, and :func:`experiment_config` turns the
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Sequence
 
 from jaxclip_fs.errors import ConfigError
@@ -287,11 +288,36 @@ def plan_of(args: argparse.Namespace) -> str:
     return plan
 
 
+def absolute_path(path: str | None) -> str | None:
+    """``path`` made absolute (``~`` expanded), so a saved config works from any directory."""
+    return None if path is None else os.path.abspath(os.path.expanduser(path))
+
+
+def absolute_weights(weights: str | None) -> str | None:
+    """``--weights`` made absolute when it names a local file or directory (``random``,
+    ``openai``, variant names and hub ids stay as given)."""
+    if weights is None or not os.path.exists(os.path.expanduser(weights)):
+        return weights
+    return absolute_path(weights)
+
+
+def canonical_datasets(names: Sequence[str]) -> tuple[str, ...]:
+    """Dataset names with ``folder:PATH`` made absolute (one name per folder, from any
+    directory); registry names stay."""
+    from jaxclip_fs.data.folder import PREFIX
+
+    return tuple(dict.fromkeys(
+        PREFIX + absolute_path(n[len(PREFIX):]) if n.startswith(PREFIX) else n for n in names))
+
+
 def experiment_config(args: argparse.Namespace, *, datasets: Sequence[str] = (),
                       features: Sequence[str] = (), methods: Sequence[str],
                       shots: Sequence[int], seeds: Sequence[int],
                       ood: Sequence[str] = ()) -> config_lib.ExperimentConfig:
-    """The experiment config of ``run`` / ``evaluate`` flags (absent flags keep defaults)."""
+    """The experiment config of ``run`` / ``evaluate`` flags (absent flags keep defaults).
+
+    Paths of inputs (feature files, weights, prompts, IMO adapters, data root, cache,
+    folder datasets) are stored absolute, so ``run --config`` works from anywhere."""
     get = lambda name, default=None: getattr(args, name, default)  # noqa: E731
     method_list, shared = method_configs(methods, get("option", []), get("hp", []))
     backbone = get("backbone")
@@ -303,11 +329,12 @@ def experiment_config(args: argparse.Namespace, *, datasets: Sequence[str] = (),
     images = config_lib.ImagesConfig()
     return config_lib.check(config_lib.ExperimentConfig(
         methods=method_list,
-        data=config_lib.DataConfig(datasets=tuple(datasets), features=tuple(features),
-                                   ood=tuple(ood), data_root=get("data_root"),
+        data=config_lib.DataConfig(datasets=canonical_datasets(datasets),
+                                   features=tuple(absolute_path(f) for f in features),
+                                   ood=tuple(ood), data_root=absolute_path(get("data_root")),
                                    source=get("source", "coop")),
-        model=config_lib.ModelConfig(backbone=backbone, weights=get("weights"),
-                                     imo_adapters=get("imo_adapters")),
+        model=config_lib.ModelConfig(backbone=backbone, weights=absolute_weights(get("weights")),
+                                     imo_adapters=absolute_path(get("imo_adapters"))),
         extraction=config_lib.ExtractionConfig(
             views=get("views", defaults.views),
             aug_scale=parse_scale(get("aug_scale", "0.5,1")),
@@ -319,15 +346,23 @@ def experiment_config(args: argparse.Namespace, *, datasets: Sequence[str] = (),
             tap_cache_budget_gib=get("tap_cache_budget", images.tap_cache_budget_gib)),
         protocol=config_lib.ProtocolConfig(
             names=parse_names(get("protocol", protocol_lib.DEFAULT_PROTOCOL), "--protocol"),
-            sampler=get("sampler"), prompts=get("prompts")),
+            sampler=get("sampler"), prompts=absolute_path(get("prompts"))),
         hp=shared,
         grid=config_lib.GridConfig(shots=tuple(shots), seeds=tuple(seeds)),
         execution=config_lib.ExecutionConfig(
             devices=get("devices"), fuse_datasets=bool(get("fuse_datasets", False)),
             plan=plan_of(args),
-            save_params=get("save_params", "trained"), cache_dir=get("cache_dir"),
+            save_params=get("save_params", "trained"), cache_dir=absolute_path(get("cache_dir")),
             use_cache=not get("no_cache", False), workers=get("workers"),
             stall_timeout=get("stall_timeout", 300.0),
             program_timeout=get("program_timeout", 0.0)),
         train_dtype=get("compute_dtype", "float32"),
     ))
+
+
+def platform_problem() -> str | None:
+    """One line when JAX could not start the platform ``JAX_PLATFORMS`` asks for (else None):
+    :func:`jaxclip_fs.engine.platforms.platform_problem`."""
+    from jaxclip_fs.engine.platforms import platform_problem as problem
+
+    return problem()

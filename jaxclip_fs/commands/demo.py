@@ -130,25 +130,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", metavar="DIR",
                    help="feature cache (default $JAXCLIP_FS_CACHE or ~/.cache/jaxclip-fs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars (messages stay)")
+    p.add_argument("--wait-lock", action="store_true",
+                   help="another run is writing into DIR: wait for it (default: stop)")
     common.add_protocol_arguments(p.add_argument_group("selection"))
 
 
 def demo_config(args: argparse.Namespace, model: DemoModel, imo_dir: str | None):
-    """The demo's experiment config (digits, the chosen CLIP, the grid of the flags)."""
+    """The demo's experiment config (digits, the chosen CLIP, the grid of the flags; IMO
+    adapters only when a paired-feature method runs)."""
+    from jaxclip_fs import methods
+
     vit = get_config(model.backbone).is_vit
     kinds = common.input_kinds(False, imo_adapters=vit)
+    names = common.selected_methods(args.method, kinds)
+    paired = any(methods.get(name).inputs == "paired" for name in names)
     return common.experiment_config(
         argparse.Namespace(backbone=model.backbone, weights=model.weights, views=args.views,
-                           cache_dir=args.cache_dir, imo_adapters=imo_dir,
+                           cache_dir=args.cache_dir, imo_adapters=imo_dir if paired else None,
                            protocol=args.protocol, sampler=args.sampler, prompts=args.prompts),
-        datasets=[DATASET], methods=common.selected_methods(args.method, kinds),
+        datasets=[DATASET], methods=names,
         shots=common.parse_int_list(args.shots, "--shots", 1),
         seeds=common.parse_int_list(args.seeds, "--seeds", 0))
 
 
 def run(args: argparse.Namespace) -> int:
     """``jaxclip-fs demo`` (module docstring)."""
-    from jaxclip_fs import methods
     from jaxclip_fs.engine.run import RunDir, run_experiment, sources_for
     from jaxclip_fs.io.console import stderr_log
     from jaxclip_fs.report.write import write_report
@@ -159,15 +165,12 @@ def run(args: argparse.Namespace) -> int:
         print(BANNER, file=sys.stderr)
     else:
         print(f"demo: {model.backbone} with weights {model.weights}", file=sys.stderr)
-    paired = any(methods.get(m.name).inputs == "paired" for m in config.methods)
-    if not paired:
-        config = config.replace(model=dataclasses.replace(config.model, imo_adapters=None))
     sources = sources_for(config, features_dir=os.path.join(args.out, "features"),
                           progress=not args.quiet, banner=not model.random)
-    if paired:
+    if config.model.imo_adapters:
         train_imo_adapters(sources.features.session, config.model.imo_adapters, not args.quiet)
-    run_experiment(config, RunDir(args.out, argv=args.argv), sources=sources,
-                   progress=not args.quiet, log=stderr_log)
+    run_experiment(config, RunDir(args.out, argv=args.argv, wait_lock=args.wait_lock),
+                   sources=sources, progress=not args.quiet, log=stderr_log)
 
     files = write_report(args.out)
     print(files.summary)

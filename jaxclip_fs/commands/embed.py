@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_clip(args.backbone, args.weights, dtype=compute_dtype(args.compute_dtype))
     if loaded.is_random:
         print(random_weights_banner(loaded.weights_id, "embeddings"), file=sys.stderr)
-    tokenizer = load_tokenizer(loaded.source_dir)
+    # (real weights never meet the byte-level fallback: texts need CLIP's vocabulary)
+    tokenizer = load_tokenizer(loaded.source_dir, required=bool(args.text) and not loaded.is_random)
     if args.text:
         print(f"tokenizer: {tokenizer.name}", file=sys.stderr)
     image = embed_images(loaded, args.image, args.batch_size)
@@ -75,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     meta = {"backbone": loaded.config.name, "weights": weights, "weights_id": loaded.weights_id,
             "is_random": loaded.is_random, "tokenizer": tokenizer.name,
             "compute_dtype": args.compute_dtype,
+            "tokenizer_id": tokenizer.identity,
             "images": list(args.image), "texts": list(args.text),
             "jaxclip_fs_version": __version__}
     atomic.save_npz(args.out, image=image, text=text, backbone=np.str_(loaded.config.name),

@@ -23,8 +23,10 @@ numbers equal that cell's record.
 
 Writes DIR/test_logits.npy [T, C] and DIR/result.json (accuracy in %, hyperparameters used
 and which were searched, val accuracy, seconds, backbone / weights / dataset / split policy,
-shots, seed, method, code version); trained methods also DIR/params (orbax), methods that
-report a class-confusion analysis (LDC: zero-shot vs its de-confused logits) DIR/confusion.*.
+tokenizer, shots, seed, method, code version); trained methods also DIR/params (orbax),
+methods that report a class-confusion analysis (LDC: zero-shot vs its de-confused logits)
+DIR/confusion.*. A DIR that already holds a result.json is refused before any work unless
+--overwrite is given.
 
 --shots defaults to the largest shot count a feature file holds for --seed (at most 16;
 16 for a dataset). Image methods (LDC) and paired-feature methods (TA++, TX++, also --imo-adapters
@@ -51,6 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--option", nargs="+", action="extend", default=[], metavar="METHOD.NAME=V",
                    help="a structural option of the method, e.g. ldc.fusion=concat")
     p.add_argument("--out", metavar="DIR", help="write test_logits.npy and result.json here")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier result in --out (default: refuse, before any work)")
     p.add_argument("--dataset", metavar="NAME",
                    help="with a feature file: the registry name choosing per-dataset defaults "
                         "and grids (default: the file's meta); without: the dataset to "
@@ -104,6 +108,10 @@ def run(args: argparse.Namespace) -> int:
     split_positional(args)
     if args.out:
         check_output_dir(args.out, "--out")
+        earlier = os.path.join(args.out, "result.json")
+        if os.path.exists(earlier) and not args.overwrite:
+            raise OutputError(f"--out {args.out} already holds a result ({earlier}): pass "
+                              "--overwrite to replace it, or use another --out")
     method = methods.get(args.method)
     log = None if args.quiet else stderr_log
     sources = None

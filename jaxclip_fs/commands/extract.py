@@ -78,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
     from jaxclip_fs.data import get_dataset
     from jaxclip_fs.features.extract import extract_features, save_extraction
 
+    from jaxclip_fs.io.outputs import check_output_file
+
+    check_output_file(args.out, "--out")  # before any work
     if args.shots is None and args.seeds is not None:
         raise ConfigError("--seeds needs --shots (without --shots the whole train split is used)")
     seeds = (common.parse_int_list(args.seeds or DEFAULT_SEEDS, "--seeds", 0)

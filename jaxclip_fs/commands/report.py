@@ -18,7 +18,10 @@ Read the result records under DIR (a `jaxclip-fs run` directory, or any director
 
 Published numbers (the LDC paper's 16-shot RN50 table) appear in [brackets] where backbone,
 dataset and shots match and the weights are real. Results from random weights are labelled
-in every output. Reads records only: no model, no jax.
+in every output. Reads records only: no model, no jax. Records may come from others: a file
+that cannot be read, or a record whose accuracy is not a finite percentage (or whose names
+are not strings), is named on stderr and left out; every file is written inside OUT,
+whatever names the records hold (they become safe file names, one per name).
 
 example:
   jaxclip-fs report runs/sweep1"""

@@ -25,8 +25,13 @@ manifest.json, features/<dataset>.npz, records/<protocol>/<method>/<dataset>/sho
 (one result record per cell, written as each program finishes), params/ (orbax checkpoints
 of trained params), confusion/ (class-confusion analyses of methods that report them) and
 report/ (tables and plots, see `jaxclip-fs report`). A rerun skips finished cells, so an
-interrupted sweep resumes by repeating the command; more methods / datasets / shots / seeds
-extend DIR, other settings are refused.
+interrupted sweep resumes by repeating the command (Ctrl-C / SIGTERM: one line, status
+130 / 143); more methods / datasets / shots / seeds extend DIR, other settings are refused,
+and so are changed inputs (a feature file, the weights, the tokenizer's vocabulary or a
+dataset's content differing from what DIR's records were computed with: one line naming it
+and both digests). Settings are fixed once DIR holds a record: until then (a first run that
+failed early) a corrected command is accepted. One run writes into DIR at a time (DIR/.lock;
+--wait-lock waits).
 
 Programs are laid out by --plan (default auto: one program where the devices run cells side
 by side; on CPUs one program per shot count when the padding work it saves outweighs its
@@ -60,7 +65,8 @@ examples:
       --shots 16 --out runs/rn50 --dry-run"""
 
 #: Flags that may accompany --config (where things go and how they run; no number changes).
-CONFIG_OVERRIDES = ("--config", "--out", "--devices", "--quiet", "--no-report", "--distributed",
+CONFIG_OVERRIDES = ("--config", "--out", "--devices", "--quiet", "--no-report", "--wait-lock",
+                    "--distributed",
                     "--coordinator", "--num-processes", "--process-id", "--cache-dir",
                     "--no-cache", "--workers", "--data-root", "--stall-timeout",
                     "--program-timeout", "--peer-timeout", "--plan", "--program-per-shots",
@@ -126,6 +132,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument("--program-timeout", type=float, default=0.0, metavar="SECONDS",
                      help="stop with an error (status 3) when one program runs longer "
                           "(default 0: no limit)")
+    run.add_argument("--wait-lock", action="store_true",
+                     help="another run is writing into DIR: wait for it to finish (default: "
+                          "stop with a line naming it)")
     run.add_argument("--no-report", action="store_true", help="do not write DIR/report at the end")
     run.add_argument("--quiet", action="store_true", help="no progress bars (messages stay)")
 
@@ -163,13 +172,15 @@ def config_from_args(args: argparse.Namespace):
         loaded = config_lib.load(args.config)
         flag = lambda name: "--" + name.replace("_", "-")  # noqa: E731
         execution = dataclasses.replace(
-            loaded.execution, **{k: getattr(args, k) for k in ("devices", "cache_dir", "workers",
+            loaded.execution, **{k: getattr(args, k) for k in ("devices", "workers",
                                                                 "stall_timeout", "program_timeout")
                                  if flag(k) in given},
+            **({"cache_dir": common.absolute_path(args.cache_dir)} if "--cache-dir" in given
+               else {}),
             **({"use_cache": False} if "--no-cache" in given else {}),
             **({"plan": common.plan_of(args)} if given & {"--plan", "--program-per-shots"}
                else {}))
-        data = (dataclasses.replace(loaded.data, data_root=args.data_root)
+        data = (dataclasses.replace(loaded.data, data_root=common.absolute_path(args.data_root))
                 if "--data-root" in given else loaded.data)
         return config_lib.check(loaded.replace(execution=execution, data=data))
     if bool(args.dataset) == bool(args.features):
@@ -210,7 +221,7 @@ def _run(args: argparse.Namespace) -> int:
     if writer:
         check_output_dir(args.out, "--out")  # before any work
     config = config_from_args(args)
-    sink = RunDir(args.out, writer=writer, argv=args.argv)
+    sink = RunDir(args.out, writer=writer, argv=args.argv, wait_lock=args.wait_lock)
     run_experiment(config, sink, progress=not args.quiet, log=stderr_log)
     if writer and not args.no_report:
         print_report(args.out)

@@ -14,7 +14,9 @@ Two layouts:
 Classes are the sorted class-folder names; labels follow that order; class
 names are the folder names with underscores turned into spaces. Images are
 found recursively inside each class folder; hidden entries and files that are
-not images (by extension) are skipped. Ids are paths relative to ``PATH``.
+not images (by extension) are skipped. Symbolic links are followed but never
+into an ancestor (a loop), and each real file counts once; one file in two
+classes or splits is an error naming both paths. Ids are paths relative to ``PATH``.
 The identity covers every file's id, size and modification time, so editing
 an image changes it. The template ("a photo of a {}.") is ours.
 """
@@ -45,30 +47,43 @@ def list_class_folders(directory: str) -> list[str]:
 
 def read_class_folders(
     directory: str, label_of: Mapping[str, int], id_prefix: str = "",
+    seen: dict | None = None,
 ) -> tuple[list[str], np.ndarray]:
     """Lists the images of every class folder of ``directory``.
+
+    Each real file counts once (:func:`~jaxclip_fs.data.images.list_image_files`:
+    symbolic links into an ancestor are not followed); one file in two class
+    folders (or, with a shared ``seen``, in two splits) is an error.
 
     Args:
       directory: holds one subfolder per class.
       label_of: folder name -> label; every subfolder must be in it.
       id_prefix: prepended to the ids (relative paths ``<folder>/<file>``).
+      seen: ``resolved path -> path`` of files listed by earlier calls (updated).
 
     Returns:
       ids and int64 labels, in sorted folder then file order.
 
     Raises:
-      DataError: a subfolder that is not a known class, or a class folder
-        without images (names the folder).
+      DataError: a subfolder that is not a known class, a class folder
+        without images, or a file reached from two classes (names the folder or both paths).
     """
+    seen = {} if seen is None else seen
     ids: list[str] = []
     labels: list[int] = []
     for folder in list_class_folders(directory):
         if folder not in label_of:
             raise DataError(f"{os.path.join(directory, folder)}: folder is not one of the "
                             f"{len(label_of)} known classes")
-        files = list_image_files(os.path.join(directory, folder))
+        mine: dict = {}
+        files = list_image_files(os.path.join(directory, folder), seen=mine)
         if not files:
             raise DataError(f"{os.path.join(directory, folder)}: class folder has no images")
+        for key, path in mine.items():
+            if key in seen:
+                raise DataError(f"{path}: the same file as {seen[key]} (through a link), so "
+                                "in two classes or splits at once")
+        seen.update(mine)
         ids.extend(id_prefix + os.path.join(folder, f) for f in files)
         labels.extend([label_of[folder]] * len(files))
     return ids, np.asarray(labels, dtype=np.int64)
@@ -105,8 +120,10 @@ def load_folder(path: str) -> Dataset:
     classnames = [clean_classname(f) for f in folders]
     label_of = {f: i for i, f in enumerate(folders)}
     if split_dirs:
+        seen: dict = {}  # (a file in two splits would leak test images into training)
         splits = file_splits(root, {
-            s: read_class_folders(os.path.join(root, s), label_of, id_prefix=f"{s}/")
+            s: read_class_folders(os.path.join(root, s), label_of, id_prefix=f"{s}/",
+                                  seen=seen)
             for s in split_dirs})
         origin = {s: f"{s}/ subfolder" for s in splits}
         if "val" not in splits:

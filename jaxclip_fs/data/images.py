@@ -41,19 +41,44 @@ def is_image_file(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def list_image_files(directory: str) -> list[str]:
+def list_image_files(directory: str, seen: dict | None = None) -> list[str]:
     """Image files below ``directory`` (recursively), as sorted relative paths.
 
     Hidden files and folders (leading ``.``) and files that are not images
-    (by :data:`IMAGE_EXTENSIONS`) are skipped.
+    (by :data:`IMAGE_EXTENSIONS`) are skipped. Symbolic links are followed,
+    but never into a folder already on the way down (an ancestor: ``ln -s ..
+    cat/up`` would list the tree again and again) nor twice into one folder,
+    and each real file (by resolved path) is listed once, under its first path in
+    sorted order.
+
+    Args:
+      seen: ``resolved path -> path`` of the files listed so far (updated), so that
+        callers listing several folders can tell a file listed twice.
     """
+    seen = {} if seen is None else seen
     found = []
+    visited = set()
     for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        here = os.path.realpath(dirpath)
+        visited.add(here)
+        kept = []
+        for name in sorted(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, name))
+            ancestor = here == real or here.startswith(real.rstrip(os.sep) + os.sep)
+            if not name.startswith(".") and not ancestor and real not in visited:
+                visited.add(real)
+                kept.append(name)
+        dirnames[:] = kept
         rel = os.path.relpath(dirpath, directory)
-        for name in filenames:
-            if not name.startswith(".") and is_image_file(name):
-                found.append(name if rel == "." else os.path.join(rel, name))
+        for name in sorted(filenames):
+            if name.startswith(".") or not is_image_file(name):
+                continue
+            path = os.path.join(dirpath, name)
+            key = os.path.realpath(path)  # (hard links stay apart, as in any listing)
+            if key in seen:
+                continue
+            seen[key] = path
+            found.append(name if rel == "." else os.path.join(rel, name))
     return sorted(found)
 
 

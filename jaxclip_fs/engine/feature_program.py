@@ -51,6 +51,8 @@ def cell(method: Method, per_cell: dict, shared: dict, *, batch_size: int, max_e
 
     Returns:
       ``test_accuracy``, ``val_accuracy`` (on the search set, in %; NaN without one),
+      ``test_finite`` (every real test row's logits are finite: else the accuracy
+      is no result),
       ``best_epoch`` (-1 if not trained), ``best_score`` (the selected epoch's
       score on the epoch-selection set), ``losses`` (per epoch; empty if not
       trained), ``index`` (name -> chosen grid index), ``heads`` (name -> test
@@ -85,6 +87,7 @@ def cell(method: Method, per_cell: dict, shared: dict, *, batch_size: int, max_e
     test_logits = logits_from(method, pre, params, task, chosen["hp"])
     result = {
         "test_accuracy": accuracy(test_logits, test), "val_accuracy": chosen["val_accuracy"],
+        "test_finite": jnp.all(jnp.isfinite(test_logits) | (test.mask[:, None] == 0)),
         "best_epoch": info.get("best_epoch", jnp.asarray(-1, jnp.int32)),
         "best_score": info.get("best_score", jnp.asarray(jnp.nan, jnp.float32)),
         "losses": info.get("losses", jnp.zeros((0,), jnp.float32)),

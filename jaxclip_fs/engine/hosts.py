@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import signal
 import sys
 import threading
 import time
@@ -218,7 +219,7 @@ def abandon(exc: BaseException) -> None:
     """A failed end of this process in a multi-process run: print the error as the CLI would,
     publish it to the other processes (which then stop too), and exit at once.
 
-    Never returns. Statuses: 2 user error, 3 hung program, 130 Ctrl-C,
+    Never returns. Statuses: 2 user error, 3 hung program, 130 Ctrl-C, 143 SIGTERM,
     :data:`EXIT_PEER_LOST` a failed collective (another process died), 1 anything else.
     """
     global _monitor
@@ -245,8 +246,10 @@ def _describe(exc: BaseException, monitor: PeerMonitor | None) -> tuple[int, str
         return 3, f"error: {exc}"
     if isinstance(exc, JaxclipError):
         return 2, f"error: {exc}"
-    if isinstance(exc, KeyboardInterrupt):
-        return 130, f"interrupted{me}: {RESUME}."
+    if isinstance(exc, KeyboardInterrupt):  # Ctrl-C 130; SIGTERM (errors.Terminated) 143
+        signum = getattr(exc, "signum", signal.SIGINT)
+        name = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
+        return 128 + signum, f"interrupted{name}{me}: {RESUME}."
     if _is_collective_failure(exc):
         lost = _which_is_lost(monitor)  # usually: the peer's socket closed before its heartbeat
         return EXIT_PEER_LOST, lost or (

@@ -132,8 +132,9 @@ def precompute_fn(method: Method) -> Callable:
 
 @functools.lru_cache(maxsize=32)
 def predict_fn(method: Method, keep_logits: bool) -> Callable:
-    """``(frozen, (params, masks, hp, class_mask), inputs) -> {"pred": [B, T], "head_<h>":
-    [B, T], "logits"?: [B, T, C]}`` with every cell's chosen hyperparameters."""
+    """``(frozen, (params, masks, hp, class_mask), inputs) -> {"pred": [B, T], "finite":
+    [B, T], "head_<h>": [B, T], "logits"?: [B, T, C]}`` with every cell's chosen
+    hyperparameters (``finite``: the row's logits are)."""
     def fn(frozen, bundle, inputs):
         params, masks, hp, class_mask = bundle
         rows = jnp.ones(inputs.s.shape[:1], jnp.float32)
@@ -142,7 +143,8 @@ def predict_fn(method: Method, keep_logits: bool) -> Callable:
             task = _task(frozen, m)._replace(class_mask=class_mask)
             pre = method.precompute(p, task, inputs, rows)
             logits = logits_from(method, pre, p, task, h)
-            out = {"pred": jnp.argmax(logits, axis=-1)}
+            out = {"pred": jnp.argmax(logits, axis=-1),
+                   "finite": jnp.all(jnp.isfinite(logits), axis=-1)}
             if method.heads is not None:
                 out.update({f"head_{name}": jnp.argmax(mask_logits(value, class_mask), axis=-1)
                             for name, value in method.heads(pre).items()})
@@ -211,7 +213,8 @@ def run_image_program(program: Program, method: Method, data: ImageData, resolve
     Returns:
       dict with per cell (leading axis T, ``program.cells`` order): ``params``,
       ``info`` (``losses``, ``best_epoch``), ``index`` (name -> grid index),
-      ``val_accuracy``, ``test_accuracy``, ``heads`` (name -> test accuracy),
+      ``val_accuracy``, ``test_accuracy``, ``test_finite`` (every test row's logits are
+      finite), ``heads`` (name -> test accuracy),
       ``ood_accuracy`` [T, O], ``val_size`` [T], ``selection`` (the split's
       name; None when ``rules`` select nothing -- then no selection row is
       read and the next three are None / empty), ``selection_pre`` (the heads
@@ -243,7 +246,7 @@ def run_image_program(program: Program, method: Method, data: ImageData, resolve
         out = data.stream(q, predict_fn(method, keep_logits), bundle,
                           desc=f"{program.name} {q.name} {q.split}")
         hits = lambda pred: 100.0 * np.mean(pred == q.labels[:, None], axis=0)  # noqa: E731
-        result = {"accuracy": hits(out["pred"]),
+        result = {"accuracy": hits(out["pred"]), "finite": out["finite"].all(axis=0),
                   "heads": {k[len("head_"):]: hits(v) for k, v in out.items()
                             if k.startswith("head_")}}
         if keep_logits:
@@ -255,6 +258,7 @@ def run_image_program(program: Program, method: Method, data: ImageData, resolve
     outputs = {
         "params": params, "info": info, "index": chosen.get("index", {}),
         "val_accuracy": np.asarray(chosen["val_accuracy"]), "test_accuracy": test["accuracy"],
+        "test_finite": test["finite"],
         "heads": test["heads"],
         "ood_accuracy": np.stack(ood, axis=1) if ood else np.zeros((len(cells), 0)),
         "val_size": member.sum(axis=1).astype(int), "selection": split,

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from jaxclip_fs.errors import NumericError
 from jaxclip_fs.experiment.plan import Cell, Program
 from jaxclip_fs.experiment.protocol import Rules
 from jaxclip_fs.io import records
@@ -57,6 +58,7 @@ class CellResult:
       test_logits: [M, C] when kept (``evaluate``).
       confusion: the class-confusion analysis, for methods that name two heads.
       params_row: ``[g, t]`` of the cell in its program's params checkpoint.
+      finite: the test logits were finite (else :func:`check_finite` refuses the cell).
     """
 
     cell: Cell
@@ -78,6 +80,34 @@ class CellResult:
     test_logits: np.ndarray | None = None
     confusion: dict | None = None
     params_row: Sequence[int] | None = None
+    finite: bool = True
+
+
+def check_finite(results: Sequence[CellResult], program: Program) -> None:
+    """Every number of every cell is finite, and so were its test logits.
+
+    Raises:
+      NumericError: one line naming the first cell that is not, what is not finite,
+        and how many cells of the program are affected (none of them gets a record).
+    """
+    bad = []
+    for result in results:
+        numbers = {"accuracy": result.accuracy, "final accuracy": result.final_accuracy,
+                   "validation accuracy": result.val_accuracy,
+                   **{f"head {k} accuracy": v for k, v in result.heads.items()},
+                   **{f"{o.name} accuracy": o.accuracy for o in result.ood}}
+        what = ([] if result.finite else ["its test logits"]) + [
+            name for name, value in numbers.items() if not np.isfinite(float(value))]
+        if what:
+            bad.append((result.cell, what))
+    if bad:
+        cell, what = bad[0]
+        others = f" (and {len(bad) - 1} more cells of program {program.name})" if len(bad) > 1 \
+            else ""
+        raise NumericError(
+            f"{cell.method} on {cell.dataset}, {cell.shots}-shot, seed {cell.seed} "
+            f"({cell.protocol}): {', '.join(what)} not finite (NaN or Inf){others}; no record "
+            "is written -- check the inputs (e.g. features of zero norm)")
 
 
 def losses_of(values) -> list[float]:
@@ -136,7 +166,8 @@ def cell_records(result: CellResult, *, program: Program, rules: Rules, seconds:
                     records.build_record(
             method=cell.method, shots=cell.shots, seed=cell.seed,
             hyperparameters=result.hyperparameters,
-            provenance={**ood.meta, "dataset": ood.name}, **ood_common,
+            provenance={**ood.meta, "dataset": ood.name,
+                        "tokenizer_id": result.provenance.get("tokenizer_id")}, **ood_common,
             accuracy=float(ood.accuracy), final_accuracy=float(ood.accuracy),
             trained_on=cell.dataset,
             num_classes=int(ood.num_classes), test_size=int(ood.test_size), **results, **extra)))

@@ -33,7 +33,9 @@ process 0 alone writes.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import shutil
 import time
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
@@ -45,7 +47,9 @@ from jaxclip_fs.catalogue import is_random_weights
 from jaxclip_fs.engine import batch as batch_lib
 from jaxclip_fs.engine import feature_program, image_program, layout, outdir, planner, sharding
 from jaxclip_fs.engine.deliver import deliver
-from jaxclip_fs.engine.results import CellResult, OODResult, cell_records, losses_of, reported
+from jaxclip_fs.engine.results import (
+    CellResult, OODResult, cell_records, check_finite, losses_of, reported,
+)
 from jaxclip_fs.engine.rules import (
     FEATURE_KINDS, as_trained, keeps_params, requests_of, rules_of,
 )
@@ -57,6 +61,7 @@ from jaxclip_fs.experiment.plan import (
 from jaxclip_fs.features import featfile
 from jaxclip_fs.io import atomic, records
 from jaxclip_fs.io.console import progress_bar, stderr_log
+from jaxclip_fs.io.lock import DirectoryLock
 from jaxclip_fs.io.outputs import writing
 from jaxclip_fs.pipelines import ood as ood_lib
 from jaxclip_fs.pipelines.features import (
@@ -82,6 +87,8 @@ class Sources:
       images: the image pipeline (:class:`~jaxclip_fs.pipelines.images.ImageSource`).
       datasets: the datasets the sources hold (feature files), or () for the config's.
       provenance: fixed facts of given inputs (e.g. the backbone of feature files).
+      session: the CLIP session the providers share (None: feature files only); it
+        reports the identities of what it loads (:meth:`ClipSession.listen`).
     """
 
     features: Any = None
@@ -89,6 +96,14 @@ class Sources:
     images: ImageSource | None = None
     datasets: tuple[str, ...] = ()
     provenance: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    session: ClipSession | None = None
+
+    def identities(self) -> dict[str, tuple[str, str]]:
+        """The content identities of the inputs known before any work: ``input -> (digest,
+        source)`` (given feature sets; the CLIP, its tokenizer and the datasets are
+        identified by the session as they load)."""
+        of = getattr(self.features, "identities", None)
+        return dict(of()) if callable(of) else {}
 
     def provider(self, kind: str, label: str):
         """The provider of input ``kind`` for variant ``label``.
@@ -119,7 +134,7 @@ def sources_for(config: config_lib.ExperimentConfig, *, features_dir: str | None
     session = ClipSession(config, progress=progress, banner=banner)
     return Sources(features=ExtractedFeatures(session, features_dir, writer),
                    paired=PairedFeatures(session) if config.model.imo_adapters else None,
-                   images=ImageSource(session, config.images))
+                   images=ImageSource(session, config.images), session=session)
 
 
 # --- where results go -----------------------------------------------------------------------
@@ -130,8 +145,21 @@ class Sink(Protocol):
 
     keep_logits: bool
 
-    def begin(self, config: config_lib.ExperimentConfig, provenance: Mapping[str, Any]) -> dict:
-        """Called first; returns the grid the inputs must cover (``shots``, ``seeds`` lists)."""
+    def begin(self, config: config_lib.ExperimentConfig, provenance: Mapping[str, Any],
+              inputs: Mapping[str, tuple[str, str]], datasets: Sequence[str]) -> dict:
+        """Called first; returns the grid the inputs must cover (``shots``, ``seeds`` lists).
+        ``inputs``: the identities known now (:meth:`Sources.identities`); ``datasets``: the
+        names of the datasets the cells have."""
+
+    def identify(self, key: str, digest: str, source: str) -> None:
+        """An input's identity became known (it loaded); refuses one the outputs were not
+        computed with."""
+
+    def commit(self) -> None:
+        """Called before anything is written into the outputs."""
+
+    def end(self, completed: bool) -> None:
+        """Called last, whether the run completed or failed."""
 
     def finished(self, cell: Cell) -> bool: ...
 
@@ -146,47 +174,115 @@ class Sink(Protocol):
 class RunDir:
     """A run directory (:mod:`~jaxclip_fs.engine.outdir`): resumable, one record per cell.
 
+    Its settings and input identities are checked against the directory's
+    manifest at :meth:`begin` (and as inputs load: :meth:`identify`), but the
+    manifest is written only before the first file goes into the directory
+    (:meth:`commit`): a run that fails before that fixes nothing. A directory
+    without records is no one's yet: its earlier manifest does not bind a
+    corrected command (whose changed settings drop the earlier extracted
+    features). One writer at a time: :meth:`begin` takes the directory's
+    lock (:class:`~jaxclip_fs.io.lock.DirectoryLock`), :meth:`end` releases it.
+
     Args:
       out_dir: the directory.
       writer: this process writes (multi-host: process 0).
       argv: the command line, kept in the manifest's history.
+      wait_lock: wait for another run holding the directory instead of stopping.
+      log: one-line messages.
     """
 
     keep_logits = False
 
     def __init__(self, out_dir: str | os.PathLike, *, writer: bool = True,
-                 argv: Sequence[str] | None = None):
+                 argv: Sequence[str] | None = None, wait_lock: bool = False,
+                 log: Callable[[str], None] | None = stderr_log):
         self.out_dir = os.fspath(out_dir)
         self.writer = writer
         self.argv = argv
         self.save = "trained"
+        self.log = log or (lambda message: None)
+        self.manifest: dict | None = None
+        self.config: config_lib.ExperimentConfig | None = None
+        self._lock = DirectoryLock(self.out_dir, wait=wait_lock, log=self.log,
+                                   argv=argv) if writer else None
+        self._unsaved = False
 
-    def begin(self, config, provenance) -> dict:
-        manifest = outdir.merge_manifest(self.out_dir, config, provenance, self.argv)
-        if self.writer:
-            with writing(os.path.join(self.out_dir, outdir.MANIFEST)):
-                outdir.write_manifest(self.out_dir, manifest, config)
+    def begin(self, config, provenance, inputs=None, datasets=None) -> dict:
+        if self._lock is not None:
+            self._lock.acquire()
+            outdir.remove_leftovers(self.out_dir)  # (of interrupted writes: no one else writes)
+        try:
+            old = outdir.read_manifest(self.out_dir)
+            if old is not None and not outdir.has_records(self.out_dir):
+                self._forget(old, config, provenance)
+                old = None
+            self.manifest = outdir.merge_manifest(self.out_dir, config, provenance, self.argv,
+                                                  old=old, datasets=datasets)
+            self.config = config
+            self._unsaved = True
+            for key, (digest, source) in (inputs or {}).items():
+                self.identify(key, digest, source)
+        except BaseException:
+            self.end(False)
+            raise
         self.save = config.execution.save_params
-        return manifest["grid"]
+        return self.manifest["grid"]
+
+    def _forget(self, old: dict, config, provenance) -> None:
+        """A directory without records: its earlier manifest binds nothing. With other
+        settings, the features extracted under them go too."""
+        changed = outdir.settings_difference(
+            old, outdir.merge_manifest(self.out_dir, config, provenance, old=None)["settings"])
+        if changed is None or not self.writer:
+            return
+        features = outdir.features_dir(self.out_dir)
+        self.log(f"note: {self.out_dir} holds no records yet: its earlier settings "
+                 f"({changed[0]} = {json.dumps(changed[1])}) are replaced"
+                 + (" and its extracted features removed" if os.path.isdir(features) else ""))
+        shutil.rmtree(features, ignore_errors=True)
+
+    def identify(self, key: str, digest: str, source: str) -> None:
+        if self.manifest is not None and outdir.check_input(self.out_dir, self.manifest, key,
+                                                            digest, source):
+            self._unsaved = True
+
+    def commit(self) -> None:
+        """Writes the manifest and ``config.json`` if they changed since last written."""
+        if self.writer and self._unsaved and self.manifest is not None:
+            with writing(os.path.join(self.out_dir, outdir.MANIFEST)):
+                outdir.write_manifest(self.out_dir, self.manifest, self.config)
+            self._unsaved = False
+
+    def end(self, completed: bool) -> None:
+        try:
+            if completed and outdir.has_records(self.out_dir):
+                self.commit()  # (the history and config.json of this invocation)
+        finally:
+            if self._lock is not None:
+                self._lock.release()
 
     def finished(self, cell: Cell) -> bool:
         """A complete record of ``cell`` is on disk (an unreadable or incomplete one is
         reported, naming its file, and its cell recomputed: :func:`outdir.is_finished`)."""
-        return outdir.is_finished(self.out_dir, cell, log=stderr_log if self.writer else None)
+        return outdir.is_finished(self.out_dir, cell, log=self.log if self.writer else None)
 
     def plans(self, decisions) -> None:
-        if self.writer and decisions:
-            outdir.add_plans(self.out_dir, [d.to_json() for d in decisions])
+        if decisions and self.manifest is not None:
+            self.manifest["invocations"][-1]["plans"] = json.loads(json.dumps(
+                [d.to_json() for d in decisions]))
+            self._unsaved = True
 
     def save_params(self, program: Program, tree, slots) -> str | None:
         if not self.writer:
             return None
+        self.commit()
         with writing(outdir.params_path(self.out_dir, program), "the params"):
             return outdir.save_params(self.out_dir, program, tree, slots)
 
     def write(self, result: CellResult, written) -> None:
         if not self.writer:
             return
+        self.commit()
         if result.confusion is not None:
             prefix = outdir.confusion_prefix(self.out_dir, result.cell)
             with writing(prefix + ".*"):
@@ -212,9 +308,18 @@ class CellDir:
         self.results: list[CellResult] = []
         self.written: list[str] = []
 
-    def begin(self, config, provenance) -> dict:
-        del provenance
+    def begin(self, config, provenance, inputs=None, datasets=None) -> dict:
+        del provenance, inputs, datasets
         return {"shots": list(config.grid.shots), "seeds": list(config.grid.seeds)}
+
+    def identify(self, key: str, digest: str, source: str) -> None:
+        del key, digest, source
+
+    def commit(self) -> None:
+        pass
+
+    def end(self, completed: bool) -> None:
+        del completed
 
     def finished(self, cell: Cell) -> bool:
         return False
@@ -358,8 +463,27 @@ def run_experiment(config: config_lib.ExperimentConfig, sink: Sink, *,
         sources.provider(variant.method.inputs, label)
     ood_of = ood_parents(config, ood_lib.parent_of) if config.data.ood else {}
 
-    grid = sink.begin(config, sources.provenance)
     datasets = tuple(config.data.datasets) or sources.datasets
+    grid = sink.begin(config, sources.provenance, sources.identities(), datasets)
+    completed = False
+    try:
+        if sources.session is not None:
+            sources.session.listen(sink)  # the CLIP, tokenizer and datasets, as they load
+        result = _compute(config, sink, sources, variants, datasets, grid, ood_of, mesh,
+                          progress=progress and writer, say=say, started=started)
+        completed = True
+        return result
+    finally:
+        if sources.session is not None:
+            sources.session.listen(None)
+        sink.end(completed)
+
+
+def _compute(config: config_lib.ExperimentConfig, sink: Sink, sources: Sources,
+             variants: Mapping[str, Variant], datasets: Sequence[str], grid: Mapping[str, Any],
+             ood_of: Mapping[str, Sequence[str]], mesh, *, progress: bool,
+             say: Callable[[str], None], started: float) -> RunResult:
+    """The pending cells of ``grid``: planned, run program by program, delivered to ``sink``."""
     cells = all_cells(config.labels(), datasets, config.grid.shots, config.grid.seeds,
                       config.protocol.names)
     pending = _pending_everywhere(sink, cells, ood_of)
@@ -384,7 +508,7 @@ def run_experiment(config: config_lib.ExperimentConfig, sink: Sink, *,
     sink.plans(decisions)
     say(f"{len(pending)} cells in {len(programs)} programs on {mesh.devices.size} "
         f"{mesh.devices.flat[0].platform} device(s)")
-    show = progress and writer
+    show = progress
     program_bar = progress_bar(len(programs), desc="programs", unit="prog", position=0,
                                disable=not show)
     cell_bar = progress_bar(len(pending), desc="cells", unit="cell", position=1, disable=not show)
@@ -400,6 +524,7 @@ def run_experiment(config: config_lib.ExperimentConfig, sink: Sink, *,
                 results, params, slots = _run_image_program(program, variant, inputs, config,
                                                             mesh, sink)
             seconds = time.perf_counter() - started_program
+            check_finite(results, program)  # a NaN is an error naming the cell, never a result
             rules = rules_of(config, program.protocol, variant, program.datasets[0])
             deliver(sink, program, params, slots, results, lambda result, params_dir: cell_records(
                 result, program=program, rules=rules, seconds=seconds,
@@ -503,7 +628,7 @@ def _run_feature_program(program: Program, variant: Variant, inputs: _Inputs,
             test_logits=(np.asarray(outputs["test_logits"][g, t, :fs.test.shape[0],
                                                           :fs.num_classes], np.float32)
                          if sink.keep_logits else None),
-            params_row=[g, t]))
+            params_row=[g, t], finite=bool(outputs["test_finite"][g, t])))
     params = outputs.get("params") if keep and jax.tree.leaves(outputs.get("params", {})) else None
     return results, params, batch.slots
 
@@ -559,7 +684,7 @@ def _run_image_program(program: Program, variant: Variant, inputs: _Inputs,
                            len(q.indices), {**provenance, "dataset": q.name})
                  for i, q in enumerate(oods)],
             test_logits=out["test_logits"][t] if sink.keep_logits else None,
-            confusion=confusion, params_row=[0, t]))
+            confusion=confusion, params_row=[0, t], finite=bool(out["test_finite"][t])))
     params = None
     if keeps_params(config, variant):
         params = jax.tree.map(lambda leaf: np.asarray(leaf)[None], out["params"])

@@ -16,7 +16,8 @@ section     fields                                                       on reru
 ========== ============================================================ =========
 methods     name, options (each a value or a list: a sweep axis), hp    may grow
 data        datasets, features (files), ood; data_root, source           may grow
-model       backbone, weights, imo_adapters                              fixed
+model       backbone, weights                                            fixed
+            imo_adapters (their content, when paired methods run)        fixed
 extraction  views, aug_scale, aug_seed, dtype, batch_size               fixed
 train_dtype the trained heads' compute dtype (mixed precision)           fixed
 images      train_path, tap_cache_views, aug_scale; tap_cache_budget_gib fixed
@@ -244,10 +245,14 @@ class ExperimentConfig:
         """The fields a rerun into the same directory must repeat (they shape every number).
 
         ``train_dtype`` appears only when not float32, so directories written before it
-        existed (all float32) still resume.
+        existed (all float32) still resume. The IMO adapters are not among them: only the
+        paired-feature methods read them, so a rerun without those methods may leave them
+        out; the run directory checks their content instead (``engine/outdir.py``: the run's
+        inputs).
         """
         mixed = {} if self.train_dtype == "float32" else {"train_dtype": self.train_dtype}
-        return {**mixed, "model": dataclasses.asdict(self.model),
+        return {**mixed, "model": {k: v for k, v in dataclasses.asdict(self.model).items()
+                                   if k != "imo_adapters"},
                 "extraction": _jsonable(dataclasses.asdict(self.extraction)),
                 "images": {k: v for k, v in dataclasses.asdict(self.images).items()
                            if k != "tap_cache_budget_gib"},

@@ -28,6 +28,7 @@ import numpy as np
 from jaxclip_fs import methods as methods_lib
 from jaxclip_fs.errors import ConfigError
 from jaxclip_fs.experiment.config import ExperimentConfig
+from jaxclip_fs.io.paths import safe_name
 from jaxclip_fs.methods import hparams as hparams_lib
 from jaxclip_fs.methods.base import Method
 from jaxclip_fs.methods.precision import in_compute_dtype
@@ -133,9 +134,10 @@ class Program:
 
     @property
     def key(self) -> str:
-        """A file-name-safe identity: the datasets and a digest of the cell list."""
+        """A file-name-safe identity: the datasets (:func:`~jaxclip_fs.io.paths.safe_name`, cut
+        to 100 characters) and a digest of the cell list."""
         digest = hashlib.sha256(repr(self.cells).encode()).hexdigest()[:10]
-        return f"{'+'.join(d.replace('/', '_').replace(':', '_') for d in self.datasets)}-{digest}"
+        return f"{'+'.join(safe_name(d) for d in self.datasets)[:100]}-{digest}"
 
     @property
     def shots(self) -> tuple[int, ...]:

@@ -212,7 +212,7 @@ def extract_features(
         and test splits.
       clip: a :class:`~jaxclip_fs.convert.load.LoadedCLIP`.
       tokenizer: default :func:`~jaxclip_fs.clip.tokenizer.load_tokenizer`
-        ``(clip.source_dir)``.
+        ``(clip.source_dir)`` (CLIP's vocabulary required unless the weights are random).
       shots: K per class for a few-shot pool (with ``seeds``); None: the
         whole train split.
       seeds: the few-shot seeds (distinct, >= 0).
@@ -255,7 +255,7 @@ def extract_features(
     workers = workers or default_workers()
     encoder = make_image_encoder(clip, taps=taps, dtype=dtype, batch_size=batch_size)
     if tokenizer is None:
-        tokenizer = load_tokenizer(clip.source_dir)
+        tokenizer = load_tokenizer(clip.source_dir, required=not clip.is_random)
     splits = {name: dataset.split(name) for name in ("train", "val", "test")}
 
     probe = None
@@ -342,6 +342,7 @@ def _meta(dataset, clip, tokenizer, pool: TrainPool, *, views: int,
             "interpolation": "bicubic", "seed": int(aug_seed)},
         "image_size": clip.config.image_size,
         "tokenizer": tokenizer.name,
+        "tokenizer_id": getattr(tokenizer, "identity", None),
         "templates_per_class": len(dataset.templates),
         "taps": list(taps),
         "dtype": dtype,

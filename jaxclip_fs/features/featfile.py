@@ -41,6 +41,7 @@ file and the key.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import zipfile
@@ -53,6 +54,9 @@ from jaxclip_fs.errors import DataError, FeatureFileError
 from jaxclip_fs.io import atomic
 
 DEFAULT_LOGIT_SCALE = 100.0
+#: The norms an image feature row may have: the methods L2-normalise in float32, which
+#: fails below ~1e-12 (the square underflows) and above ~1e18 (it overflows).
+MIN_NORM, MAX_NORM = 1e-12, 1e18
 REQUIRED_KEYS = (
     "text", "train", "train_labels", "val", "val_labels", "test", "test_labels", "classnames",
 )
@@ -92,7 +96,7 @@ class FeatureSet:
 
 
 def validate(fs: FeatureSet, source: str = "features") -> FeatureSet:
-    """Checks shapes, dtypes, finiteness and label ranges; returns ``fs``.
+    """Checks shapes, dtypes, finiteness, feature norms and label ranges; returns ``fs``.
 
     Raises:
       FeatureFileError: one line, ``"<source>: key '<k>' ..."``.
@@ -130,6 +134,16 @@ def validate(fs: FeatureSet, source: str = "features") -> FeatureSet:
         arr = getattr(fs, key)
         if not np.all(np.isfinite(arr)):
             fail(key, "contains NaN or Inf")
+    for key in ("train", "val", "test"):
+        arr = getattr(fs, key)
+        norms = np.sqrt(np.sum(np.square(arr, dtype=np.float64), axis=-1))
+        bad = (norms < MIN_NORM) | (norms > MAX_NORM)
+        if bad.any():
+            where = np.argwhere(bad)[0]
+            fail(key, f"row {'/'.join(str(int(i)) for i in where)} has norm "
+                      f"{norms[tuple(where)]:.3g}: image features must have a norm in "
+                      f"[{MIN_NORM:g}, {MAX_NORM:g}] to be normalised in float32 (zero or "
+                      "vanishing features classify nothing)")
     norms = np.linalg.norm(fs.text, axis=1)
     if not np.allclose(norms, 1.0, atol=1e-3):
         fail("text", f"rows must be L2-normalised (norms range {norms.min():.4g}..{norms.max():.4g})")
@@ -190,6 +204,12 @@ def read_npz(path: str, what: str) -> dict[str, np.ndarray]:
     if not head.startswith(b"PK"):
         raise FeatureFileError(f"{path}: not {what} ({_looks_like(head)})")
     try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:  # numpy would silently read one of them
+            raise FeatureFileError(f"{path}: not {what} (the zip archive holds member "
+                                   f"{repeated[0]!r} more than once)")
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
     except ValueError as exc:
@@ -282,6 +302,33 @@ def save(path: str | os.PathLike, fs: FeatureSet) -> None:
         test_labels=fs.test_labels.astype(np.int64), classnames=np.asarray(fs.classnames, dtype=str),
         logit_scale=np.float32(fs.logit_scale), meta=np.asarray(json.dumps(dict(fs.meta))),
     )
+
+
+def digest(fs: FeatureSet) -> str:
+    """``sha256:<16 hex>`` of a feature set's content -- every array, the class names and the
+    logit scale, not the ``meta`` (provenance) -- so a re-saved file of the same features
+    keeps its digest and any changed number changes it."""
+    h = hashlib.sha256()
+
+    def add(name: str, value) -> None:
+        array = np.asarray(value)
+        kind = {"f": np.float32, "i": np.int64, "u": np.int64}.get(array.dtype.kind)
+        array = np.ascontiguousarray(array if kind is None else array.astype(kind))
+        h.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
+        h.update(array.tobytes())
+
+    for key in ("text", "train", "train_labels", "val", "val_labels", "test", "test_labels"):
+        add(key, getattr(fs, key))
+    add("classnames", np.asarray(fs.classnames, dtype=str))
+    add("logit_scale", np.float64(fs.logit_scale))
+    for seed in sorted(fs.fewshot):
+        add(f"fewshot {seed}", fs.fewshot[seed])
+    for key in sorted(fs.draws):
+        add(f"draw {key}", fs.draws[key])
+        add(f"draw_val {key}", fs.val_draws.get(key, np.zeros(0, np.int64)))
+    if fs.text_prompts is not None:
+        add("text_prompts", fs.text_prompts)
+    return "sha256:" + h.hexdigest()[:16]
 
 
 DRAW_KEYS = ("draw_samplers", "draw_seeds", "draw_shots", "draw_index", "draw_val")

@@ -67,12 +67,3 @@ def _json_default(obj: Any) -> Any:
         return obj.tolist()
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
-
-def safe_name(name: str) -> str:
-    """A dataset name or method variant label usable as a path component.
-
-    ``folder:/a/b`` -> ``folder__a_b``; ``ldc[ablation=maf_only,fusion=concat]`` ->
-    ``ldc--ablation-maf_only--fusion-concat`` (no brackets: checkpoint stores reject them).
-    """
-    name = name.replace("[", "--").replace("]", "").replace(",", "--").replace("=", "-")
-    return name.replace(os.sep, "_").replace(":", "_")

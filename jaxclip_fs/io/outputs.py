@@ -1,8 +1,9 @@
 """Output paths: checked before any work starts, and results that cannot be written are shown.
 
 Every command that writes (``run --out``, ``evaluate --out``, ``report --out``)
-calls :func:`check_output_dir` first, so a path that exists as a file, a
-directory that cannot be written or a full disk is a one-line
+calls :func:`check_output_dir` first (``extract --out``, a file:
+:func:`check_output_file`), so a path that exists as a file (or a directory
+where a file goes), a directory that cannot be written or a full disk is a one-line
 :class:`~jaxclip_fs.errors.OutputError` naming the flag and the path -- before
 anything is loaded or computed. A write that still fails later (the disk
 filled up during the run) is raised as an ``OutputError`` naming the file
@@ -73,6 +74,25 @@ def check_output_dir(path: str | os.PathLike, flag: str) -> None:
     if free < MIN_FREE_BYTES:
         raise OutputError(f"{flag} {path}: no space left ({free / 2**20:.1f} MiB free, at least "
                           f"{MIN_FREE_BYTES >> 20} MiB needed)")
+
+
+def check_output_file(path: str | os.PathLike, flag: str) -> None:
+    """Checks, before any work, that the file ``path`` can be written: it is not a
+    directory, and its directory is writable with room (:func:`check_output_dir`).
+
+    Raises:
+      OutputError: one line naming ``flag`` and ``path``.
+    """
+    path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(path):
+        raise OutputError(f"{flag} {path}: is a directory; give a file name (e.g. "
+                          f"{os.path.join(path, 'features.npz')})")
+    parent = os.path.dirname(path)
+    try:
+        check_output_dir(parent, flag)
+    except OutputError as exc:
+        reason = str(exc).removeprefix(f"{flag} {parent}: ")
+        raise OutputError(f"{flag} {path}: cannot write ({parent}: {reason})") from None
 
 
 @contextlib.contextmanager

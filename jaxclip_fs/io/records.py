@@ -1,7 +1,7 @@
 """Result records: one JSON object per run, with the provenance that makes it comparable.
 
 Every record names backbone, weights (or "random"), dataset, split policy,
-shots, seed, method, hyperparameters and code version; results (accuracy,
+tokenizer, shots, seed, method, hyperparameters and code version; results (accuracy,
 seconds, ...) follow. Written atomically, so a reader never sees half a record.
 """
 
@@ -42,8 +42,9 @@ def build_record(*, method: str, shots: int, seed: int, hyperparameters: Mapping
       shots, seed: the few-shot set.
       hyperparameters: name -> value actually used.
       provenance: source of ``backbone``, ``weights``, ``dataset``,
-        ``split_policy`` (e.g. a feature file's ``meta``); missing ones are
-        recorded as ``"unknown"``.
+        ``split_policy`` and ``tokenizer_id`` (recorded as ``tokenizer``: which
+        vocabulary made the text classifier, e.g. a feature file's ``meta``);
+        missing ones are recorded as ``"unknown"``.
       **results: anything else (``accuracy``, ``seconds`` ...), after the
         provenance fields.
 
@@ -54,6 +55,7 @@ def build_record(*, method: str, shots: int, seed: int, hyperparameters: Mapping
     for field in PROVENANCE_FIELDS:
         value = provenance.get(field)
         record[field] = UNKNOWN if value in (None, "") else value
+    record["tokenizer"] = provenance.get("tokenizer_id") or UNKNOWN
     record.update(shots=int(shots), seed=int(seed),
                   hyperparameters=dict(hyperparameters),
                   code_version=code_version())

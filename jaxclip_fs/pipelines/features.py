@@ -23,11 +23,11 @@ from typing import Mapping, Sequence
 
 from jaxclip_fs.errors import ConfigError
 from jaxclip_fs.features import featfile
-from jaxclip_fs.io.atomic import safe_name
+from jaxclip_fs.io.paths import inside, printable, safe_name
 from jaxclip_fs.features.text_classifier import prompts_digest
 from jaxclip_fs.pipelines import ood as ood_lib
 from jaxclip_fs.pipelines import sizes as sizes_lib
-from jaxclip_fs.pipelines.session import ClipSession
+from jaxclip_fs.pipelines.session import ClipSession, data_digest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +96,7 @@ class ExtractedFeatures:
     def _path(self, name: str, suffix: str) -> str | None:
         if self.features_dir is None:
             return None
-        return os.path.join(self.features_dir, safe_name(name) + suffix)
+        return inside(self.features_dir, safe_name(name) + suffix)
 
     def sizes(self, dataset: str) -> sizes_lib.InputSizes:
         """The sizes extraction will give ``dataset`` (its labels; no image is read)."""
@@ -114,6 +114,7 @@ class ExtractedFeatures:
         if path and os.path.exists(path):
             fs = featfile.load(path)
             if covers(fs, request):
+                self._identify(dataset, fs.meta, path)
                 return fs
         from jaxclip_fs.features.extract import extract_features, save_extraction
 
@@ -125,8 +126,19 @@ class ExtractedFeatures:
             aug_seed=x.aug_seed, dtype=x.dtype, batch_size=x.batch_size,
             draws=request.draws(), prompts=request.prompts, **s.encoding_options())
         if path and self.writer:
+            s.before_write()
             save_extraction(path, extraction)
         return extraction.features
+
+    def _identify(self, dataset: str, meta, path: str) -> None:
+        """The identities of the inputs a kept feature file was extracted from (its meta):
+        they are this run's, or the run directory refuses them."""
+        found = {"weights": meta.get("weights_id"), "tokenizer": meta.get("tokenizer_id"),
+                 f"dataset:{dataset}": meta.get("dataset_identity") and
+                 data_digest(str(meta["dataset_identity"]))}
+        for key, digest in found.items():
+            if digest:
+                self.session.identify(key, digest, f"{path} (extracted)")
 
     def ood(self, name: str, parent: featfile.FeatureSet) -> ood_lib.OODSet:
         """The test features of OOD set ``name`` (kept as ``<name>.ood.npz``)."""
@@ -138,6 +150,7 @@ class ExtractedFeatures:
                                     dtype=s.extraction.dtype, batch_size=s.extraction.batch_size,
                                     **s.encoding_options())
         if path and self.writer:
+            s.before_write()
             ood_lib.save_ood(path, found)
         return found
 
@@ -147,6 +160,7 @@ class GivenFeatures:
 
     def __init__(self, sets: Mapping[str, featfile.FeatureSet]):
         self.files: dict[str, featfile.FeatureSet] = dict(sets)
+        self.sources: dict[str, str] = {name: "given in memory" for name in self.files}
         for key in ("backbone", "weights"):
             values = {str(fs.meta.get(key, "unknown")) for fs in self.files.values()}
             if len(values) > 1:
@@ -162,6 +176,12 @@ class GivenFeatures:
         first = next(iter(self.files.values()))
         return {"backbone": first.meta.get("backbone", "unknown"),
                 "weights": first.meta.get("weights", "unknown")}
+
+    def identities(self) -> dict[str, tuple[str, str]]:
+        """``features:<dataset> -> (content digest, source)``: a run directory's records hold
+        to the features they were computed from (:func:`~jaxclip_fs.features.featfile.digest`)."""
+        return {f"features:{name}": (featfile.digest(fs), self.sources[name])
+                for name, fs in self.files.items()}
 
     def __call__(self, dataset: str, request: Request) -> featfile.FeatureSet:
         return self._serving(dataset, request)  # its few-shot sets: checked by the run
@@ -199,13 +219,16 @@ class FeatureFiles(GivenFeatures):
 
     def __init__(self, paths: Sequence[str], names: Sequence[str | None] = ()):
         sets: dict[str, featfile.FeatureSet] = {}
+        sources: dict[str, str] = {}
         names = list(names) + [None] * (len(paths) - len(names))
         for path, name in zip(paths, names):
             fs = featfile.load(path)
-            name = name or str(fs.meta.get("dataset")
-                               or os.path.splitext(os.path.basename(path))[0])
+            name = printable(name or str(fs.meta.get("dataset")
+                                         or os.path.splitext(os.path.basename(path))[0]))
             if name in sets:
-                raise ConfigError(f"--features: two files for dataset '{name}' ({path})")
+                raise ConfigError(f"--features: two files for dataset {name!r} ({path})")
             sets[name] = dataclasses.replace(
                 fs, meta={**fs.meta, "dataset": name, "feature_file": os.fspath(path)})
+            sources[name] = os.path.abspath(path)
         super().__init__(sets)
+        self.sources = sources

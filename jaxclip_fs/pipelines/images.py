@@ -386,6 +386,7 @@ class ImageSource:
         origin = dataset.split_origin
         meta = {"backbone": clip.config.name,
                 "weights": "random" if clip.is_random else clip.weights_id,
+                "tokenizer_id": s.tokenizer().identity,
                 "dataset": dataset.name, "dataset_identity": dataset.identity, "dtype": x.dtype,
                 "split_policy": {"train": pool.policy,
                                  "val": f"val split ({origin.get('val', 'val split')})",

@@ -15,6 +15,13 @@ import numpy as np
 from jaxclip_fs.experiment.config import ExperimentConfig
 from jaxclip_fs.io.console import random_weights_banner
 
+
+def data_digest(identity: str) -> str:
+    """A dataset's identity (its sha256, :mod:`~jaxclip_fs.data.dataset`) as a run directory
+    records it: ``sha256:<16 hex>``."""
+    return f"sha256:{identity[:16]}"
+
+
 class ClipSession:
     """The CLIP and the datasets of an experiment config, loaded lazily.
 
@@ -38,6 +45,31 @@ class ClipSession:
         self._tokenizer = None
         self._datasets: dict = {}
         self._texts: dict = {}
+        self.identities: dict[str, tuple[str, str]] = {}
+        self._listener = None
+
+    # --- what the session loaded, as the run directory knows it --------------------------
+
+    def listen(self, listener) -> None:
+        """Reports to ``listener`` (``identify(key, digest, source)``, ``commit()``; None:
+        nobody) the identity of everything the session loads -- ``weights``, ``tokenizer``,
+        ``imo_adapters``, ``dataset:<name>`` -- those loaded so far first; and, before the
+        session's providers write into the run directory, asks it to ``commit()``."""
+        self._listener = listener
+        if listener is not None:
+            for key, (digest, source) in self.identities.items():
+                listener.identify(key, digest, source)
+
+    def identify(self, key: str, digest: str, source: str) -> None:
+        """Notes an input's identity (and tells the listener, which may refuse it)."""
+        self.identities[key] = (str(digest), str(source))
+        if self._listener is not None:
+            self._listener.identify(key, str(digest), str(source))
+
+    def before_write(self) -> None:
+        """Called before a provider writes into the run directory."""
+        if self._listener is not None:
+            self._listener.commit()
 
     @property
     def extraction(self):
@@ -61,10 +93,12 @@ class ClipSession:
             from jaxclip_fs.features.encode import compute_dtype
 
             model = self.config.model
-            self._clip = load_clip(model.backbone, model.weights,
-                                   dtype=compute_dtype(self.extraction.dtype))
-            if self._clip.is_random and self.banner:
-                print(random_weights_banner(self._clip.weights_id, 'features'), file=sys.stderr)
+            clip = load_clip(model.backbone, model.weights,
+                             dtype=compute_dtype(self.extraction.dtype))
+            self.identify("weights", clip.weights_id, model.weights)
+            self._clip = clip
+            if clip.is_random and self.banner:
+                print(random_weights_banner(clip.weights_id, 'features'), file=sys.stderr)
         return self._clip
 
     def adapted_clip(self):
@@ -76,14 +110,19 @@ class ClipSession:
             if not self.config.model.imo_adapters:
                 raise ConfigError("paired features need IMO adapters: train them with "
                                   "`jaxclip-fs train-imo` and pass --imo-adapters DIR")
-            self._adapted = load_imo_adapters(self.config.model.imo_adapters, self.clip())
+            adapted = load_imo_adapters(self.config.model.imo_adapters, self.clip())
+            self.identify("imo_adapters", adapted.weights_id, self.config.model.imo_adapters)
+            self._adapted = adapted
         return self._adapted
 
     def tokenizer(self):
         if self._tokenizer is None:
             from jaxclip_fs.clip.tokenizer import load_tokenizer
 
-            self._tokenizer = load_tokenizer(self.clip().source_dir)
+            clip = self.clip()
+            tokenizer = load_tokenizer(clip.source_dir, required=not clip.is_random)
+            self.identify("tokenizer", tokenizer.identity, tokenizer.name)
+            self._tokenizer = tokenizer
         return self._tokenizer
 
     def dataset(self, name: str):
@@ -91,8 +130,10 @@ class ClipSession:
         if name not in self._datasets:
             from jaxclip_fs.data import get_dataset
 
-            self._datasets[name] = get_dataset(name, self.config.data.data_root,
-                                               source=self.config.data.source)
+            dataset = get_dataset(name, self.config.data.data_root,
+                                  source=self.config.data.source)
+            self.identify(f"dataset:{name}", data_digest(dataset.identity), dataset.source)
+            self._datasets[name] = dataset
         return self._datasets[name]
 
     def text(self, name: str, prompts: str | None = None) -> np.ndarray:

@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from jaxclip_fs import catalogue
 from jaxclip_fs.catalogue import is_random_weights
 from jaxclip_fs.errors import ConfigError
+from jaxclip_fs.io.paths import printable
 
 REQUIRED_FIELDS = ("method", "dataset", "shots", "seed", "accuracy")
 
@@ -104,26 +106,67 @@ def _record_files(path: str) -> list[str]:
     return found
 
 
-def load_records(path: str | os.PathLike) -> list[dict]:
+def malformed(record: Mapping) -> str | None:
+    """Why ``record`` cannot enter a table (None: it can).
+
+    A record's ``method`` and ``dataset`` are non-empty strings (``average`` is the
+    tables' own column), ``shots`` and ``seed`` whole numbers (shots >= 1), its
+    ``accuracy`` a finite number in [0, 100], and ``backbone``, ``weights``,
+    ``protocol`` strings where given.
+    """
+    for key in ("method", "dataset"):
+        if not isinstance(record[key], str) or not record[key].strip():
+            return f"{key} {record[key]!r} is not a name"
+    if record["dataset"] == catalogue.AVERAGE:
+        return f"dataset {catalogue.AVERAGE!r} is the tables' average column"
+    for key, low in (("shots", 1), ("seed", None)):
+        value = record[key]
+        if isinstance(value, bool) or not isinstance(value, int) or (low and value < low):
+            return f"{key} {value!r} is not a whole number{' >= 1' if low else ''}"
+    accuracy = record["accuracy"]
+    if isinstance(accuracy, bool) or not isinstance(accuracy, (int, float)):
+        return f"accuracy {accuracy!r} is not a number"
+    if not (math.isfinite(accuracy) and 0 <= accuracy <= 100):
+        return f"accuracy {accuracy!r} is not a percentage"
+    for key in ("backbone", "weights", "protocol"):
+        if key in record and not isinstance(record[key], str):
+            return f"{key} {record[key]!r} is not a string"
+    return None
+
+
+def load_records(path: str | os.PathLike,
+                 warn: Callable[[str], None] | None = None) -> list[dict]:
     """Every result record under ``path`` (a record file or a directory searched recursively).
 
     JSON files that are not records (a run manifest, a confusion analysis)
     are skipped: a record is an object with ``method``, ``dataset``,
-    ``shots``, ``seed`` and ``accuracy``. Each record gains ``"_path"``.
+    ``shots``, ``seed`` and ``accuracy``. A file that cannot be read, and a
+    record that is :func:`malformed`, is left out, and ``warn`` names it and
+    why (one line each). Each record gains ``"_path"``; its names are made
+    :func:`~jaxclip_fs.io.paths.printable`.
 
     Raises:
-      ConfigError: ``path`` does not exist, or a ``.json`` file is unreadable
-        (names the file).
+      ConfigError: ``path`` does not exist.
     """
+    warn = warn or (lambda message: None)
     out = []
     for file in _record_files(os.fspath(path)):
         try:
-            with open(file) as f:
+            with open(file, encoding="utf-8") as f:
                 obj = json.load(f)
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"{file}: not a readable JSON file ({exc})") from None
-        if isinstance(obj, dict) and all(k in obj for k in REQUIRED_FIELDS):
-            out.append({**obj, "_path": file})
+            warn(f"warning: {file} is not a readable JSON file "
+                 f"({' '.join(str(exc).split()) or type(exc).__name__}): left out")
+            continue
+        if not (isinstance(obj, dict) and all(k in obj for k in REQUIRED_FIELDS)):
+            continue
+        problem = malformed(obj)
+        if problem is not None:
+            warn(f"warning: record {file} is malformed ({printable(problem)}): left out")
+            continue
+        names = {k: printable(obj[k]) for k in ("method", "dataset", "backbone", "weights",
+                                                 "protocol") if k in obj}
+        out.append({**obj, **names, "_path": file})
     return out
 
 

@@ -9,7 +9,13 @@ Written to ``OUT`` (default ``DIR/report``), atomically:
   average: seeds, mean, std, published, difference;
 * ``table_<K>shot.csv`` -- the per-shot tables, wide (mean / std per dataset);
 * ``accuracy_vs_shots_<dataset>.png`` and ``accuracy_vs_shots_average.png``
-  (prefixed by a setting tag when ``DIR`` holds several settings).
+  (prefixed by a setting tag when ``DIR`` holds several settings; the dataset
+  made a safe path component, :func:`~jaxclip_fs.io.paths.safe_name`).
+
+Records come from other people (shared runs, downloaded results): every
+file is checked to land inside ``OUT``, and a record that cannot enter a table
+(unreadable, a non-numeric or non-finite accuracy ...) is named on stderr and
+left out while the rest is reported.
 
 Random-weights settings are flagged in the titles of every table, in the CSV
 ``random_weights`` column, on every plot, and in a banner atop ``report.md``.
@@ -18,13 +24,16 @@ Random-weights settings are flagged in the titles of every table, in the CSV
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import re
-from typing import Sequence
+from typing import Callable, Sequence
 
 from jaxclip_fs.errors import ConfigError, OutputError
 from jaxclip_fs.io import atomic
+from jaxclip_fs.io.console import stderr_log
 from jaxclip_fs.io.outputs import show_unsaved, writing
+from jaxclip_fs.io.paths import inside, safe_name
 from jaxclip_fs import catalogue
 from jaxclip_fs.report.collect import Cell, Setting, load_records, summarize
 from jaxclip_fs.report.plots import plot_curves
@@ -60,9 +69,29 @@ class ReportFiles:
 
 
 def setting_tag(setting: Setting) -> str:
-    """A file-name-safe tag for a setting."""
+    """A file-name-safe tag for a setting (no ``_``, at most 80 characters; not unique:
+    :func:`setting_tags`)."""
     text = f"{setting.backbone}_{setting.weights}_{setting.protocol}"
-    return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-")[:80]
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-")[:80] or "setting"
+
+
+def setting_tags(settings: Sequence[Setting]) -> dict[Setting, str]:
+    """A distinct :func:`setting_tag` per setting: tags that two settings share get a digest of
+    their setting appended, so no setting's plots overwrite another's."""
+    tags = {s: setting_tag(s) for s in settings}
+    shared = {t for t in tags.values() if list(tags.values()).count(t) > 1}
+    for s in settings:
+        if tags[s] in shared:
+            digest = hashlib.sha256(repr(dataclasses.astuple(s)).encode(
+                "utf-8", "backslashreplace")).hexdigest()[:10]
+            tags[s] = f"{tags[s][:69]}-{digest}"
+    return tags
+
+
+def plot_name(prefix: str, dataset: str) -> str:
+    """``<prefix>accuracy_vs_shots_<dataset>.png``, the dataset's name made a safe path
+    component (:func:`~jaxclip_fs.io.paths.safe_name`; the average keeps its name)."""
+    return f"{prefix}accuracy_vs_shots_{safe_name(dataset)}.png"
 
 
 def _settings(cells: Sequence[Cell]) -> list[Setting]:
@@ -110,27 +139,33 @@ def default_out_dir(records_path: str | os.PathLike) -> str:
 
 
 def write_report(records_path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-                 plots: bool = True, show=show_unsaved) -> ReportFiles:
+                 plots: bool = True, show=show_unsaved,
+                 log: Callable[[str], None] | None = stderr_log) -> ReportFiles:
     """Builds every table and plot from the records under ``records_path``.
+
+    Every file goes into ``out_dir``, checked (:func:`~jaxclip_fs.io.paths.inside`):
+    names read from records become safe path components.
 
     Args:
       records_path: a sweep directory (or any directory / file of records).
       out_dir: default ``<records_path>/report`` (a directory path given).
       plots: draw the PNGs (matplotlib).
       show: prints the tables when the files cannot be written (default: stdout).
+      log: names each file left out (unreadable, or a malformed record) on one line.
 
     Raises:
-      ConfigError: no records found, or unreadable / contradictory records.
+      ConfigError: no records found, or contradictory records.
       OutputError: a file could not be written (names it); the tables were shown first.
     """
     records_path = os.fspath(records_path)
-    records = load_records(records_path)
+    records = load_records(records_path, warn=log)
     if not records:
         raise ConfigError(f"{records_path}: no result records found (JSON files with method, "
                           "dataset, shots, seed, accuracy)")
     cells = summarize(records)
     out_dir = os.fspath(default_out_dir(records_path) if out_dir is None else out_dir)
     settings = _settings(cells)
+    tags = setting_tags(settings)
     random_any = any(s.random_weights for s in settings)
 
     doc = [f"# Results: {len(records)} records from {records_path}", ""]
@@ -158,12 +193,12 @@ def write_report(records_path: str | os.PathLike, out_dir: str | os.PathLike | N
                     if avg is not None:
                         averages.append((setting, method, shots, avg))
         curve_names = datasets + ([catalogue.AVERAGE] if len(datasets) > 1 else [])
-        prefix = "" if len(settings) == 1 else setting_tag(setting) + "_"
+        prefix = "" if len(settings) == 1 else tags[setting] + "_"
         for name in curve_names:
             table = curve_table(cells, setting, name)
             doc.append(table_markdown(table))
             if plots:
-                path = os.path.join(out_dir, f"{prefix}accuracy_vs_shots_{name}.png")
+                path = inside(out_dir, plot_name(prefix, name))
                 plot_jobs.append((table, path, setting))
                 plot_paths.append(path)
         # printed: per-shot tables and the average curve; for one dataset, its curve table
@@ -177,12 +212,12 @@ def write_report(records_path: str | os.PathLike, out_dir: str | os.PathLike | N
 
     head = [RANDOM_BANNER.replace("**", ""), ""] if random_any else []
     text = "\n".join(head + summary)
-    markdown = os.path.join(out_dir, "report.md")
-    results_csv = os.path.join(out_dir, "results.csv")
+    markdown = inside(out_dir, "report.md")
+    results_csv = inside(out_dir, "results.csv")
     files = [(markdown, "\n".join(doc)), (results_csv, long_csv(cells, averages))]
     shot_csvs = {}
     for shots, tables in sorted(shot_tables.items()):
-        shot_csvs[shots] = os.path.join(out_dir, f"table_{shots}shot.csv")
+        shot_csvs[shots] = inside(out_dir, f"table_{int(shots)}shot.csv")
         files.append((shot_csvs[shots], table_csv(tables)))
     try:
         for path, content in files:
