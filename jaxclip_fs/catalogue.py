@@ -162,6 +162,12 @@ CARDS: tuple[Card, ...] = (
          summary="TaskRes: tau · f · norm(t + alpha · R)ᵀ, residual R learned from 0"),
     Card("cross_modal_lp", "Cross-Modal LP", paper="Lin et al., CVPR 2023",
          summary="Cross-modal linear probe: tau · f Wᵀ, W from T, trained on images and texts"),
+    # (ProKeR's own tables could not be read here: no published figures are encoded)
+    Card("proker", "ProKeR", paper="Bendou et al., CVPR 2025",
+         summary="ProKeR: s + K_xS (K_SS / lambda + I)⁻¹ (L - S), K = exp(-beta (1 - x x'ᵀ))"),
+    Card("ridge", "Ridge (LSR)",
+         paper="big_vision few-shot evaluator (Beyer, Zhai & Kolesnikov 2022)",
+         summary="ridge: [x̃, 100] (XᵀX + l2_reg I)⁻¹ Xᵀ (2L - 1), whitened support features"),
 )
 _BY_NAME: Mapping[str, Card] = {c.name: c for c in CARDS}
 NAMES = tuple(_BY_NAME)

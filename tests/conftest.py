@@ -33,6 +33,8 @@ os.environ.setdefault("XLA_FLAGS", xla_flags(DEVICES))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# one LAPACK thread inside XLA's pool, as the CLI (jaxclip_fs/cli.py): no oversubscription
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 # Compiled programs shared by the test processes (xdist workers compile the same LDC / sweep
 # programs in different tests): JAX's persistent compilation cache, one per test session.

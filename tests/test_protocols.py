@@ -282,39 +282,46 @@ def test_fair_and_fewshot_never_select_on_test(seen, protocol):
         assert record["val_size"] == rows and not record["selection"]["optimistic"]
 
 
-def test_validation_free_reads_no_validation_row(seen):
+#: Every registered method that reads features (image methods: tests/test_ldc_*.py).
+FEATURE_METHODS = tuple(n for n in methods.names() if methods.get(n).inputs == "features")
+
+
+def _short(method):
+    """A trained method's loop cut to 2 epochs (or steps)."""
+    return {method.training.length: 2} if method.trains else {}
+
+
+@pytest.mark.parametrize("name", FEATURE_METHODS)
+def test_validation_free_reads_no_validation_row(seen, name):
     """Nothing is selected: no validation row reaches a fit, a search or a score -- the
     program's validation arrays have no row at all -- and trained methods keep their final
     epoch at their fixed hyperparameters (the official defaults, or the module's choice)."""
-    for name in ("tip_adapter", "tip_adapter_f", "clip_adapter", "gda", "tip_x", "zero_shot"):
-        method = methods.get(name)
-        hp = {"epochs": 2} if method.trains else ()
-        record = evaluate_features(FS, name, shots=2, seed=1, dataset="imagenet",
-                                   protocol="validation_free", hp=hp, log=None)
-        fits = {rows for kind, m, rows in seen if m == name and kind == "fit"}  # (each trace)
-        assert fits == {None} and not [c for c in seen if c[1] == name and c[0] == "select"]
-        assert record["protocol"] == "validation_free" and record["searched"] == []
-        assert record["val_size"] == 0 and record["val_accuracy"] is None
-        assert record["selection"] == {
-            "protocol": "validation_free", "val_rows": "none", "search_on": "none",
-            "epochs_on": "final" if method.trains else None, "reported": "final",
-            "sampler": "nested", "prompts": False, "optimistic": False}
-        fixed = method.resolve("imagenet", FS.dim, dict(hp), search=False)[0]
-        assert record["hyperparameters"] == pytest.approx(fixed)
-        for key, value in {**method.defaults("imagenet", FS.dim),
-                           **method.hyper.validation_free, **dict(hp)}.items():
-            assert record["hyperparameters"][key] == pytest.approx(value), (name, key)
-        if method.trains:
-            assert record["best_epoch"] == 1 and record["epoch_selection"] == "final"
+    method = methods.get(name)
+    hp = _short(method)
+    record = evaluate_features(FS, name, shots=2, seed=1, dataset="imagenet",
+                               protocol="validation_free", hp=hp, log=None)
+    fits = {rows for kind, m, rows in seen if m == name and kind == "fit"}  # (each trace)
+    assert fits == {None} and not [c for c in seen if c[1] == name and c[0] == "select"]
+    assert record["protocol"] == "validation_free" and record["searched"] == []
+    assert record["val_size"] == 0 and record["val_accuracy"] is None
+    assert record["selection"] == {
+        "protocol": "validation_free", "val_rows": "none", "search_on": "none",
+        "epochs_on": "final" if method.trains else None, "reported": "final",
+        "sampler": "nested", "prompts": False, "optimistic": False}
+    fixed = method.resolve("imagenet", FS.dim, dict(hp), search=False)[0]
+    assert record["hyperparameters"] == pytest.approx(fixed)
+    for key, value in {**method.defaults("imagenet", FS.dim),
+                       **method.hyper.validation_free, **dict(hp)}.items():
+        assert record["hyperparameters"][key] == pytest.approx(value), (name, key)
+    if method.trains and method.training.unit == "epochs":
+        assert record["best_epoch"] == 1 and record["epoch_selection"] == "final"
     # shuffled validation labels and features cannot change a validation-free record
     rng = np.random.default_rng(3)
     noise = featfile.FeatureSet(**{**FS.__dict__, "val": rng.normal(size=FS.val.shape),
                                    "val_labels": rng.permutation(FS.val_labels)})
-    for name in ("tip_adapter_f", "gda"):
-        a, b = (evaluate_features(fs, name, shots=2, seed=1, protocol="validation_free",
-                                  hp={"epochs": 2} if methods.get(name).trains else (), log=None)
-                for fs in (FS, noise))
-        assert a["accuracy"] == b["accuracy"] and a["hyperparameters"] == b["hyperparameters"]
+    a, b = (evaluate_features(fs, name, shots=2, seed=1, dataset="imagenet",
+                              protocol="validation_free", hp=hp, log=None) for fs in (FS, noise))
+    assert a["accuracy"] == b["accuracy"] and a["hyperparameters"] == b["hyperparameters"]
 
 
 @pytest.mark.parametrize("name, dataset, fit_on, search_on", [
@@ -339,6 +346,20 @@ def test_paper_selects_on_test_only_where_documented(seen, name, dataset, fit_on
                                       if method.trains else None)
     assert selection["optimistic"] == ("test" in (fit_on, search_on)
                                        or selection["reported"] != "final")
+
+
+def test_paper_follows_an_official_code_that_selects_nothing(seen):
+    """big_vision's ridge probe fixes its strength: under ``paper`` no validation row is read,
+    on ImageNet neither (nothing is searched, so nothing moves to test)."""
+    for dataset in ("oxford_pets", "imagenet"):
+        record = evaluate_features(FS, "ridge", shots=2, seed=1, dataset=dataset,
+                                   protocol="paper", log=None)
+        assert {rows for kind, m, rows in seen if m == "ridge"} == {None}  # fit only, no set
+        assert record["val_size"] == 0 and record["searched"] == []
+        assert record["hyperparameters"] == {"l2_reg": 2.0 ** 10}
+        selection = record["selection"]
+        assert (selection["search_on"], selection["val_rows"]) == ("none", "none")
+        assert selection["sampler"] == "nested" and not selection["optimistic"]
 
 
 @pytest.mark.parametrize("name", ["tip_adapter", "tip_x", "gda"])
@@ -487,7 +508,11 @@ def test_rules_table():
         assert official is not None and official.source, name
         r = protocol_lib.rules("paper", method, "dtd")
         assert r.reported == official.reported and r.search_on == official.search_on
-        assert protocol_lib.rules("paper", method, "imagenet").search_on == "test"
+        on_imagenet = protocol_lib.rules("paper", method, "imagenet")
+        if official.search_on == "none":  # (an official code that selects nothing: no split)
+            assert on_imagenet.search_on == "none" and r.val_rows == "none" and not r.searches
+        else:
+            assert on_imagenet.search_on == "test"
         fair = protocol_lib.rules("fair", method, "imagenet")
         assert fair.search_on == "val" and not fair.optimistic and fair.sampler == "nested"
         free = protocol_lib.rules("validation_free", method, "imagenet")

@@ -107,14 +107,16 @@ def test_program_per_shots_gives_the_records_of_one_program(fused_run, tmp_path)
     assert_same_records(read_records(out), read_records(str(tmp_path)))
 
 
-# (method, options, hyperparameters): Tip-Adapter-F as configured, the probes with shortened
-# training (the layout, not the length, is under test)
+# (method, options, hyperparameters): Tip-Adapter-F and the closed-form kernels as configured,
+# the probes with shortened training (the layout, not the length, is under test)
 SWEPT = [("tip_adapter_f", {}, {}),
          ("zs_lp", {}, {"epochs": 12}),
          ("clap", {"constraint": "adaptive"}, {"epochs": 12, "lr": 0.01}),
          ("lp_pp", {}, {"epochs": 15}),
          ("taskres", {}, {"epochs": 12}),
-         ("cross_modal_lp", {}, {"steps": 250, "batch_size": 3})]
+         ("cross_modal_lp", {}, {"steps": 250, "batch_size": 3}),
+         ("proker", {}, {}),
+         ("ridge", {}, {})]
 
 
 @pytest.mark.parametrize("method, options, hp", SWEPT, ids=[m for m, _, _ in SWEPT])

@@ -52,6 +52,38 @@ def test_configs_name_real_methods_datasets_and_bands():
     assert set(CONFIG["datasets"]) == set(BENCHMARK_DATASETS)
 
 
+def test_methods_with_published_figures_join_the_reproductions(monkeypatch):
+    """A card publishing a figure for a config's setting (backbone, compared shots, dataset or
+    average) adds its method to that config and its fair twin -- no list to edit."""
+    from jaxclip_fs import catalogue
+
+    def card(name, *figures):
+        return catalogue.Card(name, published=(catalogue.Published("a paper", dict(figures)),))
+    extra = (card("probe_avg", (("RN50", 16, "average"), 70.0)),
+             card("probe_dtd", (("RN50", 16, "dtd"), 60.0)),
+             card("probe_vit", (("ViT-B/16", 16, "average"), 80.0)),  # another backbone
+             card("probe_4shot", (("RN50", 4, "dtd"), 50.0)),  # only the curves compare 4 shots
+             card("probe_v2", (("RN50", 16, "imagenet_v2"), 55.0)))  # an OOD set
+    monkeypatch.setattr(catalogue, "CARDS", catalogue.CARDS + extra)
+    listed = CONFIG["methods"]
+    for name in ("rn50_16shot", "rn50_16shot_fair"):
+        config = runner.load_config(name)
+        assert config["add_published_methods"]
+        assert config["methods"] == listed + ["probe_avg", "probe_dtd"]
+        assert config["experiment"]["methods"] == config["methods"]
+    assert runner.load_config("rn50_curves")["methods"][-3:] == [
+        "probe_avg", "probe_dtd", "probe_4shot"]
+    # one dataset (no average) and its shifted sets
+    assert runner.load_config("imagenet_ood_fair")["methods"][-2:] == ["ldc", "probe_v2"]
+    # with the shipped cards: every method published on a config's setting runs in it
+    monkeypatch.undo()
+    for name in ("rn50_16shot", "rn50_curves", "imagenet_ood"):
+        config = runner.load_config(name)
+        published = runner.published_methods("RN50", config["compare_shots"],
+                                              config["datasets"], config["ood"])
+        assert published and set(published) <= set(config["methods"])
+
+
 def test_within_band_passes_outside_fails():
     offsets = {"zero_shot": 0.9, "tip_adapter": -1.6, "gda": 1.4}  # bands 1.0 / 1.5 / 1.5
     checks = {(c.method, c.dataset): c for c in compare(_records(offsets), CONFIG)}
@@ -117,7 +149,7 @@ def test_runner_compare_only_reads_a_sweep_directory(tmp_path, capsys):
     directory.mkdir(parents=True)
     for i, record in enumerate(_records({"zero_shot": 0.5})):
         (directory / f"{i}.json").write_text(json.dumps(record))
-    config = dict(CONFIG, name="zs_only",
+    config = dict(CONFIG, name="zs_only", add_published_methods=False,
                   experiment={**CONFIG["experiment"], "methods": ["zero_shot"]})
     path = tmp_path / "zs_only.json"
     path.write_text(json.dumps(config))

@@ -8,7 +8,11 @@ CONFIG is a name from ``benchmarks/reproduce/configs`` (``rn50_16shot``,
 ``rn50_curves``, ``imagenet_ood``) or a path to such a JSON file: a name, a
 description, an ``experiment`` (a ``jaxclip-fs`` experiment config without
 weights and data root, which come from the flags), the shot counts compared
-and the tolerance bands. The runner checks that every dataset is set up (else
+and the tolerance bands. With ``"add_published_methods": true`` every method
+whose catalogue card publishes a figure for the config's setting (its
+backbone, a compared shot count, one of its datasets or their average) runs
+too, after the listed ones: a shipped method with published numbers joins
+the reproductions through its card alone. The runner checks that every dataset is set up (else
 it prints, in one line, what it needs and exits with 2), runs the experiment
 (resumable: rerun the same command after an interruption; ``jaxclip-fs run
 --config OUT/config.json`` repeats it), then prints one line per (method,
@@ -28,15 +32,29 @@ import json
 import os
 import sys
 
-from benchmarks.reproduce.compare import all_passed, compare, format_checks
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the CLI: one LAPACK thread in XLA's pool
+
+from benchmarks.reproduce.compare import all_passed, compare, format_checks  # noqa: E402
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 
+def published_methods(backbone: str, shots, datasets, ood=()) -> list[str]:
+    """The methods whose cards publish a figure for ``backbone`` at one of ``shots`` on one of
+    ``datasets`` or ``ood`` or (several datasets) their average, in catalogue order (no jax)."""
+    from jaxclip_fs import catalogue
+
+    wanted = set(datasets) | set(ood) | ({catalogue.AVERAGE} if len(datasets) > 1 else set())
+    return [card.name for card in catalogue.CARDS
+            if any(b == backbone and k in shots and d in wanted
+                   for published in card.published for b, k, d in published.figures)]
+
+
 def load_config(name_or_path: str) -> dict:
-    """A reproduction by name (``configs/<name>.json``) or path, with the experiment's grid
-    flattened beside it (``backbone``, ``methods``, ``datasets``, ``ood``, ``shots``,
-    ``seeds``, ``protocol``: what :func:`~benchmarks.reproduce.compare.compare` reads)."""
+    """A reproduction by name (``configs/<name>.json``) or path (its methods completed by
+    ``add_published_methods``), with the experiment's grid flattened beside it
+    (``backbone``, ``methods``, ``datasets``, ``ood``, ``shots``, ``seeds``, ``protocol``:
+    what :func:`~benchmarks.reproduce.compare.compare` reads)."""
     path = (name_or_path if name_or_path.endswith(".json")
             else os.path.join(CONFIG_DIR, f"{name_or_path}.json"))
     if not os.path.isfile(path):
@@ -46,6 +64,14 @@ def load_config(name_or_path: str) -> dict:
         config = json.load(f)
     experiment = config["experiment"]
     methods = [m if isinstance(m, str) else m["name"] for m in experiment["methods"]]
+    if config.get("add_published_methods"):
+        data = experiment["data"]
+        added = [m for m in published_methods(experiment["model"]["backbone"],
+                                              config["compare_shots"], data["datasets"],
+                                              data.get("ood", []))
+                 if m not in methods]
+        experiment["methods"] = list(experiment["methods"]) + added
+        methods += added
     protocols = experiment.get("protocol", {}).get("names", ["fair"])
     if len(protocols) != 1:
         raise SystemExit(f"error: {path}: a reproduction runs one protocol, got {protocols}")

@@ -57,7 +57,7 @@ DEFAULT_PROTOCOL = "fair"
 SAMPLERS = ("nested", "official", "official_chained")
 #: Datasets whose official splits have no validation set: every official code selects on test.
 NO_OFFICIAL_VAL = ("imagenet",)
-_OFFICIAL_SAMPLER = {"reseeded": "official", "chained": "official_chained"}
+_OFFICIAL_SAMPLER = {"reseeded": "official", "chained": "official_chained", "nested": "nested"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +132,10 @@ def rules(protocol: str, method: Method, dataset: str, *, sampler: str | None = 
         epochs = "test"
     if method.trains and method.inputs == "images":
         epochs = "final"  # (image methods cannot re-run the CLIP over a split every epoch)
-    return Rules("paper", "full", epochs, "test" if no_val else official.search_on,
-                 official.reported, sampler or _OFFICIAL_SAMPLER[official.sampler],
-                 prompts and official.prompts)
+    search = official.search_on
+    if search != "none" and no_val:
+        search = "test"
+    # an official code that selects nothing reads no validation row (its fixed values)
+    val_rows = "none" if search == "none" and epochs in (None, "final") else "full"
+    return Rules("paper", val_rows, epochs, search, official.reported,
+                 sampler or _OFFICIAL_SAMPLER[official.sampler], prompts and official.prompts)

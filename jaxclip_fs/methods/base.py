@@ -133,8 +133,11 @@ OFFICIAL_SPLITS = ("val", "test", "final")
 REPORTED_RULES = ("final", "max_heads", "max_epoch_or_search")
 #: How the official code drew its few-shot sets: ``reseeded`` -- ``random.seed(seed)`` before
 #: each shot count's draw (CoOp / Tip-Adapter / APE / LDC); ``chained`` -- seeded once per seed,
-#: then 1, 2, 4, 8, 16 shots drawn in turn from one stream (GDA, IMO).
-OFFICIAL_SAMPLERS = ("reseeded", "chained")
+#: then 1, 2, 4, 8, 16 shots drawn in turn from one stream (GDA, IMO); ``nested`` -- each
+#: class permuted per seed and its first K kept (big_vision), as our nested sampler does.
+OFFICIAL_SAMPLERS = ("reseeded", "chained", "nested")
+#: Where the official code searched its hyperparameters; ``none``: nowhere (fixed values).
+OFFICIAL_SEARCH_SPLITS = ("val", "test", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,8 +147,10 @@ class Official:
     Attributes:
       source: the repository and files it was read from.
       search_on: the split its hyperparameter search used (``val``: the whole
-        val split; ``test``). Datasets without an official val split (ImageNet)
-        search on test in every official code, whatever this says.
+        val split; ``test``; ``none``: it searched nothing, the
+        ``validation_free`` values are its fixed ones). Datasets without an
+        official val split (ImageNet) search on test in every official code that
+        searches, whatever this says.
       epochs_on: trained methods: the split its best epoch was chosen on
         (``val``, ``test``) or ``final`` (the last epoch, no selection).
       reported: how the published figure was formed from test accuracies:
@@ -561,8 +566,9 @@ def check_method(method: Method) -> Method:
         fail("confusion names heads, but the method reports none")
     official = method.official
     if official is not None:
-        if official.search_on not in ("val", "test"):
-            fail(f"official.search_on must be val or test, got '{official.search_on}'")
+        if official.search_on not in OFFICIAL_SEARCH_SPLITS:
+            fail(f"official.search_on must be one of {OFFICIAL_SEARCH_SPLITS}, "
+                 f"got '{official.search_on}'")
         if official.epochs_on not in OFFICIAL_SPLITS:
             fail(f"official.epochs_on must be one of {OFFICIAL_SPLITS}")
         if official.reported not in REPORTED_RULES:

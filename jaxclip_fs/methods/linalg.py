@@ -22,18 +22,19 @@ the program lowered for each platform holds only its own branch).
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
 
-def one_matrix_at_a_time(fn: Callable[[jax.Array], jax.Array]) -> Callable[[jax.Array], jax.Array]:
+def one_matrix_at_a_time(fn: Callable[[jax.Array], Any]) -> Callable[[jax.Array], Any]:
     """``fn`` (of one matrix) under ``vmap``: on CPU a ``lax.map`` over the batch, not a batched
     call; elsewhere the batched call (module docstring).
 
     Nested ``vmap`` s give nested maps, so the LAPACK calls inside ``fn``
-    always see one matrix. (No reverse-mode autodiff: ``custom_vmap``.)
+    always see one matrix. ``fn`` may return a pytree of arrays (``eigh``'s
+    pair). (No reverse-mode autodiff: ``custom_vmap``.)
     """
     @jax.custom_batching.custom_vmap
     def unbatched(x):
@@ -43,12 +44,32 @@ def one_matrix_at_a_time(fn: Callable[[jax.Array], jax.Array]) -> Callable[[jax.
     def _rule(axis_size, in_batched, x):
         del axis_size
         if not in_batched[0]:
-            return unbatched(x), False
-        return jax.lax.platform_dependent(x, cpu=lambda m: jax.lax.map(unbatched, m),
-                                          default=jax.vmap(fn)), True
+            out = unbatched(x)
+            return out, jax.tree.map(lambda _: False, out)
+        out = jax.lax.platform_dependent(x, cpu=lambda m: jax.lax.map(unbatched, m),
+                                         default=jax.vmap(fn))
+        return out, jax.tree.map(lambda _: True, out)
 
     return unbatched
 
 
 #: ``jnp.linalg.pinv(x, hermitian=True)`` of one matrix, one ``eigh`` per matrix under ``vmap``.
 pinv_hermitian = one_matrix_at_a_time(functools.partial(jnp.linalg.pinv, hermitian=True))
+
+#: ``jnp.linalg.eigh(x)`` of one symmetric matrix -> ``(eigenvalues [n], eigenvectors [n, n])``
+#: (ascending, eigenvectors in the columns), one ``eigh`` per matrix under ``vmap``.
+eigh = one_matrix_at_a_time(lambda x: tuple(jnp.linalg.eigh(x)))
+
+
+def spectral_filter(eigenvectors: jax.Array, weights: jax.Array, rhs: jax.Array) -> jax.Array:
+    """``U diag(w) B``: a function of a symmetric matrix ``U diag(s) Uᵀ`` applied through
+    its eigendecomposition, with ``B = Uᵀ Y`` computed once.
+
+    Every ridge-type solve ``(G + λ I)⁻¹ Y = U diag(1 / (s + λ)) Uᵀ Y`` is this with
+    ``w = 1 / (s + λ)``: one decomposition serves every strength λ, each a rescale of
+    the eigenvalues (big_vision's few-shot evaluator, ``evaluators/fewshot_lsr.py``).
+
+    Args:
+      eigenvectors: U [n, r] (or any left factor ``L U``); weights: w [r]; rhs: B [r, C].
+    """
+    return eigenvectors @ (weights[:, None] * rhs)
