@@ -1,4 +1,4 @@
-"""Grid search speed: our vectorised search vs the official point-by-point loop, one process.
+"""Grid search speed: ours vs the official point-by-point loop and vs its least-work limit.
 
 Runs, on one set of synthetic CLIP-like features of ImageNet's shape
 (C = 1000 classes, D = 1024, 16 shots x 10 augmented views):
@@ -6,8 +6,11 @@ Runs, on one set of synthetic CLIP-like features of ImageNet's shape
 * **Tip-Adapter**, the official 200 (β) x 20 (α) grid;
 * **APE**, 200 (β) x 20 (α) x 21 (γ) points;
 
-each as (ours) ``methods.search.grid_search`` -- one jit-compiled call --
-and (baseline) a faithful PyTorch re-implementation of the official loops
+each as (ours) ``methods.search.grid_search`` -- one jit-compiled call from
+the fitted cache (``init``) to the chosen point, through the cache-family path
+(``methods/cache_search.py``) --, (previous) the same search with ``terms``
+evaluated per non-linear point (``use_cache_form=False``; ``--no-previous``
+skips it), and (baseline) a faithful PyTorch re-implementation of the official loops
 (Tip-Adapter ``utils.search_hp``: affinity, cache logits and zero-shot
 logits recomputed at every point; APE ``main.APE``: affinities hoisted out of
 the loop as the official code does). The baseline runs a sample of grid
@@ -15,18 +18,27 @@ points (``--sample``, after one warm-up point) and is scaled to the whole
 grid; its sampled accuracies are checked against ours. Official value
 matrices are fp16 on GPU; on CPU the baseline uses float32.
 
+**The limit** (``benchmarks/search_limit.py``, ``docs/performance.md``): the
+least work each search needs -- exponentials, multiply-adds, comparisons,
+matrix products and bytes -- priced at this machine's rates measured in the
+same run; ours is printed as a fraction of it. The chosen points of ours and
+the previous search are compared over the whole grid (equal, or a near tie:
+the two points' counts within one image).
+
 Default: 1 000 validation images (a few minutes on 2 CPU cores); ``--val N``
-or ``--full`` (the issue's 10 000) for more -- both sides scale with the
-number of images, so the ratio barely moves (2 500: Tip-Adapter 790x, APE
-370x on this machine). Times exclude feature generation; ours is reported
-with and without compilation.
+or ``--full`` (10 000) for more. Times exclude feature generation and the
+cache's ``init``; ours is reported with and without compilation. The load
+average of the machine is printed: on a shared machine every figure moves
+with it, the ratios measured side by side less.
 
   python -m benchmarks.bench_search [--quick] [--full] [--val N] [--sample S] [--threads T]
+                                    [--no-previous]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import jax
@@ -34,7 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from benchmarks.efficiency import count_flops, fraction, measured_peak
+from benchmarks.efficiency import count_flops
+from benchmarks.search_limit import cache_search_work, measure_rates
 from jaxclip_fs import methods
 from jaxclip_fs.features.featfile import support_index
 from jaxclip_fs.features.synthetic import make_task
@@ -75,18 +88,35 @@ def search_cases(dim: int = DIM) -> list:
             ("APE 200 x 20 x 21", ("beta", "alpha", "gamma"), ape, ape_hp, ape_grid)]
 
 
-def ours(method, task, val, hp, grid):
+def ours(method, task, val, hp, grid, *, params=None, use_cache_form=True, flops=True,
+         repeats=1):
     """Our search, one jit-compiled call: ``(output, seconds with compilation, seconds
-    compiled, XLA's FLOPs)``."""
-    def search(task, val, hp, grid):
-        return grid_search(method, method.init(None, task, hp), task, val, hp, grid)
+    compiled (best of ``repeats``), XLA's FLOPs or NaN)``. With ``params`` the fitted
+    cache is given (``init`` not timed); without, ``init`` runs inside the call."""
+    def search(params, task, val, hp, grid):
+        if params is None:
+            params = method.init(None, task, hp)
+        return grid_search(method, params, task, val, hp, grid, use_cache_form=use_cache_form)
 
     run = jax.jit(search)
     grid = {n: jnp.asarray(g, jnp.float32) for n, g in grid.items()}
     hp = as_arrays(hp)
-    out, first = _timed(run, task, val, hp, grid)
-    out, steady = _timed(run, task, val, hp, grid)
-    return out, first, steady, count_flops(search, task, val, hp, grid)
+    out, first = _timed(run, params, task, val, hp, grid)
+    steady = min(_timed(run, params, task, val, hp, grid)[1] for _ in range(repeats))
+    count = count_flops(search, params, task, val, hp, grid) if flops else float("nan")
+    return out, first, steady, count
+
+
+def _same_choice(ours_out, previous) -> str:
+    """Do both searches choose the same point -- else are the two points near-tied?"""
+    counts = np.asarray(previous["counts"])
+    mine = tuple(int(i) for i in ours_out["index"].values())
+    theirs = tuple(int(i) for i in previous["index"].values())
+    if mine == theirs:
+        return f"same point {dict(zip(ours_out['index'], mine))}"
+    gap = int(counts[theirs]) - int(counts[mine])
+    kind = "near tie" if gap <= 1 else "DIFFERENT"
+    return f"{kind}: {mine} vs {theirs}, {gap} image(s) apart on the previous search's counts"
 
 
 def _torch_setup(task, val):
@@ -166,6 +196,8 @@ def main():
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     parser.add_argument("--quick", action="store_true",
                         help="200 validation images, 2 timed baseline points (about a minute)")
+    parser.add_argument("--no-previous", dest="previous", action="store_false",
+                        help="skip the previous search (terms per non-linear point)")
     args = parser.parse_args()
     if args.quick:
         args.val, args.sample = 200, 2
@@ -181,31 +213,51 @@ def main():
     print(f"devices: {jax.devices()}; torch threads: {torch.get_num_threads()}\n")
     setup = _torch_setup(task, val)
 
-    results = []
+    print(f"load average at start: {os.getloadavg()[0]:.1f} (1 min) on {os.cpu_count()} cores"
+          if hasattr(os, "getloadavg") else "")
+    rates = measure_rates()
+    print(rates.line() + "\n")
+
     (ta_label, ta_order, ta, _, ta_grid), (ape_label, ape_order, ape, ape_hp, ape_grid) = \
         search_cases()
-    out, first, steady, flops = ours(ta, task, val, {}, ta_grid)
-    per_point, loop_total = _baseline(tip_adapter_point, setup, ta_grid, ta_order,
-                                      np.asarray(out["counts"]), num_val, args.sample, rng)
-    results.append((ta_label, 200 * 20, first, steady, per_point, loop_total, flops))
+    runs = [(ta_label, ta_order, ta, {}, ta_grid, tip_adapter_point, lambda params: setup,
+             cache_search_work(num_val, NUM_CLASSES, SHOTS, DIM, 200)),
+            (ape_label, ape_order, ape, ape_hp, ape_grid, ape_point,
+             lambda params: ape_setup(setup, params, task),
+             cache_search_work(num_val, NUM_CLASSES, SHOTS, DIM, 200, values=21,
+                               affinity_dim=int(ape_hp["k"])))]
+    results = []
+    for name, order, method, hp, grid, point_fn, state_of, work in runs:
+        params = jax.jit(method.init)(None, task, as_arrays(hp))
+        out, first, steady, _ = ours(method, task, val, hp, grid, params=params, flops=False,
+                                     repeats=2)
+        choice, previous = "(previous search skipped)", float("nan")
+        if args.previous:
+            old, _, previous, _ = ours(method, task, val, hp, grid, params=params,
+                                       use_cache_form=False, flops=False)
+            choice = _same_choice(out, old)
+        per_point, loop_total = _baseline(point_fn, state_of(params), grid, order,
+                                          np.asarray(out["counts"]), num_val, args.sample, rng)
+        results.append((name, int(np.prod([len(grid[n]) for n in order])), first, steady,
+                        previous, loop_total, work, choice))
 
-    out, first, steady, flops = ours(ape, task, val, ape_hp, ape_grid)
-    params = jax.jit(ape.init)(None, task, as_arrays(ape_hp))
-    state = ape_setup(setup, params, task)
-    per_point, loop_total = _baseline(ape_point, state, ape_grid, ape_order,
-                                      np.asarray(out["counts"]), num_val, args.sample, rng)
-    results.append((ape_label, 200 * 20 * 21, first, steady, per_point, loop_total, flops))
-
-    print(f"{'grid':24s} {'points':>7s} {'ours (s)':>10s} {'ours+jit':>9s} {'loop/pt (s)':>12s} "
-          f"{'loop (s, est.)':>15s} {'speed-up':>9s}")
-    for name, points, first, steady, per_point, loop_total, _ in results:
-        print(f"{name:24s} {points:7d} {steady:10.1f} {first:9.1f} {per_point:12.3f} "
-              f"{loop_total:15.0f} {loop_total / steady:8.0f}x")
+    print(f"{'grid':22s} {'points':>6s} {'ours (s)':>9s} {'ours+jit':>9s} {'previous':>9s} "
+          f"{'loop (s, est.)':>15s} {'vs loop':>8s} {'limit (s)':>10s} {'of limit':>9s}")
+    for name, points, first, steady, previous, loop_total, work, _ in results:
+        limit = work.seconds(rates)
+        print(f"{name:22s} {points:6d} {steady:9.3f} {first:9.1f} {previous:9.1f} "
+              f"{loop_total:15.0f} {loop_total / steady:7.0f}x {limit:10.3f} "
+              f"{100 * limit / steady:8.0f}%")
     print(f"\nloop times: mean of {args.sample} random grid points (after one warm-up) "
-          "x grid size; those points' accuracies equal ours.")
-    peak = measured_peak("float32")
-    for name, _, _, steady, _, _, flops in results:
-        print(fraction(f"ours, {name}", flops, steady, peak))
+          "x grid size; those points' accuracies equal ours (within one image).")
+    for name, _, _, steady, _, _, work, choice in results:
+        strict = work.seconds(rates.at_matmul_peak())
+        print(f"{name}: limit = {work.parts(rates)}")
+        print(f"{name}: with the multiply-adds at the matmul's FMA rate instead: limit "
+              f"{strict:.3f} s, ours at {100 * strict / steady:.0f}% of it")
+        print(f"{name}: chosen point, ours vs the previous search: {choice}")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg")
+          else "")
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ def test_a_program_that_cannot_fit_is_reported_and_the_dry_run_goes_on(tmp_path,
     and still prices the programs that fit."""
     from jaxclip_fs.engine import hardware
 
-    monkeypatch.setenv(hardware.MEMORY_ENV, "8MiB")
+    monkeypatch.setenv(hardware.MEMORY_ENV, "4MiB")  # more than zero_shot needs, less than tip_adapter_f
     argv = ["run", "--dataset", "digits", "--backbone", "tiny-vit", "--weights", "random",
             "--method", "zero_shot,tip_adapter_f", "--shots", "1,2", "--seeds", "1",
             "--views", "2", "--out", str(tmp_path / "run"), "--dry-run", "--quiet",

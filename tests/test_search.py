@@ -124,3 +124,153 @@ def test_masked_rows_do_not_count():
     np.testing.assert_array_equal(np.asarray(found["counts"]),
                                   np.asarray(search(params, task, first, {}, grid)["counts"]))
     assert float(found["accuracy"]) == pytest.approx(100.0 * int(np.max(found["counts"])) / 6)
+
+
+# ---- the cache-family fast path (methods/cache_search.py) ------------------------------------
+
+CACHE_METHODS = tuple(n for n in methods.names()
+                      if methods.get(n).compute.cache_form is not None)
+
+
+def _inputs(method, seed, **sizes):
+    """``_task``'s task and validation set in the method's input kind (paired methods read
+    ``[adapted | original]`` rows, the adapted half a perturbed copy)."""
+    task, val = _task(seed, **sizes)
+    if method.inputs == "paired":
+        rng = np.random.default_rng(seed + 100)
+        support = np.asarray(task.support)
+        queries = np.asarray(val.features)
+        task = task._replace(support=jnp.asarray(np.concatenate(
+            [support + rng.standard_normal(support.shape), support], -1), jnp.float32))
+        val = val._replace(features=jnp.asarray(np.concatenate(
+            [queries + rng.standard_normal(queries.shape), queries], -1), jnp.float32))
+    return task, val
+
+
+def _searches(method, task, val, hp, grid):
+    """``(fast, per-point)`` grid searches: the cache path and ``terms`` per point."""
+    fast = jax.jit(functools.partial(grid_search, method))(params := jax.jit(method.init)(
+        jax.random.key(0), task, hp), task, val, hp, grid)
+    slow = jax.jit(functools.partial(grid_search, method, use_cache_form=False))(
+        params, task, val, hp, grid)
+    return fast, slow, params
+
+
+def test_every_cache_method_declares_a_form_its_terms_follow():
+    """``terms`` is the declared form: base + α · exp(-β (1 - A)) (L ⊙ values) + others."""
+    assert {"tip_adapter", "ape", "ta_pp", "tip_x"} <= set(CACHE_METHODS)
+    for name in CACHE_METHODS:
+        method = methods.get(name)
+        task, val = _inputs(method, 5)
+        hp = as_arrays({**{k: v for k, v in method.defaults("dtd", D).items()},
+                        "alpha": 1.3, "beta": 2.5, "gamma": 0.4})
+        params = jax.jit(method.init)(jax.random.key(0), task, hp)
+        pre = method.precompute(params, task, val.features, val.mask)
+        base, residuals = method.terms(pre, params, task, hp)
+        form = method.compute.cache_form(pre, params, task, hp)
+        expected = np.einsum("kmc,ck->mc", np.exp(-2.5 * (1.0 - np.asarray(form.affinity))),
+                             np.asarray(form.values))
+        np.testing.assert_allclose(np.asarray(base), np.asarray(form.base))
+        np.testing.assert_allclose(np.asarray(residuals["alpha"]), expected, rtol=1e-5)
+        assert set(residuals) == {"alpha", *form.others}
+
+
+@pytest.mark.parametrize("name", CACHE_METHODS)
+def test_cache_search_equals_the_point_by_point_loop(name):
+    """Counts and the chosen point equal the official loop's on each method's (thinned) grid."""
+    method = methods.get(name)
+    task, val = _inputs(method, 0)
+    hp = as_arrays({k: v for k, v in method.defaults("dtd", D).items()
+                    if k not in method.grid(None)})
+    every = {"alpha": 20 if len(method.grid("dtd")["alpha"]) > 20 else 2, "beta": 10,
+             "gamma": 5}
+    grid = {n: jnp.asarray(g, jnp.float32) for n, g in _subgrid(method, every).items()}
+    fast, slow, params = _searches(method, task, val, hp, grid)
+    counts, best = _reference_loop(method, params, task, val, hp, grid)
+    np.testing.assert_array_equal(np.asarray(fast["counts"]), counts)
+    np.testing.assert_array_equal(np.asarray(slow["counts"]), counts)
+    assert {n: int(i) for n, i in fast["index"].items()} == best
+
+
+def test_exact_ties_follow_the_first_index_rule():
+    """Duplicated classes (same text, same support): every row of the second copy ties with
+    the first, and argmax -- hence the official loop -- gives it to the first copy."""
+    method = methods.get("tip_adapter")
+    task, val = _task(2, num_classes=4, rows=16)
+    dup = lambda x, axis: jnp.concatenate([x, jnp.take(x, jnp.array([1]), axis=axis)], axis)
+    task = task._replace(support=dup(task.support, 1), text=dup(task.text, 0),
+                         support_mask=dup(task.support_mask, 0), class_mask=dup(task.class_mask, 0))
+    labels = np.asarray(val.labels).copy()
+    labels[::3] = 4  # rows labelled with the copy (index 4) can only tie with class 1
+    val = val._replace(labels=jnp.asarray(labels))
+    grid = {n: jnp.asarray(g, jnp.float32) for n, g in _subgrid(method, {"beta": 20}).items()}
+    fast, slow, params = _searches(method, task, val, {}, grid)
+    counts, best = _reference_loop(method, params, task, val, {}, grid)
+    np.testing.assert_array_equal(np.asarray(fast["counts"]), counts)
+    assert {n: int(i) for n, i in fast["index"].items()} == best
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rounding_changes_a_choice_only_between_near_ties(seed):
+    """On larger random tasks (the whole APE grid, 120 rows) the cache path's counts differ
+    from the per-point search's (``terms`` per (β, γ)) only by rounding -- here at a few of
+    the 84 000 points, by one row -- and where the chosen point differs the per-point
+    search scores it within one image of its best."""
+    method = methods.get("ape")
+    task, val = _task(10 + seed, num_classes=12, shots=4, rows=120)
+    hp = as_arrays({k: v for k, v in method.defaults("dtd", D).items()
+                    if k not in method.grid(None)})
+    grid = {n: jnp.asarray(g, jnp.float32) for n, g in method.grid("dtd").items()}
+    fast, slow, _ = _searches(method, task, val, hp, grid)
+    fast_counts, slow_counts = np.asarray(fast["counts"]), np.asarray(slow["counts"])
+    assert np.max(np.abs(fast_counts - slow_counts)) <= 2
+    chosen = tuple(int(fast["index"][n]) for n in search_order(method, grid))
+    assert slow_counts[chosen] >= slow_counts.max() - 1
+
+
+def test_cache_search_needs_an_equally_spaced_beta_grid():
+    method = methods.get("tip_adapter")
+    task, val = _task(3)
+    params = method.init(None, task, {})
+    grid = {"beta": jnp.asarray([0.5, 1.0, 2.0, 2.5]), "alpha": jnp.asarray([0.1, 1.0])}
+    with pytest.raises(ValueError, match="beta grid of the cache search must be equally spaced"):
+        grid_search(method, params, task, val, {}, grid)
+    with pytest.raises(ValueError, match="alpha grid of the cache search must be non-negative"):
+        grid_search(method, params, task, val, {}, {**grid, "beta": jnp.asarray([1.0, 2.0]),
+                                                  "alpha": jnp.asarray([-1.0, 1.0])})
+    # inside jit the grid is not seen: a wrong one gives counts of -1, not a wrong answer
+    traced = jax.jit(lambda g: grid_search(method, params, task, val, {}, g)["counts"])(grid)
+    assert np.all(np.asarray(traced) == -1)
+
+
+def test_cache_search_kernel_against_numpy():
+    """The kernel on its own: value points, folded linear names, α = 0, a padding class, a
+    padding row, base ties and sizes that are not multiples of the class tile."""
+    from jaxclip_fs.methods import cache_search
+
+    rng = np.random.default_rng(7)
+    rows, classes, shots, num_g, num_h, num_f, nbeta, num_l = 29, 21, 5, 3, 2, 3, 9, 5
+    labels = rng.integers(0, classes, rows)
+    aff = rng.uniform(0.3, 0.7, (shots, rows, classes)).astype(np.float32)
+    aff[:, np.arange(rows), labels] += rng.uniform(0, 0.2, (shots, rows)).astype(np.float32)
+    base = rng.normal(20, 1, (rows, classes)).astype(np.float32)
+    base[:, 1] = base[:, 0]  # exact base ties
+    values = rng.uniform(0.5, 2, (num_g, classes, shots)).astype(np.float32)
+    values[:, :, -1] = 0.0  # a padding shot
+    others = rng.normal(0, 1, (num_h, rows, classes)).astype(np.float32)
+    folds = rng.uniform(0, 1, (num_f, num_h)).astype(np.float32)
+    class_mask = np.ones(classes, np.float32)
+    class_mask[-1] = 0.0
+    row_mask = np.ones(rows, np.float32)
+    row_mask[-1] = 0.0
+    betas = (0.5 + 0.3 * np.arange(nbeta)).astype(np.float32)
+    alphas = np.concatenate([[0.0], 0.1 + 0.4 * np.arange(num_l - 1)]).astype(np.float32)
+    counts = np.asarray(jax.jit(cache_search.grid_counts)(
+        base, aff, values, others, folds, labels, row_mask, class_mask, betas, alphas))
+    expected = np.zeros((num_f, nbeta, num_g, num_l), np.int64)
+    for f, i, g, j in itertools.product(range(num_f), range(nbeta), range(num_g), range(num_l)):
+        residual = np.einsum("kmc,ck->mc", np.exp(-betas[i] * (1.0 - aff)), values[g])
+        logit = base + np.einsum("h,hmc->mc", folds[f], others) + alphas[j] * residual
+        logit = np.where(class_mask > 0, logit, -1e9)
+        expected[f, i, g, j] = np.sum((np.argmax(logit, 1) == labels) & (row_mask > 0))
+    np.testing.assert_array_equal(counts, expected)

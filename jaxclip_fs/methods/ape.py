@@ -38,7 +38,7 @@ from jaxclip_fs.methods import hparams as hp_lib
 from jaxclip_fs import catalogue
 from jaxclip_fs.methods.base import Compute, Hyperparameters, Method, Official
 from jaxclip_fs.methods.cache import (
-    affinity, cache_keys, cache_logits, l2_normalize, mask_logits, zero_shot_logits,
+    CacheForm, affinity, cache_keys, form_terms, l2_normalize, mask_logits, zero_shot_logits,
 )
 
 # dataset: (k, lambda1, lambda2, beta_max, alpha_max, gamma_max, gamma_steps, init_alpha)
@@ -144,10 +144,13 @@ def precompute(params, task, queries, query_mask):
             "affinity": affinity(refined, params["keys"])}
 
 
-def terms(pre, params, task, hp):
+def cache_form(pre, params, task, hp):
     """``base = s``; residual of α: ``exp(-β (1 - A')) (L ⊙ exp(γ · KL))``."""
-    values = task.support_mask * jnp.exp(hp["gamma"] * params["kl"])
-    return pre["s"], {"alpha": cache_logits(pre["affinity"], hp["beta"], values)}
+    return CacheForm(pre["s"], pre["affinity"],
+                     task.support_mask * jnp.exp(hp["gamma"] * params["kl"]))
+
+
+terms = form_terms(cache_form)
 
 
 CARD = catalogue.card("ape")
@@ -161,7 +164,8 @@ OFFICIAL = Official(
 def ape() -> Method:
     """Training-free APE as a :class:`Method`."""
     return Method(
-        CARD, Compute(init=init, precompute=precompute, terms=terms, linear=("alpha",)),
+        CARD, Compute(init=init, precompute=precompute, terms=terms, linear=("alpha",),
+                      cache_form=cache_form),
         Hyperparameters((CHANNELS, LAMBDA1, LAMBDA2, hp_lib.ALPHA, hp_lib.BETA, GAMMA),
                         defaults, grid, neutral={"alpha": 0.0}),
         official=OFFICIAL)

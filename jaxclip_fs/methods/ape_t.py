@@ -31,7 +31,9 @@ from jaxclip_fs.methods import ape
 from jaxclip_fs.methods import hparams as hp_lib
 from jaxclip_fs import catalogue
 from jaxclip_fs.methods.base import Compute, Hyperparameters, Method, Official, Training
-from jaxclip_fs.methods.cache import affinity, cache_logits, l2_normalize, zero_shot_logits
+from jaxclip_fs.methods.cache import (
+    CacheForm, affinity, form_terms, l2_normalize, zero_shot_logits,
+)
 
 # dataset: (training k, lr, eps, epochs): official configs' training_feat_num, lr, eps, train_epoch.
 SETTINGS = {
@@ -84,10 +86,13 @@ def precompute(params, task, queries, query_mask):
             "affinity": affinity(l2_normalize(queries * mask), keys)}
 
 
-def terms(pre, params, task, hp):
+def cache_form(pre, params, task, hp):
     """``base = 100 f W''ᵀ``; residual of α: ``exp(-β (1 - A)) (L ⊙ v)``."""
-    values = task.support_mask * params["value_weights"]
-    return pre["s"], {"alpha": cache_logits(pre["affinity"], hp["beta"], values)}
+    del hp
+    return CacheForm(pre["s"], pre["affinity"], task.support_mask * params["value_weights"])
+
+
+terms = form_terms(cache_form)
 
 
 CARD = catalogue.card("ape_t")
@@ -101,7 +106,8 @@ OFFICIAL = Official(
 def ape_t() -> Method:
     """APE-T as a :class:`Method` (trainable: ``residual``, ``value_weights``)."""
     return Method(
-        CARD, Compute(init=init, precompute=precompute, terms=terms, linear=("alpha",)),
+        CARD, Compute(init=init, precompute=precompute, terms=terms, linear=("alpha",),
+                      cache_form=cache_form),
         Hyperparameters((ape.CHANNELS, ape.LAMBDA1, ape.LAMBDA2, hp_lib.ALPHA, hp_lib.BETA),
                         defaults, grid, neutral={"alpha": 0.0}),
         Training(trainable=("residual", "value_weights")), official=OFFICIAL)

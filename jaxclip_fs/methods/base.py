@@ -205,6 +205,10 @@ class Compute:
       heads: further predictions to report (e.g. LDC's heads), or None.
       confusion: two heads whose class confusions the report compares
         (before, after), or None.
+      cache_form: ``(pre, params, task, hp) -> CacheForm``: ``terms`` as an
+        exponential-affinity cache (:class:`~jaxclip_fs.methods.cache.CacheForm`),
+        which the grid search runs at its least-work limit
+        (:mod:`~jaxclip_fs.methods.cache_search`); None for other methods.
     """
 
     init: InitFn
@@ -214,6 +218,7 @@ class Compute:
     loss: LossFn | None = None
     heads: HeadsFn | None = None
     confusion: tuple[str, str] | None = None
+    cache_form: Callable[..., Any] | None = None
 
 
 def _no_values(dataset, dim) -> dict[str, float]:

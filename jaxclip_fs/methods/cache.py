@@ -8,6 +8,8 @@ shot axis.
 
 from __future__ import annotations
 
+from typing import Any, Callable, Mapping, NamedTuple
+
 import jax
 import jax.numpy as jnp
 
@@ -16,6 +18,8 @@ from jaxclip_fs.methods.task import Task
 # Logit given to padding classes: far below any real logit, yet finite so
 # that softmax / cross-entropy stay NaN-free.
 MASKED_LOGIT = -1e9
+#: The hyperparameters of a cache form: the sharpness β and the scale α.
+SHARPNESS, SCALE = "beta", "alpha"
 
 
 def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
@@ -77,6 +81,40 @@ def cache_logits(affinity_: jax.Array, beta, values: jax.Array) -> jax.Array:
 
     return jax.lax.fori_loop(0, affinity_.shape[0], add_shot,
                              jnp.zeros(affinity_.shape[1:], affinity_.dtype))
+
+
+class CacheForm(NamedTuple):
+    """A method's logits as an exponential-affinity cache (``Compute.cache_form``)::
+
+        logits = base + α · exp(-β (1 - A)) (L ⊙ values) + Σ_h hp[h] · others[h]
+
+    Attributes:
+      base: [M, C], independent of every searched hyperparameter.
+      affinity: ``A`` [K, M, C] (:func:`affinity`'s layout), independent of them too.
+      values: [C, K] weight of every cache item (zero for padding items); may
+        depend on non-linear hyperparameters other than β (APE's γ).
+      others: residuals [M, C] of further linear names (Tip-X's γ), independent
+        of the non-linear ones.
+    """
+
+    base: jax.Array
+    affinity: jax.Array
+    values: jax.Array
+    others: Mapping[str, jax.Array] = {}
+
+
+CacheFormFn = Callable[[Any, Any, Task, Mapping[str, Any]], CacheForm]
+
+
+def form_terms(form: CacheFormFn):
+    """A method's ``terms`` from its cache form: ``(base, {α: cache term, **others})``."""
+    def terms(pre, params, task, hp):
+        parts = form(pre, params, task, hp)
+        residual = cache_logits(parts.affinity, hp[SHARPNESS], parts.values)
+        return parts.base, {SCALE: residual, **parts.others}
+
+    terms.__doc__ = form.__doc__
+    return terms
 
 
 def mask_logits(logits: jax.Array, class_mask: jax.Array) -> jax.Array:

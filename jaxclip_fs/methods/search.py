@@ -18,6 +18,12 @@ Here, for a method with ``logits = base + Σ_h h · residual_h``
    one comparison each. Further linear names (Tip-X's γ) are enumerated and
    folded into ``b``.
 
+Methods that declare their logits as an exponential-affinity cache
+(``Compute.cache_form``: Tip-Adapter, APE, TA++, Tip-X and their trained
+variants) take a faster path when β and α are searched:
+:mod:`~jaxclip_fs.methods.cache_search` shares the exponentials across the
+equally spaced β grid and scores α without dividing per grid point.
+
 Accuracies are integer counts of correct rows, laid out in the official loop
 order (``Method.grid`` key order, outermost first), and the winner is the
 first maximum in that order -- the point the official ``if acc > best_acc``
@@ -34,8 +40,9 @@ from typing import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
+from jaxclip_fs.methods import cache_search
 from jaxclip_fs.methods.base import Method
-from jaxclip_fs.methods.cache import MASKED_LOGIT, mask_logits
+from jaxclip_fs.methods.cache import MASKED_LOGIT, SCALE, SHARPNESS, mask_logits
 from jaxclip_fs.methods.task import EvalSet, Task
 
 DEFAULT_MEMORY_BYTES = 512 * 2**20
@@ -140,9 +147,36 @@ def _score_linear(method, base, residuals, hp, grid, searched, task, evalset, ch
     return jnp.transpose(counts, [layout.index(n) for n in searched]).reshape(-1)
 
 
+def _cache_counts(method, params, task, evalset, hp, grid, order, pre) -> jax.Array:
+    """Counts in official order by :func:`cache_search.grid_counts` (``Compute.cache_form``)."""
+    values_names = tuple(n for n in order if n not in method.linear and n != SHARPNESS)
+    folded = tuple(n for n in order if n in method.linear and n != SCALE)
+    cache_search.check_grid(grid[SHARPNESS], grid[SCALE])
+    point = {**hp, **{n: grid[n][0] for n in order}}
+    form = method.compute.cache_form(pre, params, task, point)
+    base = form.base
+    for name, residual in form.others.items():
+        if name not in grid:  # fixed by the user
+            base = base + hp[name] * residual
+
+    def values_at(coords):
+        at = {**point, **dict(zip(values_names, coords))}
+        return method.compute.cache_form(pre, params, task, at).values
+
+    values = jax.vmap(values_at)(_cartesian([grid[n] for n in values_names]))   # [G, C, K]
+    others = (jnp.stack([form.others[n] for n in folded]) if folded
+              else jnp.zeros((0,) + base.shape, base.dtype))
+    counts = cache_search.grid_counts(base, form.affinity, values, others,
+                                      _cartesian([grid[n] for n in folded]), evalset.labels,
+                                      evalset.mask, task.class_mask, grid[SHARPNESS], grid[SCALE])
+    layout = folded + (SHARPNESS,) + values_names + (SCALE,)
+    counts = counts.reshape([grid[n].shape[0] for n in layout])
+    return jnp.transpose(counts, [layout.index(n) for n in order])
+
+
 def grid_search(method: Method, params, task: Task, evalset: EvalSet, hp: Mapping[str, jax.Array],
                 grid: Mapping[str, jax.Array], *, pre=None,
-                memory_bytes: int = DEFAULT_MEMORY_BYTES) -> dict:
+                memory_bytes: int = DEFAULT_MEMORY_BYTES, use_cache_form: bool = True) -> dict:
     """Scores every point of ``grid`` on ``evalset``; picks the first best in official order.
 
     Args:
@@ -153,7 +187,10 @@ def grid_search(method: Method, params, task: Task, evalset: EvalSet, hp: Mappin
       hp: values of every hyperparameter not searched (scalars).
       grid: name -> 1-D array of candidate values, for the names to search.
       pre: ``method.precompute`` of ``evalset``, if already computed.
-      memory_bytes: rough bound on the working set of one chunk (static).
+      memory_bytes: rough bound on the working set of one chunk (static; the
+        cache path works on cache-sized tiles whatever it says).
+      use_cache_form: take :mod:`cache_search`'s path where the method declares
+        a cache form (False: ``terms`` per non-linear point, for comparisons).
 
     Returns:
       dict with ``best`` (name -> value), ``index`` (name -> int index into
@@ -161,12 +198,27 @@ def grid_search(method: Method, params, task: Task, evalset: EvalSet, hp: Mappin
       official order), ``accuracy`` (best, in %).
     """
     order = search_order(method, grid)
-    nonlinear = tuple(n for n in order if n not in method.linear)
-    linear = tuple(n for n in order if n in method.linear)
     grid = {n: jnp.asarray(grid[n], jnp.float32) for n in order}
     if pre is None:
         pre = method.precompute(params, task, evalset.features, evalset.mask)
+    if use_cache_form and cache_search.applies(method, grid):
+        counts = _cache_counts(method, params, task, evalset, hp, grid, order, pre)
+    else:
+        counts = _generic_counts(method, params, task, evalset, hp, grid, order, pre,
+                                 memory_bytes)
+    index = jnp.unravel_index(jnp.argmax(counts.reshape(-1)), counts.shape)
+    return {
+        "best": {n: grid[n][index[i]] for i, n in enumerate(order)},
+        "index": {n: index[i] for i, n in enumerate(order)},
+        "counts": counts,
+        "accuracy": 100.0 * jnp.max(counts) / jnp.sum(evalset.mask),
+    }
 
+
+def _generic_counts(method, params, task, evalset, hp, grid, order, pre, memory_bytes):
+    """Counts in official order: ``terms`` once per non-linear point (module docstring)."""
+    nonlinear = tuple(n for n in order if n not in method.linear)
+    linear = tuple(n for n in order if n in method.linear)
     rows = evalset.labels.shape[0]
     num_classes, shots = task.support_mask.shape
     per_logits = _FLOAT_BYTES * rows * num_classes
@@ -205,11 +257,4 @@ def grid_search(method: Method, params, task: Task, evalset: EvalSet, hp: Mappin
         counts = score({})
     canonical = nonlinear + linear
     counts = counts.reshape([grid[n].shape[0] for n in canonical])
-    counts = jnp.transpose(counts, [canonical.index(n) for n in order])
-    index = jnp.unravel_index(jnp.argmax(counts.reshape(-1)), counts.shape)
-    return {
-        "best": {n: grid[n][index[i]] for i, n in enumerate(order)},
-        "index": {n: index[i] for i, n in enumerate(order)},
-        "counts": counts,
-        "accuracy": 100.0 * jnp.max(counts) / jnp.sum(evalset.mask),
-    }
+    return jnp.transpose(counts, [canonical.index(n) for n in order])

@@ -31,7 +31,7 @@ from jaxclip_fs import catalogue
 from jaxclip_fs.methods.base import Compute, Hyperparameters, Method, Official
 from jaxclip_fs.methods.cache import affinity, cache_keys, l2_normalize, zero_shot_logits
 from jaxclip_fs.methods.task import Task
-from jaxclip_fs.methods.tip_adapter import terms  # base s; α → exp(-β (1 - f' F'ᵀ)) L
+from jaxclip_fs.methods.tip_adapter import cache_form, terms  # s; α → exp(-β (1 - f' F'ᵀ)) L
 
 
 def grid(dataset):
@@ -85,7 +85,8 @@ OFFICIAL = Official(
 def ta_pp() -> Method:
     """TA++ as a :class:`Method` over paired features."""
     return Method(
-        CARD, Compute(init=init, precompute=precompute, terms=terms, linear=("alpha",)),
+        CARD, Compute(init=init, precompute=precompute, terms=terms, linear=("alpha",),
+                      cache_form=cache_form),
         Hyperparameters((hp_lib.ALPHA, hp_lib.BETA), grid=grid, neutral={"alpha": 0.0},
                         validation_free={n: tip_x.VALIDATION_FREE[n] for n in ("alpha", "beta")}),
         official=OFFICIAL)

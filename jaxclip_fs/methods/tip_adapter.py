@@ -22,7 +22,7 @@ from jaxclip_fs.methods import hparams as hp_lib
 from jaxclip_fs import catalogue
 from jaxclip_fs.methods.base import Compute, Hyperparameters, Method, Official
 from jaxclip_fs.methods.cache import (
-    affinity, cache_keys, cache_logits, l2_normalize, zero_shot_logits,
+    CacheForm, affinity, cache_keys, form_terms, l2_normalize, zero_shot_logits,
 )
 
 # dataset: (beta_max, alpha_max, init_alpha) from the official configs/*.yaml (RN50).
@@ -71,10 +71,13 @@ def precompute(params, task, queries, query_mask):
             "affinity": affinity(l2_normalize(queries), params["keys"])}
 
 
-def terms(pre, params, task, hp):
+def cache_form(pre, params, task, hp):
     """``base = s``; residual of α: ``exp(-β (1 - A)) L``."""
-    del params
-    return pre["s"], {"alpha": cache_logits(pre["affinity"], hp["beta"], task.support_mask)}
+    del params, hp
+    return CacheForm(pre["s"], pre["affinity"], task.support_mask)
+
+
+terms = form_terms(cache_form)
 
 
 CARD = catalogue.card("tip_adapter")
@@ -85,7 +88,8 @@ OFFICIAL = Official(
     seeds=(1,))
 
 
-COMPUTE = Compute(init=init, precompute=precompute, terms=terms, linear=("alpha",))
+COMPUTE = Compute(init=init, precompute=precompute, terms=terms, linear=("alpha",),
+                  cache_form=cache_form)
 #: Without validation (``validation_free``): the defaults, the official configs' initial α, β.
 HYPERPARAMETERS = Hyperparameters((hp_lib.ALPHA, hp_lib.BETA), defaults, grid,
                                   neutral={"alpha": 0.0})

@@ -28,7 +28,7 @@ from jaxclip_fs.methods import hparams as hp_lib, tip_adapter
 from jaxclip_fs import catalogue
 from jaxclip_fs.methods.base import Compute, Hyperparameters, Method, Official
 from jaxclip_fs.methods.cache import (
-    affinity, cache_logits, l2_normalize, masked_log_softmax, zero_shot_logits,
+    CacheForm, affinity, form_terms, l2_normalize, masked_log_softmax, zero_shot_logits,
 )
 
 TEMPERATURE = 0.5
@@ -78,11 +78,13 @@ def precompute(params, task, queries, query_mask):
             "kl_logits": -jnp.sum(jnp.where(valid, rescaled, 0.0), axis=0)}
 
 
-def terms(pre, params, task, hp):
+def cache_form(pre, params, task, hp):
     """``base = s``; residuals: α → ``exp(-β(1-A)) L``, γ → ``-M̃ L``."""
-    del params
-    return pre["s"], {"alpha": cache_logits(pre["affinity"], hp["beta"], task.support_mask),
-                              "gamma": pre["kl_logits"]}
+    del params, hp
+    return CacheForm(pre["s"], pre["affinity"], task.support_mask, {"gamma": pre["kl_logits"]})
+
+
+terms = form_terms(cache_form)
 
 
 CARD = catalogue.card("tip_x")
@@ -98,7 +100,8 @@ def tip_x() -> Method:
     return Method(
         CARD,
         Compute(init=tip_adapter.init,  # cache keys F [C, K, D]
-                precompute=precompute, terms=terms, linear=("alpha", "gamma")),
+                precompute=precompute, terms=terms, linear=("alpha", "gamma"),
+                cache_form=cache_form),
         Hyperparameters((hp_lib.ALPHA, hp_lib.BETA, GAMMA), grid=grid,
                         neutral={"alpha": 0.0, "gamma": 0.0}, validation_free=VALIDATION_FREE),
         official=OFFICIAL)

@@ -27,7 +27,7 @@ from jaxclip_fs.methods.base import Compute, Hyperparameters, Method, Official
 from jaxclip_fs.methods.cache import affinity, cache_keys, l2_normalize
 from jaxclip_fs.methods.ta_pp import half_task, split_paired, zero_shot_original
 from jaxclip_fs.methods.tip_x import GAMMA, VALIDATION_FREE, grid, kl_divergence, rescale_to
-from jaxclip_fs.methods.tip_x import terms  # base s; α → exp(-β(1 - A')) L, γ → -M̃ L
+from jaxclip_fs.methods.tip_x import cache_form, terms  # s; α → exp(-β(1 - A')) L, γ → -M̃ L
 
 
 def init(key, task, hp):
@@ -57,7 +57,8 @@ OFFICIAL = Official(
 def tx_pp() -> Method:
     """TX++ as a :class:`Method` over paired features."""
     return Method(
-        CARD, Compute(init=init, precompute=precompute, terms=terms, linear=("alpha", "gamma")),
+        CARD, Compute(init=init, precompute=precompute, terms=terms, linear=("alpha", "gamma"),
+                      cache_form=cache_form),
         Hyperparameters((hp_lib.ALPHA, hp_lib.BETA, GAMMA), grid=grid,
                         neutral={"alpha": 0.0, "gamma": 0.0}, validation_free=VALIDATION_FREE),
         official=OFFICIAL)
