@@ -1,4 +1,5 @@
-"""The README's "Adding a method" examples run as written and their methods land in the records."""
+"""The "Adding a method" examples (docs/extending.md) run as written and their methods land in
+the records."""
 
 import json
 import os
@@ -8,13 +9,12 @@ import numpy as np
 
 from jaxclip_fs import methods
 
-README = os.path.join(os.path.dirname(__file__), "..", "README.md")
+EXTENDING = os.path.join(os.path.dirname(__file__), "..", "docs", "extending.md")
 
 
-def _python_blocks(section: str) -> list[str]:
-    text = open(README, encoding="utf-8").read()
-    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", body, flags=re.S)
+def _python_blocks() -> list[str]:
+    text = open(EXTENDING, encoding="utf-8").read()
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 
 def _records(root):
@@ -29,7 +29,7 @@ def _records(root):
 def test_adding_a_feature_method_example_runs_and_writes_records(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     try:
-        exec(compile(_python_blocks("Adding a method")[0], "README.md", "exec"), {})
+        exec(compile(_python_blocks()[0], "docs/extending.md", "exec"), {})
         assert "prototype" in methods.names()
     finally:
         methods.unregister("prototype")
@@ -50,7 +50,7 @@ def test_adding_a_feature_method_example_runs_and_writes_records(tmp_path, monke
 def test_adding_a_trained_method_example_trains_with_its_own_optimizer(capsys):
     namespace = {}
     try:
-        exec(compile(_python_blocks("Adding a method")[1], "README.md", "exec"), namespace)
+        exec(compile(_python_blocks()[1], "docs/extending.md", "exec"), namespace)
         method = methods.get("probe")
     finally:
         methods.unregister("probe")
@@ -70,7 +70,7 @@ def test_adding_an_image_method_example_trains_on_clip_taps(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("JAXCLIP_FS_CACHE", str(tmp_path / "cache"))
     try:
-        exec(compile(_python_blocks("Adding a method")[2], "README.md", "exec"), {})
+        exec(compile(_python_blocks()[2], "docs/extending.md", "exec"), {})
     finally:
         methods.unregister("tap_head")
     records = _records(tmp_path / "runs" / "tap_head" / "records")
