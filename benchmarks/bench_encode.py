@@ -35,7 +35,8 @@ from jaxclip_fs.convert.layouts import OPENAI
 from jaxclip_fs.convert.tensors import state_dict_to_numpy
 
 # the tests' open_clip builder (random BatchNorm statistics, so ResNet branches are not all zero)
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "tests"))
 from clip_checkpoints import openai_layout_model  # noqa: E402
 
 

@@ -79,7 +79,8 @@ def bench_method(name: str, fs: featfile.FeatureSet, mesh) -> dict:
         return program_lib.run_program(method, batch, mesh=mesh)
 
     def loop():
-        outs = [program_lib.run_program(method, cell_slice(batch, t), mesh=mesh) for t in range(len(program.cells))]
+        outs = [program_lib.run_program(method, cell_slice(batch, t), mesh=mesh)
+                for t in range(len(program.cells))]
         return {f: np.concatenate([o[f] for o in outs], axis=1) for f in FIELDS}
 
     # `run --program-per-shots`: one program per shot count, each padded only to its own shots

@@ -192,7 +192,8 @@ def variant_label(name: str, options: Mapping[str, str] | None = None) -> str:
 
 
 def split_label(label: str) -> tuple[str, dict[str, str]]:
-    """Inverse of :func:`variant_label`: ``"ldc[fusion=concat]"`` -> ``("ldc", {"fusion": "concat"})``."""
+    """Inverse of :func:`variant_label`:
+    ``"ldc[fusion=concat]"`` -> ``("ldc", {"fusion": "concat"})``."""
     name, bracket, rest = label.partition("[")
     if not bracket:
         return label, {}

@@ -141,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if _program_in_flight():
                 _exit_now(status)  # else exit would wait for the program, or abort on its thread
             return status
-        except (AssertionError, RuntimeError) as exc:
+        except (AssertionError, RuntimeError):
             problem = _platform_problem()
             if problem is None:
                 raise

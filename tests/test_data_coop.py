@@ -18,7 +18,6 @@ DTD_JSON = os.path.join(SPLITS_DIR, "split_zhou_DescribableTextures.json")
 FGVC_TRAIN = os.path.join(SPLITS_DIR, "images_variant_train.txt")
 
 
-
 def _png(path, value=0):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     Image.fromarray(np.full((4, 4, 3), value, np.uint8)).save(path, format="PNG")

@@ -61,7 +61,8 @@ def test_reproduction_dry_run_needs_no_data_or_weights(tmp_path, monkeypatch, ca
     assert "dtd: 47 classes, train 2820 / val 1128 / test 1692 -- CoOp's split files" in report
     assert "eurosat: 10 classes" in report and "tip_adapter/eurosat: plan one" in report
     assert "test [1, 1692, 64]" in report  # shapes from the table: dtd's test split, D = 64
-    # 16 shots x 3 seeds, 47 classes: at most 2256 support images, each in 11 views (the plain one and 10 augmented)
+    # 16 shots x 3 seeds, 47 classes: at most 2256 support images, each in 11 views
+    # (the plain one and 10 augmented)
     assert "2256 support images x 11 views + val 1128 + test 1692" in report
 
 
@@ -81,7 +82,8 @@ def test_a_program_that_cannot_fit_is_reported_and_the_dry_run_goes_on(tmp_path,
     and still prices the programs that fit."""
     from jaxclip_fs.engine import hardware
 
-    monkeypatch.setenv(hardware.MEMORY_ENV, "4MiB")  # more than zero_shot needs, less than tip_adapter_f
+    # more than zero_shot needs, less than tip_adapter_f
+    monkeypatch.setenv(hardware.MEMORY_ENV, "4MiB")
     argv = ["run", "--dataset", "digits", "--backbone", "tiny-vit", "--weights", "random",
             "--method", "zero_shot,tip_adapter_f", "--shots", "1,2", "--seeds", "1",
             "--views", "2", "--out", str(tmp_path / "run"), "--dry-run", "--quiet",

@@ -16,7 +16,6 @@ The fast tier runs a few examples of each; the full run (``slow``) many more.
 
 import contextlib
 import csv
-import dataclasses
 import json
 import math
 import os
@@ -29,7 +28,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from jaxclip_fs import cli
-from jaxclip_fs.features import featfile
 from jaxclip_fs.features.synthetic import make_task
 from jaxclip_fs.io.paths import MAX_COMPONENT, inside, printable, safe_name
 

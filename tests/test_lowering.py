@@ -65,6 +65,7 @@ def as_on_accelerators(monkeypatch):
     is most of the estimates' time.
     """
     monkeypatch.setattr(cost_lib, "loop_correction", lambda fn, *args: cost_lib.ZERO)
+
     def refuse(self):
         raise NotImplementedError("Lowered.cost_analysis is not implemented behind the PJRT C API")
 

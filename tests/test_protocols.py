@@ -124,7 +124,8 @@ def test_official_draws_are_not_nested_and_chain_visits_five_shot_counts():
 
 
 class _Datum:
-    """Dassl's ``Datum`` as CoOp pickles it (``_impath``, ``_label``, ``_domain``, ``_classname``)."""
+    """Dassl's ``Datum`` as CoOp pickles it
+    (``_impath``, ``_label``, ``_domain``, ``_classname``)."""
 
     def __init__(self, impath="", label=0, domain=0, classname=""):
         self._impath, self._label, self._domain, self._classname = impath, label, domain, classname
@@ -186,7 +187,8 @@ def test_coop_pickle_is_read_without_dassl_and_used_by_official(pets_root, dassl
     path = _coop_file(dassl_pickler, pets, 2, 1, rows, val)
     assert "dassl" not in sys.modules
     items = read_fewshot_pkl(path)
-    assert len(items["train"]) == 37 * 2 and items["train"][0].label == int(train_labels[rows[0, 0]])
+    assert len(items["train"]) == 37 * 2
+    assert items["train"][0].label == int(train_labels[rows[0, 0]])
     got_train, got_val, origin = official_sets(pets, "official", 2, 1)
     np.testing.assert_array_equal(got_train, rows)
     np.testing.assert_array_equal(got_val, val)

@@ -264,7 +264,8 @@ def test_a_record_with_a_non_finite_accuracy_is_recomputed(tmp_path, capsys, acc
     cell = Cell("tip_adapter", "oxford_pets", 1, 1)
     record = outdir.record_path(out, cell)
     good = json.load(open(record))
-    text = json.dumps(dict(good, accuracy=0.0)).replace('"accuracy": 0.0', f'"accuracy": {accuracy}')
+    text = json.dumps(dict(good, accuracy=0.0)).replace('"accuracy": 0.0',
+                                                        f'"accuracy": {accuracy}')
     open(record, "w").write(text)
     capsys.readouterr()
     assert cli.main(argv) == 0

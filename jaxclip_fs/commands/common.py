@@ -27,7 +27,8 @@ WEIGHTS_HELP = "local checkpoint path, hub id, 'openai', or 'random' (see `jaxcl
 def add_data_arguments(group) -> None:
     """``--data-root``, ``--source``."""
     group.add_argument("--data-root", metavar="DIR",
-                       help="CoOp-layout data root (default $JAXCLIP_FS_DATA), or the TFDS data dir")
+                       help="CoOp-layout data root (default $JAXCLIP_FS_DATA), "
+                            "or the TFDS data dir")
     group.add_argument("--source", choices=config_lib.SOURCES, default="coop",
                        help="where the benchmark sets come from (default: coop)")
 

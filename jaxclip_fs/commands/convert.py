@@ -1,4 +1,5 @@
-"""``jaxclip-fs convert``: any supported checkpoint -> a converted directory that loads without torch."""
+"""``jaxclip-fs convert``: any supported checkpoint -> a converted directory that loads without
+torch."""
 
 from __future__ import annotations
 

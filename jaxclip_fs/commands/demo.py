@@ -119,7 +119,8 @@ def train_imo_adapters(session, path: str, progress: bool) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="checkpoint path, hub id (cached), 'openai' or 'random' "
                                      "(default: local ViT-B/32 if found, else random)")
-    p.add_argument("--backbone", help="variant (default: ViT-B/32 with real weights, tiny-vit random)")
+    p.add_argument("--backbone",
+                   help="variant (default: ViT-B/32 with real weights, tiny-vit random)")
     p.add_argument("--out", default="jaxclip-fs-demo", metavar="DIR",
                    help="run directory (default ./jaxclip-fs-demo)")
     p.add_argument("--method", default="all", metavar="M1,M2,...", help="default: all")

@@ -18,8 +18,8 @@ test set once. With --hp given for every searched hyperparameter, no search runs
 protocol (--protocol) decides where: fair (default) selects on the whole val split, fewshot
 on CoOp's min(K, 4) val images per class, paper as the method's official code did (on test
 where it did; recorded as optimistic), validation_free selects nothing (fixed default
-hyperparameters, the final epoch; no validation image is read). This is `jaxclip-fs run` on a one-cell grid: the
-numbers equal that cell's record.
+hyperparameters, the final epoch; no validation image is read). This is `jaxclip-fs run`
+on a one-cell grid: the numbers equal that cell's record.
 
 Writes DIR/test_logits.npy [T, C] and DIR/result.json (accuracy in %, hyperparameters used
 and which were searched, val accuracy, seconds, backbone / weights / dataset / split policy,

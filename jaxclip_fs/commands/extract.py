@@ -16,11 +16,12 @@ HELP = "extract a feature file (train pool with views, val, test, text classifie
 DESCRIPTION = """\
 Encode a dataset with CLIP and write the feature file FILE.npz: 'text' [C, D]
 (template-ensemble classifier), 'train' [V, N, D] (view 0 un-augmented, views 1..V-1
-the --views augmented ones: RandomResizedCrop + flip), 'val' and 'test' [M, D] (whole splits), labels, class names,
-'logit_scale' and 'meta' (provenance). The train pool is the union of the few-shot sets
-of --seeds at --shots (recorded as 'fewshot_seeds'/'fewshot_index', so `evaluate
---shots k --seed s` uses exactly those images), or the whole train split without
---shots. With --taps the intermediate outputs go to FILE.taps.npz.
+the --views augmented ones: RandomResizedCrop + flip), 'val' and 'test' [M, D] (whole
+splits), labels, class names, 'logit_scale' and 'meta' (provenance). The train pool
+is the union of the few-shot sets of --seeds at --shots (recorded as
+'fewshot_seeds'/'fewshot_index', so `evaluate --shots k --seed s` uses exactly those
+images), or the whole train split without --shots. With --taps the intermediate outputs
+go to FILE.taps.npz.
 
 Features are cached under --cache-dir (default $JAXCLIP_FS_CACHE or
 ~/.cache/jaxclip-fs) in chunks keyed on everything that shapes them: a rerun reuses

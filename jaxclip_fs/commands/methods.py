@@ -1,4 +1,5 @@
-"""``jaxclip-fs methods``: the registered methods, what they read, their options and hyperparameters."""
+"""``jaxclip-fs methods``: the registered methods, what they read, their options and
+hyperparameters."""
 
 from __future__ import annotations
 

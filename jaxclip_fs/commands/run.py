@@ -80,11 +80,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                            "flags that change numbers may not be given with it")
     what.add_argument("--dataset", metavar="D1,D2,...", help="registry names or folder:PATH")
     what.add_argument("--features", nargs="+", metavar="FILE.npz",
-                      help="use these feature files instead of extracting (dataset from their meta)")
+                      help="use these feature files instead of extracting "
+                           "(dataset from their meta)")
     common.add_method_arguments(
         what, "method names, or 'all' (default): every method the inputs allow (image methods "
               "need --dataset; paired-feature methods also --imo-adapters)")
-    what.add_argument("--shots", default="1,2,4,8,16", metavar="K1,K2,...", help="default 1,2,4,8,16")
+    what.add_argument("--shots", default="1,2,4,8,16", metavar="K1,K2,...",
+                      help="default 1,2,4,8,16")
     what.add_argument("--seeds", default="1,2,3", metavar="S1,S2,...", help="default 1,2,3")
     what.add_argument("--ood", metavar="D1,D2,...",
                       help="out-of-distribution test sets scored with the fits on their parent "
@@ -115,14 +117,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                           "FLOPs, bytes, peak memory per device, plan and time estimates for "
                           "this machine and published accelerators -- without extracting, "
                           "training or writing anything")
-    run.add_argument("--devices", type=int, metavar="N", help="use the first N devices (default: all)")
+    run.add_argument("--devices", type=int, metavar="N",
+                     help="use the first N devices (default: all)")
     run.add_argument("--save-params", choices=["trained", "all", "none"], default="trained",
-                     help="orbax checkpoints of fitted params: methods that train (default), all, none")
+                     help="orbax checkpoints of fitted params: methods that train (default), "
+                          "all, none")
     run.add_argument("--distributed", action="store_true",
                      help="multi-host: call jax.distributed.initialize() first")
-    run.add_argument("--coordinator", metavar="HOST:PORT", help="with --distributed (default: auto)")
-    run.add_argument("--num-processes", type=int, metavar="N", help="with --distributed (default: auto)")
-    run.add_argument("--process-id", type=int, metavar="I", help="with --distributed (default: auto)")
+    distributed = "with --distributed (default: auto)"
+    run.add_argument("--coordinator", metavar="HOST:PORT", help=distributed)
+    run.add_argument("--num-processes", type=int, metavar="N", help=distributed)
+    run.add_argument("--process-id", type=int, metavar="I", help=distributed)
     run.add_argument("--peer-timeout", type=float, metavar="SECONDS",
                      help="with --distributed: a process silent this long is lost, and every "
                           "other process stops with status 4 (default 60)")

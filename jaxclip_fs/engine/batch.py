@@ -282,5 +282,3 @@ def slot_cells(batch: ProgramBatch) -> list[tuple[int, int, Cell]]:
     """``(g, t, cell)`` for every real slot."""
     return [(g, t, cell) for g, row in enumerate(batch.slots) for t, cell in enumerate(row)
             if cell is not None]
-
-

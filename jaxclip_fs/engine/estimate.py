@@ -309,4 +309,3 @@ def extraction_cost(clip, batch_images: int, images: int) -> cost_lib.Cost:
 
     once = cost_lib.lowered_cost(encode, params, pixels)
     return once * math.ceil(images / batch_images)
-

@@ -228,7 +228,8 @@ def run_image_program(program: Program, method: Method, data: ImageData, resolve
     index = np.stack([support_rows(data, c, kmax, rules.sampler) for c in cells])
     mask = np.stack([np.broadcast_to(np.arange(kmax) < c.shots, index.shape[1:]) for c in cells])
     seeds = [c.seed for c in cells]
-    hp = {name: np.full((len(cells),), value, np.float32) for name, value in resolved.values.items()}
+    hp = {name: np.full((len(cells),), value, np.float32)
+          for name, value in resolved.values.items()}
     params, info = fit_cells(method, data, index, mask, seeds, hp, resolved, mesh,
                              name=f"{program.name} (fit)", limits=limits)
     masks = jnp.asarray(mask, jnp.float32)

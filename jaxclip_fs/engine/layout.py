@@ -257,4 +257,3 @@ def _measure(whole: Program, variant: Variant, sizes: Sizes, config, mesh, ood_o
         return result
 
     return measure
-

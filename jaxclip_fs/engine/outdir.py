@@ -3,7 +3,7 @@
 Layout of ``DIR``::
 
     DIR/config.json                                 the experiment config of the last invocation
-    DIR/manifest.json                               fixed settings, grid (union of all reruns), history
+    DIR/manifest.json                               fixed settings, grid (all reruns), history
     DIR/features/<dataset>.npz                      extracted feature files (reused by reruns)
     DIR/features/<ood set>.ood.npz                  test features of out-of-distribution sets
     DIR/records/<protocol>/<method>/<dataset>/shots<K>_seed<S>.json   one record per cell

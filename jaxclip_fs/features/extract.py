@@ -131,7 +131,8 @@ def select_train_pool(dataset, shots: int | None, seeds: Sequence[int],
         sources = sorted({what for _, _, what in official.values()})
         policy += (f", and the official draws {sorted(official)} ({'; '.join(sources)})")
     return TrainPool(indices, fewshot, policy,
-                     {key: np.searchsorted(indices, rows) for key, (rows, _, _) in official.items()},
+                     {key: np.searchsorted(indices, rows)
+                      for key, (rows, _, _) in official.items()},
                      {key: val for key, (_, val, _) in official.items() if val is not None})
 
 

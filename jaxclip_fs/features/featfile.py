@@ -124,7 +124,8 @@ def validate(fs: FeatureSet, source: str = "features") -> FeatureSet:
                       ("test_labels", fs.test.shape[0])):
         labels = getattr(fs, key)
         if not isinstance(labels, np.ndarray) or not np.issubdtype(labels.dtype, np.integer):
-            fail(key, f"must be an integer array, got {getattr(labels, 'dtype', type(labels).__name__)}")
+            got = getattr(labels, 'dtype', type(labels).__name__)
+            fail(key, f"must be an integer array, got {got}")
         if labels.shape != (rows,):
             fail(key, f"must have shape [{rows}] to match its features, got {list(labels.shape)}")
         if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
@@ -146,14 +147,16 @@ def validate(fs: FeatureSet, source: str = "features") -> FeatureSet:
                       "vanishing features classify nothing)")
     norms = np.linalg.norm(fs.text, axis=1)
     if not np.allclose(norms, 1.0, atol=1e-3):
-        fail("text", f"rows must be L2-normalised (norms range {norms.min():.4g}..{norms.max():.4g})")
+        fail("text", f"rows must be L2-normalised "
+                     f"(norms range {norms.min():.4g}..{norms.max():.4g})")
     if len(fs.classnames) != num_classes:
         fail("classnames", f"has {len(fs.classnames)} names for {num_classes} classes in 'text'")
     if not (np.isfinite(fs.logit_scale) and fs.logit_scale > 0):
         fail("logit_scale", f"must be a positive number, got {fs.logit_scale}")
     for seed, index in fs.fewshot.items():
         index = np.asarray(index)
-        if index.ndim != 2 or index.shape[0] != num_classes or not np.issubdtype(index.dtype, np.integer):
+        if (index.ndim != 2 or index.shape[0] != num_classes
+                or not np.issubdtype(index.dtype, np.integer)):
             fail("fewshot_index", f"seed {seed}: must be int [{num_classes}, K], "
                                   f"got {index.dtype} {list(index.shape)}")
         if index.size and (index.min() < 0 or index.max() >= fs.train.shape[1]):
@@ -244,7 +247,8 @@ def load(path: str | os.PathLike) -> FeatureSet:
         except json.JSONDecodeError:
             raise FeatureFileError(f"{path}: key 'meta' is not a JSON string") from None
         if not isinstance(meta, dict):
-            raise FeatureFileError(f"{path}: key 'meta' must be a JSON object, got {type(meta).__name__}")
+            raise FeatureFileError(f"{path}: key 'meta' must be a JSON object, "
+                                   f"got {type(meta).__name__}")
     logit_scale = DEFAULT_LOGIT_SCALE
     if "logit_scale" in data:
         if data["logit_scale"].size != 1:
@@ -278,7 +282,8 @@ def load(path: str | os.PathLike) -> FeatureSet:
     return dataclasses.replace(
         fs, **{k: getattr(fs, k).astype(np.float32, copy=False)
                for k in ("text", "train", "val", "test")},
-        **{k: getattr(fs, k).astype(np.int32) for k in ("train_labels", "val_labels", "test_labels")},
+        **{k: getattr(fs, k).astype(np.int32)
+           for k in ("train_labels", "val_labels", "test_labels")},
     )
 
 
@@ -299,7 +304,8 @@ def save(path: str | os.PathLike, fs: FeatureSet) -> None:
         text=fs.text.astype(np.float32, copy=False), train=fs.train.astype(np.float32, copy=False),
         train_labels=fs.train_labels.astype(np.int64), val=fs.val.astype(np.float32, copy=False),
         val_labels=fs.val_labels.astype(np.int64), test=fs.test.astype(np.float32, copy=False),
-        test_labels=fs.test_labels.astype(np.int64), classnames=np.asarray(fs.classnames, dtype=str),
+        test_labels=fs.test_labels.astype(np.int64),
+        classnames=np.asarray(fs.classnames, dtype=str),
         logit_scale=np.float32(fs.logit_scale), meta=np.asarray(json.dumps(dict(fs.meta))),
     )
 

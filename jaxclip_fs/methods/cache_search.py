@@ -48,7 +48,7 @@ that is not gives counts of -1.
 from __future__ import annotations
 
 import math
-from typing import Mapping, NamedTuple
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp

@@ -145,7 +145,8 @@ ALPHA = HParam("alpha", "search", "weight of the adapter's logits added to the z
 BETA = HParam("beta", "search", "sharpness of the cache affinity exp(-beta (1 - A))", minimum=0.0)
 EPOCHS = HParam("epochs", "train", "training epochs (best epoch chosen on validation)", minimum=1,
                 integer=True)
-STEPS = HParam("steps", "train", "training steps (optimizer updates), however many epochs they span",
+STEPS = HParam("steps", "train",
+               "training steps (optimizer updates), however many epochs they span",
                minimum=1, integer=True)
 BATCH_SIZE = HParam("batch_size", "train", "minibatch size", minimum=1, integer=True)
 LR = HParam("lr", "train", "AdamW peak learning rate (cosine decay per step)", minimum=0.0,

@@ -132,4 +132,3 @@ def avg_pool(x: jax.Array, factor: int) -> jax.Array:
         return x
     b, h, w, c = x.shape
     return x.reshape(b, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
-

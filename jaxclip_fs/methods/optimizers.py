@@ -1,4 +1,5 @@
-"""How a method's trainable params are updated: optimizer factories and the hyperparameters they read.
+"""How a method's trainable params are updated: optimizer factories and the hyperparameters
+they read.
 
 A method that trains names an :class:`Optimizer` in its
 :class:`~jaxclip_fs.methods.base.Training`: a factory

@@ -136,4 +136,3 @@ def pad_evalset(evalset: EvalSet, size: int) -> EvalSet:
 def stack(trees: Sequence):
     """Stacks equally shaped tasks / eval sets / hyperparameter dicts along a new axis 0."""
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
-

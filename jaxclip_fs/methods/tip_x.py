@@ -46,7 +46,6 @@ def grid(dataset):
             "gamma": np.linspace(0.0, 30.0, 50)}
 
 
-
 def kl_divergence(normalized_queries, keys, task):
     """``KL(P(f_m) ‖ P(F_ck))`` → [K, M, C], ``P(x) = softmax(x Wᵀ / 0.5)`` over real classes."""
     log_p_query = masked_log_softmax(normalized_queries @ task.text.T / TEMPERATURE,

@@ -373,7 +373,8 @@ class ImageSource:
                 f"{needed / 2**20:.1f} MiB, budget {budget / 2**20:.0f} MiB)")
         if log:
             log(f"{name}: {note}")
-        common = dict(aug_seed=x.aug_seed, aug_scale=tuple(o.aug_scale), workers=s.execution.workers)
+        common = dict(aug_seed=x.aug_seed, aug_scale=tuple(o.aug_scale),
+                      workers=s.execution.workers)
         if path == "cache":
             arrays = tap_cache_pool(clip, dataset, pool.indices, taps, views=views,
                                     batch_size=x.batch_size, dtype=x.dtype,

@@ -26,6 +26,7 @@ import numpy as np
 from jaxclip_fs.report.collect import Cell, Setting
 from jaxclip_fs.catalogue import AVERAGE, display_name, published
 
+
 @dataclasses.dataclass(frozen=True)
 class Entry:
     """One table entry: mean and std over ``seeds`` (None when undefined: one seed, or seeds

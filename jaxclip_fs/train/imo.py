@@ -347,4 +347,3 @@ def describe(trained: IMOAdapters) -> str:
             f"{m['adapter']['dim']}) trained on {m['dataset']} {m['split']} "
             f"({m['images']} images, {m['steps_per_epoch']} steps/epoch); "
             f"loss per epoch: {', '.join(f'{x:.4f}' for x in trained.losses)}")
-

@@ -434,7 +434,8 @@ def train(
 
 def _run_steps(step, state, steps, steps_per_epoch, max_steps: int):
     """``steps`` updates, update ``t`` taking batch ``t mod spe`` of epoch ``t div spe`` (its
-    order drawn afresh at every update: the epochs' plans are not kept); scans ``max_steps``. Returns the final state, NaN scores and per-epoch mean losses (both
+    order drawn afresh at every update: the epochs' plans are not kept); scans ``max_steps``.
+    Returns the final state, NaN scores and per-epoch mean losses (both
     [max_steps]: a task touches at most that many epochs; NaN past its own)."""
     per_epoch = jnp.maximum(steps_per_epoch, 1)
 
