@@ -156,6 +156,22 @@ def test_every_jaxclip_fs_command_in_the_docs_parses_with_exact_flags():
     assert not problems, "\n".join(problems)
 
 
+def test_the_examples_of_every_commands_help_parse_with_exact_flags():
+    """``jaxclip-fs CMD --help`` ends with examples: they are docs too."""
+    parser, commands = _subparsers()
+    problems, seen = [], 0
+    for name, sub in commands.items():
+        examples = re.split(r"^examples?:\n", sub.description or "", flags=re.M)
+        assert len(examples) == 2, f"jaxclip-fs {name} --help has no examples"
+        for argv in _commands(examples[1]):
+            args, seen = _jaxclip(argv), seen + 1
+            assert args and args[0] == name, f"{name}'s example runs {argv[:2]}"
+            problems += [f"{name} --help: {shlex.join(argv)}: {flag} is not a flag of {name}"
+                         for flag in _flags(args[1:]) if flag not in sub._option_string_actions]
+    assert not problems, "\n".join(problems)
+    assert seen >= len(commands)
+
+
 def test_every_benchmark_command_in_the_docs_exists_with_its_flags():
     problems = []
     for doc, argv in _all_commands():
@@ -289,3 +305,30 @@ def test_ci_runs_the_readme_test_command():
     steps = [shlex.join(argv) for argv in _commands(test_line)]
     assert steps[-3:] == ["flake8", "python -m pytest -n 2 -m 'not slow' --durations=15 tests",
                           "python -m pytest -n 2 -m slow tests"]
+
+
+def test_the_readme_is_short():
+    assert len(_text(DOCS[0]).splitlines()) <= 200
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces -> '-'."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_between_the_docs_resolves():
+    """``[text](path#anchor)`` links point at files that exist and headings they have."""
+    problems = []
+    for path in DOCS:
+        for target in re.findall(r"\]\(([^)\s]+)\)", _text(path)):
+            if re.match(r"\w+://", target):
+                continue
+            file, _, anchor = target.partition("#")
+            goal = os.path.normpath(os.path.join(os.path.dirname(path), file)) if file else path
+            if not os.path.exists(goal):
+                problems.append(f"{os.path.relpath(path, ROOT)}: {target}: no such file")
+            elif anchor and goal.endswith(".md"):
+                headings = re.findall(r"^#+ (.*)$", _text(goal), flags=re.M)
+                if anchor not in {_anchor(h) for h in headings}:
+                    problems.append(f"{os.path.relpath(path, ROOT)}: {target}: no such heading")
+    assert not problems, "\n".join(problems)

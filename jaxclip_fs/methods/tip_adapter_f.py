@@ -10,7 +10,7 @@ training α, β are searched on the Tip-Adapter grid.
 
 Deviation: the official code picks the best epoch and (for ImageNet) α, β
 on the *test* set (upstream issue #11); here both are chosen on validation
-(``evaluate --select-on-test`` reproduces the official protocol, labelled).
+(``--protocol paper`` reproduces the official protocol, recorded as optimistic).
 """
 
 from __future__ import annotations
