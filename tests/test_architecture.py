@@ -1,5 +1,5 @@
-"""The layout is the data flow: imports only look down the layers, no cycles, no method routed
-by name, and the registry refuses inconsistent methods.
+"""The layers: imports only look down (the import order, not the data flow), no cycles, no
+method routed by name, and the registry refuses inconsistent methods.
 
 Layers (a package may import those listed for it, and nothing else of the package):
 
