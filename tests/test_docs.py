@@ -335,3 +335,12 @@ def test_every_link_between_the_docs_resolves():
                 if anchor not in {_anchor(h) for h in headings}:
                     problems.append(f"{os.path.relpath(path, ROOT)}: {target}: no such heading")
     assert not problems, "\n".join(problems)
+
+
+def test_the_readme_method_table_lists_every_registered_method():
+    from jaxclip_fs import methods
+
+    section = _text(DOCS[0]).split("## Methods\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
+    listed = {name for cell in rows for name in re.findall(r"`(\w+)`", cell)}
+    assert listed == set(methods.names())
