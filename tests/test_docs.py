@@ -2,11 +2,12 @@
 
 Every ``jaxclip-fs <command> ...`` line of a ```bash block parses with the real CLI parser,
 naming each ``--flag`` exactly (no abbreviation argparse would guess); every ``python -m
-benchmarks.X`` names a module that exists and flags its ``--help`` lists. Every ``--flag``
-named anywhere in the prose is one of those. The cheap commands (``methods``,
-``datasets``, ``--help``) run for real here; the offline walkthroughs (digits, random
-weights: extract, validate, evaluate, run, train-imo, report, dry runs) run in order in
-a temporary directory in the slow tier.
+benchmarks.X`` names a module that exists and flags its parser declares. Every ``--flag``
+named anywhere in the prose is one of those (or another program's, listed below); the
+``--help`` examples parse too, links resolve, and the README stays short and lists every
+method. The cheap commands (``methods``, ``datasets``, ``--help``) run for real here; the
+offline ones (digits, random weights: extract, validate, evaluate, run, train-imo, embed,
+report) run in order in a temporary directory in the slow tier.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from jaxclip_fs import cli
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
 SHELL = ("bash", "sh", "shell", "console")
-#: The two install commands at the top of the README: run as they are by CI itself.
+#: Where one shell command ends and the next begins.
 SEPARATORS = {"&&", "||", ";", "|"}
 FLAG = r"(?<![\w-])--[a-z][a-z0-9_-]*"
 #: Flags of other programs the docs name: pytest's, gcloud's, and the official codes' (their
