@@ -50,7 +50,7 @@ MANIFEST = "manifest.json"
 CONFIG = "config.json"
 FORMAT = "jaxclip-fs run"
 FORMAT_VERSION = 2
-GRID_KEYS = ("methods", "datasets", "shots", "seeds", "ood", "protocols")
+GRID_KEYS = config_lib.GRID_AXES
 
 
 def record_path(out_dir: str, cell: Cell) -> str:
@@ -251,10 +251,20 @@ def _check_path_encoding(out_dir: str, old: Mapping[str, Any], names: Sequence[s
 
 def _migrated(settings: Mapping[str, Any]) -> dict:
     """Settings of an earlier manifest as this version writes them: IMO adapters are an input
-    (:func:`check_input`), and relative paths are taken from the current directory."""
+    (:func:`check_input`), the source is ``data.source``, a fixed field the manifest lacks
+    was written before it existed (it had its default), and relative paths are taken from
+    the current directory."""
     settings = json.loads(json.dumps(settings))
     model = settings.get("model", {})
     model.pop("imo_adapters", None)
+    if "source" in settings:
+        settings.setdefault("data", {})["source"] = settings.pop("source")
+    for s in (s for s in config_lib.SETTINGS if s.rerun == config_lib.FIXED):
+        *sections, name = s.path.split(".")
+        inner = settings
+        for section in sections:
+            inner = inner.setdefault(section, {})
+        inner.setdefault(name, _canonical(s.default))
     for section, key in (("model", "weights"), ("protocol", "prompts")):
         value = settings.get(section, {}).get(key)
         if isinstance(value, str) and value and not os.path.isabs(value) and os.path.exists(value):
