@@ -207,7 +207,7 @@ def test_a_program_that_cannot_fit_is_refused_before_any_work(tmp_path, monkeypa
     assert not calls and not (tmp_path / "records").exists()
     for forced in ("one", "chunk:1"):
         cfg = config(methods=("tip_adapter",), datasets=("oxford_pets",), devices=1, plan=forced)
-        with pytest.raises(ConfigError, match=f"with --plan {forced}|even in chunks"):
+        with pytest.raises(ConfigError, match=f"with execution.plan {forced}|even in chunks"):
             run_experiment(cfg, RunDir(tmp_path), sources=SOURCES, progress=False, log=None)
 
 

@@ -305,14 +305,23 @@ def config_overridable() -> tuple[str, ...]:
 
 _FIELD = re.compile(r"(?<![\w.-])(" + "|".join(
     re.escape(s.path) for s in sorted(config_lib.SETTINGS, key=lambda s: -len(s.path))
-    if s.flag and "." in s.path or s.path == "train_dtype") + r")(?![\w])")
+    if s.flag and ("." in s.path or s.path == "train_dtype")) + r")(=true|=false)?(?![\w])")
 
 
 def to_flags(message: str, only: set[str] | None = None) -> str:
     """A library message with the config fields it names (``execution.devices``) written as
-    their flags (``--devices``); ``only``: just the fields whose flags are among these."""
+    their flags (``--devices``; ``execution.use_cache=false`` as ``--no-cache``); ``only``:
+    just the fields whose flags are among these."""
     def flag(match: re.Match) -> str:
-        s = config_lib.declaration(match.group(1))
-        return s.flag if only is None or s.flag in only else match.group(1)
+        s, spec = config_lib.declaration(match.group(1)), SPECS[match.group(1)]
+        if only is not None and s.flag not in only:
+            return match.group(0)
+        if match.group(2) is None:
+            return s.flag
+        if spec.store_true:
+            value = spec.parse(True, s.flag) if spec.parse else True
+            if match.group(2) == f"={str(value).lower()}":
+                return s.flag
+        return match.group(0)
 
     return _FIELD.sub(flag, message)

@@ -251,7 +251,7 @@ def extract_features(
             raise ConfigError(f"--seeds must be distinct and >= 0, got {list(seeds)}")
     check_view_args(views, aug_seed, aug_scale)
     if workers is not None and workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {workers}")
+        raise ConfigError(f"execution.workers must be >= 1, got {workers}")
     workers = workers or default_workers()
     encoder = make_image_encoder(clip, taps=taps, dtype=dtype, batch_size=batch_size)
     if tokenizer is None:
