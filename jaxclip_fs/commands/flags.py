@@ -310,8 +310,9 @@ _FIELD = re.compile(r"(?<![\w.-])(" + "|".join(
 
 def to_flags(message: str, only: set[str] | None = None) -> str:
     """A library message with the config fields it names (``execution.devices``) written as
-    their flags (``--devices``; ``execution.use_cache=false`` as ``--no-cache``); ``only``:
-    just the fields whose flags are among these."""
+    their flags (``--devices``; ``execution.use_cache=false`` as ``--no-cache``; ``hp
+    NAME=VALUE`` as ``--hp NAME=VALUE``); ``only``: just the fields whose flags are among
+    these."""
     def flag(match: re.Match) -> str:
         s, spec = config_lib.declaration(match.group(1)), SPECS[match.group(1)]
         if only is not None and s.flag not in only:
@@ -324,4 +325,8 @@ def to_flags(message: str, only: set[str] | None = None) -> str:
                 return s.flag
         return match.group(0)
 
-    return _FIELD.sub(flag, message)
+    message = _FIELD.sub(flag, message)
+    return message if only is not None and "--hp" not in only else _HP.sub("--hp ", message)
+
+
+_HP = re.compile(r"(?<![\w.-])hp (?=[\w.]+=)")  # "hp NAME=VALUE": the top-level hp field

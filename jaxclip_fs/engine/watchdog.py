@@ -104,7 +104,7 @@ def call(fn: Callable[[], T], what: str, *, stall: float | None = DEFAULT_STALL_
         last_poll, last_cpu = now, cpu
         if deadline and now - started >= deadline:
             raise ProgramHang(
-                f"program {what} did not finish within {deadline:g} s (--program-timeout). "
+                f"program {what} did not finish within {deadline:g} s (execution.program_timeout). "
                 "Finished programs are saved: rerun the same command to resume.")
         if stall and now - last_busy >= stall:
             raise ProgramHang(
