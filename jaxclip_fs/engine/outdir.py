@@ -19,13 +19,14 @@ finished**: a rerun skips it (a record file that is unreadable or incomplete
 is reported, naming it, and its cell recomputed: :func:`is_finished`). An
 interruption loses at most the programs in flight.
 
-The manifest's ``settings`` (the config's fixed sections -- model,
-extraction, image pipeline, protocol, shared hyperparameters -- plus the
+The manifest's ``settings`` (the config's ``fixed`` fields, as each field
+declares: :data:`~jaxclip_fs.experiment.config.SETTINGS` -- plus the
 provenance of given feature files) shape every number, so a rerun into the
 same directory must repeat them exactly, and a variant's own
 hyperparameters may not change -- otherwise a one-line error names the
-field. The ``grid`` (method variants, datasets, shots, seeds, OOD sets) may
-grow: a rerun with more of them extends the directory.
+field. The ``grid`` (the ``grid`` fields by axis: method variants, datasets,
+OOD sets, protocols, shots, seeds) may grow: a rerun with more of them
+extends the directory.
 """
 
 from __future__ import annotations

@@ -3,18 +3,24 @@
 An :class:`ExperimentConfig` holds everything that defines a sweep -- the
 data, the CLIP, how features are extracted, how image methods get their
 inputs, the protocol, the methods (with options and hyperparameters), the
-grid, and how it is executed. Flags build it (``jaxclip_fs.commands``),
+grid, and how it is executed. Flags build it (:mod:`jaxclip_fs.commands.flags`),
 ``run --config FILE`` loads it, the run directory stores it
 (``DIR/config.json``; the manifest compares it), and the paper
-reproductions are such files. Like big_vision's ``ConfigDict`` /
-flax's ``get_config()``: the trainer reads the config whole.
+reproductions wrap one (:mod:`~jaxclip_fs.experiment.reproduction`; ``run
+--config`` reads them too). Like big_vision's ``ConfigDict`` / flax's
+``get_config()``: the trainer reads the config whole.
 
-Each field declares, once (:func:`setting`), its command-line flag, its
-default and what a rerun into the same run directory may do with it
-(:data:`RERUN_RULES`); the flags of ``run`` / ``evaluate`` / ``demo``, the flags
-``run --config`` accepts, and the manifest's comparison on rerun are derived
-from those declarations (:data:`SETTINGS`). The table (checked against them by a
-test):
+Each field declares, once (:func:`~jaxclip_fs.experiment.settings.setting`),
+its command-line flag, its default and what a rerun into the same run
+directory may do with it (:data:`~jaxclip_fs.experiment.settings.RERUN_RULES`:
+``fixed`` -- must repeat it; ``grid`` -- may add values; ``free`` -- may
+change it; ``input`` -- may move it, its content is checked). The flags of
+``run`` / ``evaluate`` / ``demo``, the flags ``run --config FILE`` accepts
+(those of ``free`` and ``input`` fields; any other only where FILE leaves
+the field unset), the manifest's comparison on rerun and the translation of
+error messages into flags are derived from those declarations
+(:data:`SETTINGS`). The table (checked against them by a test; a method
+variant's own ``hp`` is fixed per variant label):
 
 ========== ============================================================ =========
 section     fields                                                       on rerun
