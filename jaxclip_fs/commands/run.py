@@ -42,6 +42,11 @@ per program its cells, shapes, XLA's FLOPs and bytes, peak memory per device, th
 time estimates for this machine and for published accelerator peaks -- without extracting,
 training or writing anything (dataset sizes from the split files, or the benchmark table).
 
+--config FILE repeats an experiment config (DIR/config.json) or runs a reproduction's
+(benchmarks/reproduce/configs). With it, the flags of settings a rerun may change (execution,
+--data-root, --tap-cache-budget, --imo-adapters) are accepted; any other only where FILE leaves
+its setting unset (a reproduction's --weights).
+
 --option sweeps a method's structural options: `--option ldc.fusion=fixed,concat
 ldc.ablation=full,maf_only` runs the four LDC variants, each recorded as its own method
 (`ldc[ablation=maf_only,fusion=concat]`). --ood scores every fit on shifted test sets.
