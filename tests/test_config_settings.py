@@ -126,6 +126,13 @@ def test_run_config_accepts_exactly_the_changeable_flags(path, saved_config, tmp
             config_of_file(file, args, flags.given_flags(argv))
 
 
+def test_run_takes_no_abbreviated_flags(saved_config):
+    """``--config`` knows the flags given by their full names: ``--shot 4`` may not slip by."""
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["run", "--config", saved_config[0], "--out", "o",
+                                       "--shot", "4"])
+
+
 def _features(tmp_path, names=("oxford_pets", "dtd")):
     paths = []
     for seed, name in enumerate(names):

@@ -71,6 +71,7 @@ examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.allow_abbrev = False  # --config tells the flags on the command line by their full names
     what = p.add_argument_group("the grid")
     what.add_argument("--config", metavar="FILE.json",
                       help="an experiment config (e.g. DIR/config.json of an earlier run) or a "
