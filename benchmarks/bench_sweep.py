@@ -83,7 +83,7 @@ def bench_method(name: str, fs: featfile.FeatureSet, mesh) -> dict:
                 for t in range(len(program.cells))]
         return {f: np.concatenate([o[f] for o in outs], axis=1) for f in FIELDS}
 
-    # `run --program-per-shots`: one program per shot count, each padded only to its own shots
+    # `run --plan per-shots`: one program per shot count, each padded only to its own shots
     per_shot_programs = [Program(name, (dataset,), tuple(c for c in program.cells if c.shots == k))
                          for k in SHOTS]
     per_shot_batches = [batch_lib.build_batch(p, method, {dataset: fs}, resolved,

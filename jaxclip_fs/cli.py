@@ -4,7 +4,8 @@ Each subcommand is a module of :mod:`jaxclip_fs.commands` (``NAME``, ``HELP``,
 ``DESCRIPTION``, ``add_arguments(parser)``, ``run(args)``); the work itself
 lives in the packages, importable from a notebook. User errors
 (:class:`~jaxclip_fs.errors.JaxclipError`) are printed as one ``error: ...``
-line with exit status 2; a program that hangs
+line with exit status 2, the config fields they name written as the flags
+that set them (``execution.devices`` -> ``--devices``); a program that hangs
 (:class:`~jaxclip_fs.errors.ProgramHang`, :mod:`~jaxclip_fs.engine.watchdog`)
 likewise, with status 3 and an immediate ``os._exit``. In a multi-process run
 (``run --distributed``) a process that is lost or fails stops the others with
@@ -124,16 +125,17 @@ def _signals() -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    args = None
     with _signals():
         try:
             args = build_parser().parse_args(argv)
             args.argv = argv
             status = args.handler(args)
         except ProgramHang as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {_for_the_user(exc, args)}", file=sys.stderr)
             _exit_now(3)  # the hung program's thread cannot be stopped
         except JaxclipError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {_for_the_user(exc, args)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt as exc:  # (raised by code, not by a signal: _on_signal)
             print(_interrupted(exc), file=sys.stderr)
@@ -148,6 +150,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {problem}", file=sys.stderr)
             return 2
     return int(status or 0)
+
+
+def _for_the_user(exc: Exception, args) -> str:
+    """A library error as the user typed it: the config fields it names (``extraction.views``)
+    written as their flags (``--views``); with ``--config FILE``, only those whose flag is on
+    the command line (the others are FILE's keys)."""
+    from jaxclip_fs.commands import flags
+
+    if getattr(args, "config", None):
+        return flags.to_flags(str(exc), only=flags.given_flags(args.argv))
+    return flags.to_flags(str(exc))
 
 
 def _platform_problem() -> str | None:

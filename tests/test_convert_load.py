@@ -62,7 +62,7 @@ def test_random_weights_are_labelled_and_seeded():
     a, b, c = (load_clip("tiny-rn", w) for w in ("random", "random:0", "random:1"))
     assert a.is_random and a.weights_id == "random(seed=0)" and c.weights_id == "random(seed=1)"
     assert a.source_dir is None and same_params(a, b) and not same_params(a, c)
-    with pytest.raises(CheckpointError, match="needs an explicit --backbone"):
+    with pytest.raises(CheckpointError, match="needs an explicit model.backbone"):
         load_clip(None, "random")
     with pytest.raises(CheckpointError, match="random:SEED"):
         load_clip("tiny-rn", "random:x")
@@ -241,8 +241,8 @@ def hub_cache(tmp_path, monkeypatch):
 def test_hub_id_offline_without_cache_says_how_to_supply(hub_cache):
     with pytest.raises(CheckpointError) as e:
         load_clip("ViT-B/32", "openai")
-    one_line_error(e, "openai/clip-vit-base-patch32", "HF_HUB_OFFLINE", "--weights PATH",
-                   "hf download", "--weights random")
+    one_line_error(e, "openai/clip-vit-base-patch32", "HF_HUB_OFFLINE", "model.weights PATH",
+                   "hf download", "model.weights random")
     with pytest.raises(CheckpointError, match="no published checkpoint for backbone 'tiny-vit'"):
         load_clip("tiny-vit", "openai")
 

@@ -110,7 +110,7 @@ def test_corrupt_image_in_coop_set_names_file(root):
 
 def test_missing_pieces_name_exact_paths(root, tmp_path_factory, monkeypatch):
     monkeypatch.delenv("JAXCLIP_FS_DATA", raising=False)
-    with pytest.raises(DataError, match="needs a data root: pass --data-root DIR or set "
+    with pytest.raises(DataError, match="needs a data root: pass data.data_root DIR or set "
                                         "JAXCLIP_FS_DATA"):
         get_dataset("caltech101")
     with pytest.raises(DataError, match=f"^{root}/caltech-101/split_zhou_Caltech101.json: not "

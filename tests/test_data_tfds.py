@@ -95,7 +95,7 @@ def test_eurosat_carves_all_three_splits_and_renames(tmp_path):
 
 def test_tfds_errors(tmp_path, monkeypatch):
     monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
-    with pytest.raises(DataError, match="needs its data dir: pass --data-root DIR or set "
+    with pytest.raises(DataError, match="needs its data dir: pass data.data_root DIR or set "
                                         "TFDS_DATA_DIR"):
         get_dataset("dtd", source="tfds")
     with pytest.raises(DataError, match=f"^{tmp_path}/oxford_iiit_pet: no prepared TFDS dataset.*"

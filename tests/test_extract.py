@@ -231,16 +231,16 @@ def test_text_classifier_formula_and_cache(clip, tokenizer, tmp_path, monkeypatc
 
 
 def test_argument_errors(clip, digits):
-    with pytest.raises(ConfigError, match="--seeds needs --shots"):
+    with pytest.raises(ConfigError, match="seeds need shots"):
         extract_features(digits, clip, seeds=(1,), **FAST)
-    with pytest.raises(ConfigError, match="--seeds must be distinct"):
+    with pytest.raises(ConfigError, match="seeds must be distinct"):
         extract_features(digits, clip, shots=1, seeds=(1, 1), **FAST)
     with pytest.raises(ConfigError, match="unknown tap 'layer1'"):
         make_image_encoder(clip, taps=("layer1",))
-    with pytest.raises(ConfigError, match="--dtype"):
+    with pytest.raises(ConfigError, match="extraction.dtype"):
         make_image_encoder(clip, dtype="float16")
     enc = make_image_encoder(clip, batch_size=4)
-    with pytest.raises(ConfigError, match="--aug-scale"):
+    with pytest.raises(ConfigError, match="extraction.aug_scale"):
         encode_split(enc, digits, "train", [0], views=2, aug_scale=(0.9, 0.5), progress=False)
 
 

@@ -153,7 +153,7 @@ def test_tap_cache_size_and_path_choice():
     assert ldc_inputs.choose_train_path("auto", need, 4 * 2**30) == "trunk"
     assert ldc_inputs.choose_train_path("auto", 2**30, 4 * 2**30) == "cache"
     assert ldc_inputs.choose_train_path("cache", need, 0) == "cache"
-    with pytest.raises(ConfigError, match="--train-path must be one of"):
+    with pytest.raises(ConfigError, match="images.train_path must be one of"):
         ldc_inputs.choose_train_path("disk", 1, 1)
     vit = get_config("tiny-vit")  # blocks (2, 2, 3, 3): repeated taps are stored once
     names = ldc_lib.tap_names(ldc_inputs.image_spec(_Loaded("tiny-vit")))

@@ -150,7 +150,7 @@ def test_run_prints_unwritten_records_and_a_rerun_computes_only_those(
     seen = []
     _failing_writes(monkeypatch, lambda path: "shots2_" in path and (seen.append(path) or
                                                                       len(seen) > 1))
-    assert cli.main(run_argv(feature_file, out, "--program-per-shots")) == 2
+    assert cli.main(run_argv(feature_file, out, "--plan", "per-shots")) == 2
     captured = capsys.readouterr()
     err = captured.err.splitlines()
     assert err[-1].startswith("error: ") and "cannot write (No space left on device)" in err[-1]
@@ -162,7 +162,7 @@ def test_run_prints_unwritten_records_and_a_rerun_computes_only_those(
     assert len(read_records(str(out))) == 3
 
     monkeypatch.undo()
-    assert cli.main(run_argv(feature_file, out, "--program-per-shots")) == 0
+    assert cli.main(run_argv(feature_file, out, "--plan", "per-shots")) == 0
     assert "computed 1 cells" in capsys.readouterr().err
     again = read_records(str(out))
     assert {c: {k: r[k] for k in COMPARED} for c, r in again.items()} == \

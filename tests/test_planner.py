@@ -207,7 +207,7 @@ def test_a_program_that_cannot_fit_is_refused_before_any_work(tmp_path, monkeypa
     assert not calls and not (tmp_path / "records").exists()
     for forced in ("one", "chunk:1"):
         cfg = config(methods=("tip_adapter",), datasets=("oxford_pets",), devices=1, plan=forced)
-        with pytest.raises(ConfigError, match=f"with --plan {forced}|even in chunks"):
+        with pytest.raises(ConfigError, match=f"with execution.plan {forced}|even in chunks"):
             run_experiment(cfg, RunDir(tmp_path), sources=SOURCES, progress=False, log=None)
 
 
@@ -220,13 +220,14 @@ def test_bad_plans_are_one_line_errors(text, needle):
         config_lib.check(config(plan=text))
 
 
-def test_configs_written_with_program_per_shots_still_load(tmp_path):
+def test_configs_with_the_pre_1_0_program_per_shots_key_are_refused(tmp_path):
     raw = config().to_dict()
     raw["execution"].pop("plan")
     raw["execution"]["program_per_shots"] = True
     path = tmp_path / "old.json"
     path.write_text(json.dumps(raw))
-    assert config_lib.load(path).execution.plan == "per-shots"
+    with pytest.raises(ConfigError, match="execution.program_per_shots: unknown key"):
+        config_lib.load(path)
 
 
 def test_device_memory_and_parallelism_settings(monkeypatch):
@@ -268,18 +269,16 @@ def test_synthetic_sizes_helper_is_exact():
     assert found.val_rows("coop", 16) == 12 and found.val_rows("coop", 2) == 6
 
 
-def test_program_per_shots_flag_is_plan_per_shots():
-    import argparse
+def test_plan_flag_is_checked_and_the_pre_1_0_alias_is_gone():
+    from jaxclip_fs import cli
+    from jaxclip_fs.commands import flags
 
-    from jaxclip_fs.commands.common import plan_of
-
-    assert plan_of(argparse.Namespace(plan=None, program_per_shots=True)) == "per-shots"
-    assert plan_of(argparse.Namespace(plan="chunk:4", program_per_shots=False)) == "chunk:4"
-    assert plan_of(argparse.Namespace()) == "auto"
-    with pytest.raises(ConfigError, match="--program-per-shots means --plan per-shots"):
-        plan_of(argparse.Namespace(plan="one", program_per_shots=True))
+    namespace = cli.build_parser().parse_args(["run", "--out", "o", "--plan", "chunk:4"])
+    assert flags.field_values(namespace)["execution.plan"] == "chunk:4"
     with pytest.raises(ConfigError, match="--plan must be one of"):
-        plan_of(argparse.Namespace(plan="fast", program_per_shots=False))
+        flags.field_values(cli.build_parser().parse_args(["run", "--out", "o", "--plan", "fast"]))
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["run", "--out", "o", "--program-per-shots"])
 
 
 def test_backends_without_lowered_cost_analysis_are_costed_on_the_cpu(monkeypatch):

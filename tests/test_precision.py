@@ -167,7 +167,7 @@ def test_a_method_keeping_its_own_weights_in_half_precision_refuses_a_compute_dt
     """LDC's ``dtype`` option (the official code's float16 weights, *stored* so) and the
     mixed-precision compute dtype would mix: one or the other."""
     with pytest.raises(ConfigError, match=r"ldc\[dtype=float16\] keeps its own weights in "
-                                          r"float16.*--compute-dtype, not both"):
+                                          r"float16.*train_dtype, not both"):
         in_compute_dtype(methods.get("ldc", dtype="float16"), "bfloat16")
     assert in_compute_dtype(methods.get("ldc", dtype="float16"), "float32").label == \
         "ldc[dtype=float16]"

@@ -5,10 +5,14 @@
   python -m benchmarks.reproduce CONFIG --dry-run [--out DIR]
 
 CONFIG is a name from ``benchmarks/reproduce/configs`` (``rn50_16shot``,
-``rn50_curves``, ``imagenet_ood``) or a path to such a JSON file: a name, a
-description, an ``experiment`` (a ``jaxclip-fs`` experiment config without
+``rn50_curves``, ``imagenet_ood``; each has a fair twin, ``<name>_fair``: the
+same grid under the fair protocol, derived from it, not kept as a file) or a
+path to such a JSON file (:mod:`jaxclip_fs.experiment.reproduction`): a name,
+a description, an ``experiment`` (a ``jaxclip-fs`` experiment config without
 weights and data root, which come from the flags), the shot counts compared
-and the tolerance bands. With ``"add_published_methods": true`` every method
+and the tolerance bands. ``jaxclip-fs run --config FILE --weights W
+--data-root DIR --out OUT`` runs the same experiment without the comparison.
+With ``"add_published_methods": true`` every method
 whose catalogue card publishes a figure for the config's setting (its
 backbone, a compared shot count, one of its datasets or their average) runs
 too, after the listed ones: a shipped method with published numbers joins
@@ -35,47 +39,50 @@ import sys
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the CLI: one LAPACK thread in XLA's pool
 
 from benchmarks.reproduce.compare import all_passed, compare, format_checks  # noqa: E402
+from jaxclip_fs.experiment import reproduction  # noqa: E402
+from jaxclip_fs.experiment.reproduction import published_methods  # noqa: E402,F401
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 
-def published_methods(backbone: str, shots, datasets, ood=()) -> list[str]:
-    """The methods whose cards publish a figure for ``backbone`` at one of ``shots`` on one of
-    ``datasets`` or ``ood`` or (several datasets) their average, in catalogue order (no jax)."""
-    from jaxclip_fs import catalogue
+def known_names() -> list[str]:
+    """The reproductions by name: every file of ``configs``, and the fair twin of each one run
+    under the paper protocol (``<name>_fair``, derived: :func:`reproduction.fair_twin`)."""
+    names = []
+    for file in sorted(f for f in os.listdir(CONFIG_DIR) if f.endswith(".json")):
+        with open(os.path.join(CONFIG_DIR, file)) as f:
+            protocols = json.load(f)["experiment"].get("protocol", {}).get("names", ["fair"])
+        names += [file[:-5]] + ([file[:-5] + reproduction.FAIR_SUFFIX]
+                                if protocols == ["paper"] else [])
+    return names
 
-    wanted = set(datasets) | set(ood) | ({catalogue.AVERAGE} if len(datasets) > 1 else set())
-    return [card.name for card in catalogue.CARDS
-            if any(b == backbone and k in shots and d in wanted
-                   for published in card.published for b, k, d in published.figures)]
+
+def read_config(name_or_path: str) -> dict:
+    """The JSON object of a reproduction by path, by name (``configs/<name>.json``), or the
+    derived fair twin of a paper one (``<name>_fair``)."""
+    path = (name_or_path if name_or_path.endswith(".json")
+            else os.path.join(CONFIG_DIR, f"{name_or_path}.json"))
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    if name_or_path in known_names():
+        return reproduction.fair_twin(read_config(name_or_path[:-len(reproduction.FAIR_SUFFIX)]))
+    raise SystemExit(f"error: no config '{name_or_path}' (known: {', '.join(known_names())})")
 
 
 def load_config(name_or_path: str) -> dict:
-    """A reproduction by name (``configs/<name>.json``) or path (its methods completed by
+    """A reproduction (:func:`read_config`; its methods completed by
     ``add_published_methods``), with the experiment's grid flattened beside it
     (``backbone``, ``methods``, ``datasets``, ``ood``, ``shots``, ``seeds``, ``protocol``:
     what :func:`~benchmarks.reproduce.compare.compare` reads)."""
-    path = (name_or_path if name_or_path.endswith(".json")
-            else os.path.join(CONFIG_DIR, f"{name_or_path}.json"))
-    if not os.path.isfile(path):
-        names = sorted(f[:-5] for f in os.listdir(CONFIG_DIR) if f.endswith(".json"))
-        raise SystemExit(f"error: no config '{name_or_path}' (known: {', '.join(names)})")
-    with open(path) as f:
-        config = json.load(f)
-    experiment = config["experiment"]
-    methods = [m if isinstance(m, str) else m["name"] for m in experiment["methods"]]
-    if config.get("add_published_methods"):
-        data = experiment["data"]
-        added = [m for m in published_methods(experiment["model"]["backbone"],
-                                              config["compare_shots"], data["datasets"],
-                                              data.get("ood", []))
-                 if m not in methods]
-        experiment["methods"] = list(experiment["methods"]) + added
-        methods += added
+    config = read_config(name_or_path)
+    experiment = reproduction.experiment(config)
     protocols = experiment.get("protocol", {}).get("names", ["fair"])
     if len(protocols) != 1:
-        raise SystemExit(f"error: {path}: a reproduction runs one protocol, got {protocols}")
-    return {**config, "backbone": experiment["model"]["backbone"], "methods": methods,
+        raise SystemExit(f"error: {name_or_path}: a reproduction runs one protocol, "
+                         f"got {protocols}")
+    return {**config, "experiment": experiment, "backbone": experiment["model"]["backbone"],
+            "methods": reproduction.method_names(experiment),
             "datasets": experiment["data"]["datasets"], "ood": experiment["data"].get("ood", []),
             "shots": experiment["grid"]["shots"], "seeds": experiment["grid"]["seeds"],
             "protocol": protocols[0]}
@@ -121,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.reproduce",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("config",
-                        help="config name (rn50_16shot, rn50_curves, imagenet_ood) or JSON path")
+                        help="config name (rn50_16shot, rn50_curves, imagenet_ood, each also "
+                             "with _fair) or JSON path")
     parser.add_argument("--data-root", help="CoOp-layout data root (default $JAXCLIP_FS_DATA)")
     parser.add_argument("--source", choices=["coop", "tfds"], default="coop")
     parser.add_argument("--weights", default="openai",

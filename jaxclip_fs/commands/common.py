@@ -11,42 +11,31 @@ share are declared once here, and :func:`experiment_config` turns the
 from __future__ import annotations
 
 import argparse
-import os
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
+from jaxclip_fs.commands import flags
+from jaxclip_fs.commands.flags import parse_names
 from jaxclip_fs.errors import ConfigError
 from jaxclip_fs.experiment import config as config_lib
-from jaxclip_fs.experiment import protocol as protocol_lib
+from jaxclip_fs.experiment import settings as settings_lib
 
-WEIGHTS_HELP = "local checkpoint path, hub id, 'openai', or 'random' (see `jaxclip-fs embed -h`)"
-
-
-# --- argument groups ---------------------------------------------------------------------------
+# --- argument groups (the config fields' flags: :mod:`~jaxclip_fs.commands.flags`) ----------
 
 
 def add_data_arguments(group) -> None:
     """``--data-root``, ``--source``."""
-    group.add_argument("--data-root", metavar="DIR",
-                       help="CoOp-layout data root (default $JAXCLIP_FS_DATA), "
-                            "or the TFDS data dir")
-    group.add_argument("--source", choices=config_lib.SOURCES, default="coop",
-                       help="where the benchmark sets come from (default: coop)")
+    flags.add(group, ("data.data_root", "data.source"))
 
 
 def add_model_arguments(group, required: bool = False) -> None:
     """``--backbone``, ``--weights``."""
-    group.add_argument("--backbone", required=required,
-                       help="variant name, e.g. RN50, ViT-B/16 (tiny-vit, tiny-rn for tests)")
-    group.add_argument("--weights", required=required, help=WEIGHTS_HELP)
+    paths = ("model.backbone", "model.weights")
+    flags.add(group, paths, required=paths if required else ())
 
 
 def add_cache_arguments(group) -> None:
     """``--cache-dir``, ``--no-cache``, ``--workers``."""
-    group.add_argument("--cache-dir", metavar="DIR",
-                       help="feature cache (default $JAXCLIP_FS_CACHE or ~/.cache/jaxclip-fs)")
-    group.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
-    group.add_argument("--workers", type=int, metavar="N",
-                       help="image loading threads (default: CPU count)")
+    flags.add(group, ("execution.cache_dir", "execution.use_cache", "execution.workers"))
 
 
 def add_quiet_argument(parser) -> None:
@@ -56,12 +45,10 @@ def add_quiet_argument(parser) -> None:
 def add_compute_dtype_argument(group, trained: bool = True) -> None:
     """``--compute-dtype``: mixed precision (the CLIP encoders and, with ``trained``, the
     trained heads)."""
-    what = ("the CLIP encoders and the trained heads' training steps (Tip-Adapter-F, APE-T, "
-            "CLIP-Adapter, LDC) compute" if trained else "the CLIP encoders compute")
-    group.add_argument("--compute-dtype", choices=config_lib.DTYPES, default="float32",
-                       help=f"mixed precision: {what} in this dtype; parameters, optimizer "
-                            "state, losses and stored features stay float32 (default float32; "
-                            "bfloat16 is meant for GPUs and TPUs, a CPU gains little or nothing)")
+    flags.add(group, ("train_dtype",), help=None if trained else {"train_dtype": (
+        "mixed precision: the CLIP encoders compute in this dtype; parameters and stored "
+        "features stay float32 (bfloat16 is meant for GPUs and TPUs, a CPU gains little or "
+        "nothing)")})
 
 
 def encode_dtype(args: argparse.Namespace) -> str:
@@ -69,22 +56,12 @@ def encode_dtype(args: argparse.Namespace) -> str:
     return getattr(args, "dtype", None) or getattr(args, "compute_dtype", "float32")
 
 
-def add_extraction_arguments(group, views_default: int = 10, trained: bool = True) -> None:
+def add_extraction_arguments(group, trained: bool = True) -> None:
     """``--views``, ``--aug-scale``, ``--aug-seed``, ``--compute-dtype``, ``--dtype``,
     ``--batch-size``."""
-    group.add_argument("--views", type=int, default=views_default, metavar="N",
-                       help="augmented views per train image, besides the plain one (default "
-                            f"{views_default}, Tip-Adapter's cache; trained methods take a fresh "
-                            "one per epoch when there are as many as epochs)")
-    group.add_argument("--aug-scale", default="0.5,1", metavar="LOW,HIGH",
-                       help="RandomResizedCrop area range of the views (default 0.5,1)")
-    group.add_argument("--aug-seed", type=int, default=0, help="augmentation seed (default 0)")
+    flags.add(group, ("extraction.views", "extraction.aug_scale", "extraction.aug_seed"))
     add_compute_dtype_argument(group, trained)
-    group.add_argument("--dtype", choices=config_lib.DTYPES,
-                       help="the CLIP encoders' compute dtype alone (default: --compute-dtype; "
-                            "features are stored as float32)")
-    group.add_argument("--batch-size", type=int, default=64, metavar="B",
-                       help="images per compiled encoding batch (default 64)")
+    flags.add(group, ("extraction.dtype", "extraction.batch_size"))
 
 
 def add_method_arguments(group, methods_help: str) -> None:
@@ -96,89 +73,21 @@ def add_method_arguments(group, methods_help: str) -> None:
                             "ldc.fusion=fixed,concat ldc.ablation=full,maf_only (see "
                             "`jaxclip-fs methods`)")
     group.add_argument("--hp", nargs="+", action="extend", default=[], metavar="NAME=VALUE",
-                       help="fix a hyperparameter for every method that has it (repeatable; "
-                            "each takes one or more NAME=VALUE; METHOD.NAME=VALUE for one method)")
+                       help=flags.SPECS["hp"].help)
 
 
-def add_protocol_arguments(group, several: bool = True) -> None:
+def add_protocol_arguments(group) -> None:
     """``--protocol``, ``--sampler``, ``--prompts``."""
-    group.add_argument("--protocol", default=protocol_lib.DEFAULT_PROTOCOL,
-                       metavar="P1,P2" if several else "P",
-                       help="fair (default): everything chosen on the whole val split, never on "
-                            "test, same images / views / prompts for all; fewshot: fair with "
-                            "CoOp's min(K, 4) val images per class; paper: each method as its "
-                            "official code produced the published numbers (selects on test "
-                            "where it did; labelled optimistic); validation_free: nothing "
-                            "selected and no validation image read -- each method's fixed "
-                            "default hyperparameters, its final epoch"
-                            + ("; several run side by side (e.g. fair,paper)" if several else ""))
-    group.add_argument("--sampler", choices=protocol_lib.SAMPLERS,
-                       help="few-shot sampler (default: nested for fair/fewshot/"
-                            "validation_free, the official draw for paper)")
-    group.add_argument("--prompts", metavar="FILE.json",
-                       help="CuPL-format prompt file (class name -> sentences) ensembled with the "
-                            "templates (fair/fewshot/validation_free: by every method; paper: "
-                            "by APE / APE-T)")
+    flags.add(group, ("protocol.names", "protocol.sampler", "protocol.prompts"))
 
 
 def add_images_arguments(group) -> None:
-    """The image methods' input pipeline (LDC)."""
-    group.add_argument("--train-path", choices=config_lib.TRAIN_PATHS, default="auto",
-                       help="image methods: run the frozen trunk in each step, or cache the "
-                            "support taps (auto: cache when it fits --tap-cache-budget)")
-    group.add_argument("--tap-cache-budget", type=float, default=4.0, metavar="GiB",
-                       help="memory the tap cache may take (default 4)")
-    group.add_argument("--tap-cache-views", type=int, metavar="N",
-                       help="tap cache: augmented views per support image besides the clean one "
-                            "(default: --views)")
-    group.add_argument("--imo-adapters", metavar="DIR",
-                       help="IMO adapters from `jaxclip-fs train-imo` (paired-feature methods: "
-                            "TA++, TX++)")
+    """The image methods' input pipeline (LDC), and the IMO adapters."""
+    flags.add(group, ("images.train_path", "images.tap_cache_budget_gib",
+                      "images.tap_cache_views", "model.imo_adapters"))
 
 
 # --- parsing ---------------------------------------------------------------------------------
-
-
-def parse_int_list(text: str | Sequence[int], flag: str, minimum: int) -> tuple[int, ...]:
-    """``"1,2,4"`` -> (1, 2, 4), sorted and distinct.
-
-    Raises:
-      ConfigError: not integers, empty, or below ``minimum`` (names ``flag``).
-    """
-    if isinstance(text, str):
-        try:
-            values = [int(part) for part in text.split(",") if part.strip()]
-        except ValueError:
-            raise ConfigError(f"{flag} must be a comma list of integers, got '{text}'") from None
-    else:
-        values = [int(v) for v in text]
-    if not values:
-        raise ConfigError(f"{flag} must name at least one value")
-    if min(values) < minimum:
-        raise ConfigError(f"{flag} values must be >= {minimum}, got {min(values)}")
-    return tuple(sorted(set(values)))
-
-
-def parse_names(text: str | Sequence[str], flag: str) -> tuple[str, ...]:
-    """``"a,b"`` -> ("a", "b") in the order given, without repeats.
-
-    Raises:
-      ConfigError: empty (names ``flag``).
-    """
-    parts = text.split(",") if isinstance(text, str) else text
-    names = [str(p).strip() for p in parts if str(p).strip()]
-    if not names:
-        raise ConfigError(f"{flag} must name at least one value")
-    return tuple(dict.fromkeys(names))
-
-
-def parse_scale(text: str, flag: str = "--aug-scale") -> tuple[float, float]:
-    """``"0.5,1"`` -> (0.5, 1.0); ConfigError naming ``flag`` otherwise."""
-    try:
-        low, high = (float(part) for part in text.split(","))
-    except ValueError:
-        raise ConfigError(f"{flag} must be LOW,HIGH (e.g. 0.5,1), got '{text}'") from None
-    return low, high
 
 
 def split_assignment(text: str, flag: str) -> tuple[str, str]:
@@ -273,92 +182,21 @@ def method_configs(names: Sequence[str], option_items: Sequence[str],
                  for n in names), shared
 
 
-def plan_of(args: argparse.Namespace) -> str:
-    """``--plan`` (``--program-per-shots`` = ``--plan per-shots``); default ``auto``.
-
-    Raises:
-      ConfigError: both flags, disagreeing (names them).
-    """
-    plan = getattr(args, "plan", None)
-    if getattr(args, "program_per_shots", False):
-        if plan not in (None, "per-shots"):
-            raise ConfigError(f"--program-per-shots means --plan per-shots, not --plan {plan}")
-        plan = "per-shots"
-    plan = plan or "auto"
-    config_lib.parse_plan(plan, "--plan")
-    return plan
-
-
-def absolute_path(path: str | None) -> str | None:
-    """``path`` made absolute (``~`` expanded), so a saved config works from any directory."""
-    return None if path is None else os.path.abspath(os.path.expanduser(path))
-
-
-def absolute_weights(weights: str | None) -> str | None:
-    """``--weights`` made absolute when it names a local file or directory (``random``,
-    ``openai``, variant names and hub ids stay as given)."""
-    if weights is None or not os.path.exists(os.path.expanduser(weights)):
-        return weights
-    return absolute_path(weights)
-
-
-def canonical_datasets(names: Sequence[str]) -> tuple[str, ...]:
-    """Dataset names with ``folder:PATH`` made absolute (one name per folder, from any
-    directory); registry names stay."""
-    from jaxclip_fs.data.folder import PREFIX
-
-    return tuple(dict.fromkeys(
-        PREFIX + absolute_path(n[len(PREFIX):]) if n.startswith(PREFIX) else n for n in names))
-
-
-def experiment_config(args: argparse.Namespace, *, datasets: Sequence[str] = (),
-                      features: Sequence[str] = (), methods: Sequence[str],
-                      shots: Sequence[int], seeds: Sequence[int],
-                      ood: Sequence[str] = ()) -> config_lib.ExperimentConfig:
-    """The experiment config of ``run`` / ``evaluate`` flags (absent flags keep defaults).
+def experiment_config(args: argparse.Namespace, methods: Sequence[str],
+                      fields: Mapping[str, Any] | None = None) -> config_lib.ExperimentConfig:
+    """The experiment config of ``run`` / ``evaluate`` / ``demo`` flags: the fields whose
+    flags ``args`` holds (:func:`~jaxclip_fs.commands.flags.field_values`; absent flags keep
+    the declared defaults), the ``fields`` (``path -> value``) the command sets itself, and
+    ``methods`` with ``--option`` / ``--hp``.
 
     Paths of inputs (feature files, weights, prompts, IMO adapters, data root, cache,
     folder datasets) are stored absolute, so ``run --config`` works from anywhere."""
-    get = lambda name, default=None: getattr(args, name, default)  # noqa: E731
-    method_list, shared = method_configs(methods, get("option", []), get("hp", []))
-    backbone = get("backbone")
-    if backbone:
-        from jaxclip_fs.clip.variants import canonical_name
-
-        backbone = canonical_name(backbone)
-    defaults = config_lib.ExtractionConfig()
-    images = config_lib.ImagesConfig()
-    return config_lib.check(config_lib.ExperimentConfig(
-        methods=method_list,
-        data=config_lib.DataConfig(datasets=canonical_datasets(datasets),
-                                   features=tuple(absolute_path(f) for f in features),
-                                   ood=tuple(ood), data_root=absolute_path(get("data_root")),
-                                   source=get("source", "coop")),
-        model=config_lib.ModelConfig(backbone=backbone, weights=absolute_weights(get("weights")),
-                                     imo_adapters=absolute_path(get("imo_adapters"))),
-        extraction=config_lib.ExtractionConfig(
-            views=get("views", defaults.views),
-            aug_scale=parse_scale(get("aug_scale", "0.5,1")),
-            aug_seed=get("aug_seed", defaults.aug_seed), dtype=encode_dtype(args),
-            batch_size=get("batch_size", defaults.batch_size)),
-        images=config_lib.ImagesConfig(
-            train_path=get("train_path", images.train_path),
-            tap_cache_views=get("tap_cache_views", images.tap_cache_views),
-            tap_cache_budget_gib=get("tap_cache_budget", images.tap_cache_budget_gib)),
-        protocol=config_lib.ProtocolConfig(
-            names=parse_names(get("protocol", protocol_lib.DEFAULT_PROTOCOL), "--protocol"),
-            sampler=get("sampler"), prompts=absolute_path(get("prompts"))),
-        hp=shared,
-        grid=config_lib.GridConfig(shots=tuple(shots), seeds=tuple(seeds)),
-        execution=config_lib.ExecutionConfig(
-            devices=get("devices"), fuse_datasets=bool(get("fuse_datasets", False)),
-            plan=plan_of(args),
-            save_params=get("save_params", "trained"), cache_dir=absolute_path(get("cache_dir")),
-            use_cache=not get("no_cache", False), workers=get("workers"),
-            stall_timeout=get("stall_timeout", 300.0),
-            program_timeout=get("program_timeout", 0.0)),
-        train_dtype=get("compute_dtype", "float32"),
-    ))
+    fields = dict(fields or {})
+    method_list, shared = method_configs(methods, getattr(args, "option", []),
+                                         getattr(args, "hp", []))
+    values = {**flags.field_values(args, skip=fields), **fields,
+              "methods": method_list, "hp": shared}
+    return config_lib.check(settings_lib.with_values(config_lib.ExperimentConfig(), values))
 
 
 def platform_problem() -> str | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jaxclip_fs.commands import common
+from jaxclip_fs.commands import flags
 
 NAME = "convert"
 HELP = "convert a CLIP checkpoint to saved Flax params (orbax)"
@@ -27,7 +27,7 @@ example:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", required=True,
                    help="variant name (as for embed), or 'auto' to take the checkpoint's")
-    p.add_argument("--weights", required=True, help=common.WEIGHTS_HELP)
+    p.add_argument("--weights", required=True, help=flags.WEIGHTS_HELP)
     p.add_argument("--out", required=True, metavar="DIR", help="directory to create")
 
 

@@ -27,7 +27,7 @@ import os
 import sys
 
 from jaxclip_fs.clip.variants import get_config
-from jaxclip_fs.commands import common
+from jaxclip_fs.commands import common, flags
 
 NAME = "demo"
 HELP = "the whole pipeline offline on scikit-learn's digits (every method, shots 1-16, 3 seeds)"
@@ -124,12 +124,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="jaxclip-fs-demo", metavar="DIR",
                    help="run directory (default ./jaxclip-fs-demo)")
     p.add_argument("--method", default="all", metavar="M1,M2,...", help="default: all")
-    p.add_argument("--shots", default="1,2,4,8,16", metavar="K1,K2,...", help="default 1,2,4,8,16")
-    p.add_argument("--seeds", default="1,2,3", metavar="S1,S2,...", help="default 1,2,3")
-    p.add_argument("--views", type=int, default=3, metavar="N",
-                   help="augmented views per train image besides the plain one (default 3)")
-    p.add_argument("--cache-dir", metavar="DIR",
-                   help="feature cache (default $JAXCLIP_FS_CACHE or ~/.cache/jaxclip-fs)")
+    flags.add(p, ("grid.shots", "grid.seeds"))
+    flags.add(p, ("extraction.views", "execution.cache_dir"), defaults={"extraction.views": 3})
     p.add_argument("--quiet", action="store_true", help="no progress bars (messages stay)")
     p.add_argument("--wait-lock", action="store_true",
                    help="another run is writing into DIR: wait for it (default: stop)")
@@ -148,10 +144,9 @@ def demo_config(args: argparse.Namespace, model: DemoModel, imo_dir: str | None)
     return common.experiment_config(
         argparse.Namespace(backbone=model.backbone, weights=model.weights, views=args.views,
                            cache_dir=args.cache_dir, imo_adapters=imo_dir if paired else None,
-                           protocol=args.protocol, sampler=args.sampler, prompts=args.prompts),
-        datasets=[DATASET], methods=names,
-        shots=common.parse_int_list(args.shots, "--shots", 1),
-        seeds=common.parse_int_list(args.seeds, "--seeds", 0))
+                           protocol=args.protocol, sampler=args.sampler, prompts=args.prompts,
+                           shots=args.shots, seeds=args.seeds),
+        names, {"data.datasets": (DATASET,)})
 
 
 def run(args: argparse.Namespace) -> int:

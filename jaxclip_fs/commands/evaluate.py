@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from jaxclip_fs.commands import common
+from jaxclip_fs.commands import common, flags
 from jaxclip_fs.errors import ConfigError
 
 NAME = "evaluate"
@@ -59,7 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with a feature file: the registry name choosing per-dataset defaults "
                         "and grids (default: the file's meta); without: the dataset to "
                         "extract (registry name or folder:PATH)")
-    common.add_protocol_arguments(p, several=False)
+    common.add_protocol_arguments(p)
     images = p.add_argument_group("from images (with --dataset and no feature file)")
     common.add_model_arguments(images)
     common.add_data_arguments(images)
@@ -124,9 +124,10 @@ def run(args: argparse.Namespace) -> int:
         shots = args.shots or default_shots(next(iter(files.files.values())), args.seed)
         sources = Sources(features=files, datasets=files.datasets,
                           provenance=files.provenance())
-        config = common.experiment_config(args, features=[args.features],
-                                          methods=[args.method], shots=[shots],
-                                          seeds=[args.seed])
+        config = common.experiment_config(args, [args.method], {
+            "data.features": (flags.absolute_path(args.features),), "data.datasets": (),
+            "grid.shots": (shots,),
+            "grid.seeds": (args.seed,)})
     else:
         missing = [flag for flag, value in (("--dataset", args.dataset),
                                             ("--backbone", args.backbone),
@@ -134,8 +135,9 @@ def run(args: argparse.Namespace) -> int:
         if missing:
             raise ConfigError(f"method '{args.method}' needs FEATURES.npz, or images: give "
                               f"{', '.join(missing)}")
-        config = common.experiment_config(args, datasets=[args.dataset], methods=[args.method],
-                                          shots=[args.shots or DEFAULT_SHOTS], seeds=[args.seed])
+        config = common.experiment_config(args, [args.method], {
+            "data.datasets": flags.canonical_datasets([args.dataset]), "data.features": (),
+            "grid.shots": (args.shots or DEFAULT_SHOTS,), "grid.seeds": (args.seed,)})
     if "," in args.protocol:
         raise ConfigError(f"--protocol: evaluate runs one protocol, got '{args.protocol}'")
     sink = CellDir(args.out)

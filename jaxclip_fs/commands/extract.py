@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jaxclip_fs.commands import common
+from jaxclip_fs.commands import common, flags
 from jaxclip_fs.data.fewshot import CHAINED_SHOTS
 from jaxclip_fs.errors import ConfigError
 from jaxclip_fs.experiment.protocol import SAMPLERS
@@ -84,9 +84,9 @@ def run(args: argparse.Namespace) -> int:
     check_output_file(args.out, "--out")  # before any work
     if args.shots is None and args.seeds is not None:
         raise ConfigError("--seeds needs --shots (without --shots the whole train split is used)")
-    seeds = (common.parse_int_list(args.seeds or DEFAULT_SEEDS, "--seeds", 0)
+    seeds = (flags.parse_int_list(args.seeds or DEFAULT_SEEDS, "--seeds", 0)
              if args.shots is not None else ())
-    aug_scale = common.parse_scale(args.aug_scale)
+    aug_scale = flags.parse_scale(args.aug_scale)
     dataset = get_dataset(args.dataset, args.data_root, source=args.source)
     loaded = load_clip(args.backbone, args.weights)
     if loaded.is_random:
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     extraction = extract_features(
         dataset, loaded, shots=args.shots, seeds=seeds, views=args.views + 1,
         aug_scale=aug_scale, aug_seed=args.aug_seed,
-        taps=common.parse_names(args.taps, "--taps") if args.taps else (),
+        taps=flags.parse_names(args.taps, "--taps") if args.taps else (),
         dtype=common.encode_dtype(args),
         batch_size=args.batch_size, cache_dir=args.cache_dir, use_cache=not args.no_cache,
         skip_corrupt=args.skip_corrupt, workers=args.workers, progress=not args.quiet,

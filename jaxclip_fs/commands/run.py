@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import os
 
-from jaxclip_fs.commands import common
+from jaxclip_fs.commands import common, flags
 from jaxclip_fs.errors import ConfigError
 
 NAME = "run"
@@ -42,6 +42,11 @@ per program its cells, shapes, XLA's FLOPs and bytes, peak memory per device, th
 time estimates for this machine and for published accelerator peaks -- without extracting,
 training or writing anything (dataset sizes from the split files, or the benchmark table).
 
+--config FILE repeats an experiment config (DIR/config.json) or runs a reproduction's
+(benchmarks/reproduce/configs). With it, the flags of settings a rerun may change (execution,
+--data-root, --tap-cache-budget, --imo-adapters) are accepted; any other only where FILE leaves
+its setting unset (a reproduction's --weights).
+
 --option sweeps a method's structural options: `--option ldc.fusion=fixed,concat
 ldc.ablation=full,maf_only` runs the four LDC variants, each recorded as its own method
 (`ldc[ablation=maf_only,fusion=concat]`). --ood scores every fit on shifted test sets.
@@ -64,34 +69,18 @@ examples:
   jaxclip-fs run --dataset imagenet,dtd --backbone RN50 --weights openai --method all \\
       --shots 16 --out runs/rn50 --dry-run"""
 
-#: Flags that may accompany --config (where things go and how they run; no number changes).
-CONFIG_OVERRIDES = ("--config", "--out", "--devices", "--quiet", "--no-report", "--wait-lock",
-                    "--distributed",
-                    "--coordinator", "--num-processes", "--process-id", "--cache-dir",
-                    "--no-cache", "--workers", "--data-root", "--stall-timeout",
-                    "--program-timeout", "--peer-timeout", "--plan", "--program-per-shots",
-                    "--dry-run")
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.allow_abbrev = False  # --config tells the flags on the command line by their full names
     what = p.add_argument_group("the grid")
     what.add_argument("--config", metavar="FILE.json",
-                      help="an experiment config (e.g. DIR/config.json of an earlier run); "
-                           "flags that change numbers may not be given with it")
-    what.add_argument("--dataset", metavar="D1,D2,...", help="registry names or folder:PATH")
-    what.add_argument("--features", nargs="+", metavar="FILE.npz",
-                      help="use these feature files instead of extracting "
-                           "(dataset from their meta)")
-    common.add_method_arguments(
-        what, "method names, or 'all' (default): every method the inputs allow (image methods "
-              "need --dataset; paired-feature methods also --imo-adapters)")
-    what.add_argument("--shots", default="1,2,4,8,16", metavar="K1,K2,...",
-                      help="default 1,2,4,8,16")
-    what.add_argument("--seeds", default="1,2,3", metavar="S1,S2,...", help="default 1,2,3")
-    what.add_argument("--ood", metavar="D1,D2,...",
-                      help="out-of-distribution test sets scored with the fits on their parent "
-                           "(imagenet_v2, imagenet_sketch, imagenet_a, imagenet_r; needs --dataset "
-                           "imagenet)")
+                      help="an experiment config (e.g. DIR/config.json of an earlier run) or a "
+                           "reproduction (benchmarks/reproduce/configs); the flags of settings "
+                           "a rerun may not change are accepted only where FILE leaves them "
+                           "unset (e.g. a reproduction's --weights, --data-root)")
+    flags.add(what, ("data.datasets", "data.features"))
+    common.add_method_arguments(what, flags.SPECS["methods"].help)
+    flags.add(what, ("grid.shots", "grid.seeds", "data.ood"))
     what.add_argument("--out", required=True, metavar="DIR", help="run directory (resumable)")
     model = p.add_argument_group("features and images (with --dataset)")
     common.add_model_arguments(model)
@@ -101,27 +90,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_images_arguments(model)
     common.add_protocol_arguments(p.add_argument_group("selection"))
     run = p.add_argument_group("execution")
-    run.add_argument("--fuse-datasets", action="store_true",
-                     help="run compatible datasets in one program per method (padded classes and "
-                          "samples, masked; same records as separate programs)")
-    run.add_argument("--plan", metavar="auto|one|per-shots|chunk:N",
-                     help="how each method x dataset program is laid out (same records): auto "
-                          "(default: decided per program from the platform and XLA's cost and "
-                          "memory analyses; logged and kept in the manifest), one, per-shots "
-                          "(one program per shot count: no padding work on CPUs, more "
-                          "compilations) or chunk:N (programs of at most N cells: less memory)")
-    run.add_argument("--program-per-shots", action="store_true",
-                     help="the same as --plan per-shots (kept for older command lines)")
+    flags.add(run, ("execution.fuse_datasets", "execution.plan"))
     run.add_argument("--dry-run", action="store_true",
                      help="print what the sweep will cost -- per program its cells, shapes, "
                           "FLOPs, bytes, peak memory per device, plan and time estimates for "
                           "this machine and published accelerators -- without extracting, "
                           "training or writing anything")
-    run.add_argument("--devices", type=int, metavar="N",
-                     help="use the first N devices (default: all)")
-    run.add_argument("--save-params", choices=["trained", "all", "none"], default="trained",
-                     help="orbax checkpoints of fitted params: methods that train (default), "
-                          "all, none")
+    flags.add(run, ("execution.devices", "execution.save_params"))
     run.add_argument("--distributed", action="store_true",
                      help="multi-host: call jax.distributed.initialize() first")
     distributed = "with --distributed (default: auto)"
@@ -131,12 +106,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument("--peer-timeout", type=float, metavar="SECONDS",
                      help="with --distributed: a process silent this long is lost, and every "
                           "other process stops with status 4 (default 60)")
-    run.add_argument("--stall-timeout", type=float, default=300.0, metavar="SECONDS",
-                     help="stop with an error (status 3) when a program leaves the CPU idle this "
-                          "long on a CPU backend: XLA is deadlocked (default 300; 0: off)")
-    run.add_argument("--program-timeout", type=float, default=0.0, metavar="SECONDS",
-                     help="stop with an error (status 3) when one program runs longer "
-                          "(default 0: no limit)")
+    flags.add(run, ("execution.stall_timeout", "execution.program_timeout"))
     run.add_argument("--wait-lock", action="store_true",
                      help="another run is writing into DIR: wait for it to finish (default: "
                           "stop with a line naming it)")
@@ -159,46 +129,51 @@ def start_distributed(args) -> None:
                           "need --distributed")
 
 
-def given_flags(argv) -> set[str]:
-    """The ``--flags`` present on a command line (``--flag=value`` included)."""
-    return {a.split("=", 1)[0] for a in argv or () if a.startswith("--")}
-
-
 def config_from_args(args: argparse.Namespace):
-    """The experiment config of ``run``'s flags, or of ``--config`` (with its allowed overrides)."""
-    from jaxclip_fs.experiment import config as config_lib
-
+    """The experiment config of ``run``'s flags, or of ``--config`` (:func:`config_of_file`)."""
     if args.config:
-        given = given_flags(getattr(args, "argv", ()))
-        conflicting = sorted(given - set(CONFIG_OVERRIDES))
-        if conflicting:
-            raise ConfigError(f"{conflicting[0]} cannot be combined with --config: edit "
-                              f"{args.config} instead (or drop --config)")
-        loaded = config_lib.load(args.config)
-        flag = lambda name: "--" + name.replace("_", "-")  # noqa: E731
-        execution = dataclasses.replace(
-            loaded.execution, **{k: getattr(args, k) for k in ("devices", "workers",
-                                                                "stall_timeout", "program_timeout")
-                                 if flag(k) in given},
-            **({"cache_dir": common.absolute_path(args.cache_dir)} if "--cache-dir" in given
-               else {}),
-            **({"use_cache": False} if "--no-cache" in given else {}),
-            **({"plan": common.plan_of(args)} if given & {"--plan", "--program-per-shots"}
-               else {}))
-        data = (dataclasses.replace(loaded.data, data_root=common.absolute_path(args.data_root))
-                if "--data-root" in given else loaded.data)
-        return config_lib.check(loaded.replace(execution=execution, data=data))
+        return config_of_file(args.config, args, flags.given_flags(getattr(args, "argv", ())))
     if bool(args.dataset) == bool(args.features):
         raise ConfigError("give either --dataset (extract here) or --features FILE.npz ...")
     if args.dataset and not (args.backbone and args.weights):
         raise ConfigError("--dataset needs --backbone and --weights (or use --features)")
     kinds = common.input_kinds(bool(args.features), bool(args.imo_adapters))
-    return common.experiment_config(
-        args, datasets=common.parse_names(args.dataset, "--dataset") if args.dataset else (),
-        features=args.features or (), methods=common.selected_methods(args.method, kinds),
-        shots=common.parse_int_list(args.shots, "--shots", 1),
-        seeds=common.parse_int_list(args.seeds, "--seeds", 0),
-        ood=common.parse_names(args.ood, "--ood") if args.ood else ())
+    return common.experiment_config(args, common.selected_methods(args.method, kinds))
+
+
+def config_of_file(path: str, args: argparse.Namespace, given: set[str]):
+    """The config of ``--config FILE`` with the config flags on the command line (``given``):
+    a flag of a field a rerun may change (free, input) replaces FILE's value; any other
+    flag only sets a field FILE leaves unset (a reproduction's weights and data root).
+
+    Raises:
+      ConfigError: a flag of a field FILE sets that a rerun may not change (one line
+        naming the flag and the field).
+    """
+    from jaxclip_fs.experiment import config as config_lib
+    from jaxclip_fs.experiment import settings as settings_lib
+
+    raw = config_lib.read(path)
+    in_file = settings_lib.given_paths(raw, config_lib.SETTINGS)
+    for s in config_lib.SETTINGS:
+        if (s.flag in given or (s.path == "methods" and "--option" in given)) \
+                and s.path in in_file and s.rerun not in settings_lib.CHANGEABLE:
+            flag = s.flag if s.flag in given else "--option"
+            raise ConfigError(f"{flag} cannot be combined with --config: {path} sets {s.path} "
+                              f"(a {s.rerun} setting); edit it there instead (or drop --config)")
+    loaded = config_lib.from_dict(raw, where=os.path.basename(path))
+    values = flags.field_values(args, given=given)
+    if "--method" in given:
+        kinds = common.input_kinds(bool(loaded.data.features), bool(loaded.model.imo_adapters))
+        values["methods"] = common.method_configs(common.selected_methods(args.method, kinds),
+                                                  args.option, ())[0]
+    if "--hp" in given:
+        names = [m.name for m in values.get("methods", loaded.methods)]
+        shared, own = common.parse_hp(args.hp, names)
+        values["hp"] = shared
+        values["methods"] = tuple(dataclasses.replace(m, hp={**m.hp, **own.get(m.name, {})})
+                                  for m in values.get("methods", loaded.methods))
+    return config_lib.check(settings_lib.with_values(loaded, values))
 
 
 def run(args: argparse.Namespace) -> int:

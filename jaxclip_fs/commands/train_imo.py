@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from jaxclip_fs.commands import common
+from jaxclip_fs.commands import common, flags
 
 NAME = "train-imo"
 HELP = "train IMO adapters (TA++/TX++) inside a ViT's blocks; save an orbax checkpoint"
@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="train", choices=["train", "val", "test"],
                    help="split to train on (default train)")
     p.add_argument("--backbone", required=True, help="a ViT variant, e.g. ViT-B/16")
-    p.add_argument("--weights", required=True, help=common.WEIGHTS_HELP)
+    p.add_argument("--weights", required=True, help=flags.WEIGHTS_HELP)
     p.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory")
     p.add_argument("--epochs", type=int, default=1, help="epochs (default 1)")
     p.add_argument("--lr", type=float, default=8e-3, help="AdamW learning rate (default 8e-3)")

@@ -47,11 +47,11 @@ _HF_WEIGHTS = (["model.safetensors.index.json", "model.safetensors", "model-*.sa
 _OPEN_CLIP_WEIGHTS = (["open_clip_model.safetensors"], ["open_clip_pytorch_model.bin"])
 
 HOW_TO_SUPPLY = (
-    "supply weights with --weights PATH (an HF CLIP directory, an OpenAI/open_clip .pt/.bin/"
+    "supply weights with model.weights PATH (an HF CLIP directory, an OpenAI/open_clip .pt/.bin/"
     ".safetensors file, or a `jaxclip-fs convert` directory), or download them on a machine "
     "with internet (`hf download {repo}`, formerly huggingface-cli) and copy ~/.cache/huggingface, "
     "or run "
-    "with --weights random")
+    "with model.weights random")
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
@@ -68,7 +68,8 @@ def openai_cache_file(backbone: str) -> str | None:
 def default_hub_id(backbone: str) -> str:
     if backbone not in DEFAULT_HUB_IDS:
         raise CheckpointError(
-            f"no published checkpoint for backbone '{backbone}'; pass --weights PATH, a hub id, "
+            f"no published checkpoint for backbone '{backbone}'; "
+            "pass model.weights PATH, a hub id, "
             f"or random")
     return DEFAULT_HUB_IDS[backbone]
 
@@ -83,7 +84,7 @@ def snapshot(repo_id: str) -> tuple[str, str]:
         import huggingface_hub
     except ImportError:
         raise CheckpointError(f"hub id '{repo_id}' needs huggingface_hub (pip install "
-                              f"huggingface_hub), or pass --weights PATH") from None
+                              f"huggingface_hub), or pass model.weights PATH") from None
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     everything = _META_PATTERNS + [p for group in _HF_WEIGHTS + _OPEN_CLIP_WEIGHTS for p in group]
     try:

@@ -105,7 +105,7 @@ def load_clip(backbone: str | None, weights: str, *, dtype: Any = jnp.float32) -
     release = _variant_name(weights)
     if release is not None:  # "--weights ViT-B/32": OpenAI's release of that variant
         if backbone not in (None, release):
-            raise CheckpointError(f"--weights {weights} is OpenAI's {release}, not {backbone}")
+            raise CheckpointError(f"model.weights {weights} is OpenAI's {release}, not {backbone}")
         backbone, weights = release, "openai"
     if weights == "random" or weights.startswith("random:"):
         return _random(backbone, weights, dtype)
@@ -128,10 +128,10 @@ def _variant_name(weights: str) -> str | None:
 
 def _random(backbone: str | None, weights: str, dtype: Any) -> LoadedCLIP:
     if backbone is None:
-        raise CheckpointError("--weights random needs an explicit --backbone")
+        raise CheckpointError("model.weights random needs an explicit model.backbone")
     seed_text = weights.partition(":")[2] or "0"
     if not seed_text.isdigit():
-        raise CheckpointError(f"--weights {weights}: expected 'random' or 'random:SEED'")
+        raise CheckpointError(f"model.weights {weights}: expected 'random' or 'random:SEED'")
     config = get_config(backbone)
     seed = int(seed_text)
     return LoadedCLIP(config, CLIP(config, dtype), init_variables(config, seed),
@@ -145,7 +145,7 @@ def _resolve(backbone: str | None, weights: str) -> _Checkpoint:
         return _from_state_dict_file(weights)
     if weights == "openai":
         if backbone is None:
-            raise CheckpointError("--weights openai needs an explicit --backbone")
+            raise CheckpointError("model.weights openai needs an explicit model.backbone")
         cached = hub.openai_cache_file(backbone)
         if cached:
             return _from_state_dict_file(cached)
@@ -226,7 +226,8 @@ def _choose_config(backbone: str | None, ckpt: _Checkpoint) -> CLIPConfig:
     found = ckpt.found
     if backbone is None:
         if found is None:
-            raise CheckpointError(f"{ckpt.label}: cannot infer the architecture; pass --backbone")
+            raise CheckpointError(
+                f"{ckpt.label}: cannot infer the architecture; pass model.backbone")
         name = match_variant(found) or "custom"
         return dataclasses.replace(found, name=name, **ckpt.declared)
     want = get_config(backbone)

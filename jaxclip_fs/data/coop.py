@@ -105,7 +105,7 @@ def resolve_root(data_root: str | None, name: str) -> str:
     """``data_root``, else ``$JAXCLIP_FS_DATA``; a one-line ``DataError`` when neither is set."""
     root = data_root or os.environ.get(DATA_ENV)
     if not root:
-        raise DataError(f"dataset '{name}' needs a data root: pass --data-root DIR or set "
+        raise DataError(f"dataset '{name}' needs a data root: pass data.data_root DIR or set "
                         f"{DATA_ENV} (CoOp layout; see: jaxclip-fs datasets --setup-help)")
     root = os.path.abspath(os.path.expanduser(root))
     if not os.path.isdir(root):

@@ -179,7 +179,7 @@ def load_tfds(name: str, data_dir: str | None, imagenet_classnames: str | None =
     spec = TFDS_SETS[name]
     data_dir = data_dir or os.environ.get(TFDS_ENV)
     if not data_dir:
-        raise DataError(f"dataset '{name}' from TFDS needs its data dir: pass --data-root DIR "
+        raise DataError(f"dataset '{name}' from TFDS needs its data dir: pass data.data_root DIR "
                         f"or set {TFDS_ENV}")
     data_dir = os.path.abspath(os.path.expanduser(data_dir))
     tfds = import_tfds()

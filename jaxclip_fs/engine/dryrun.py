@@ -80,7 +80,7 @@ def _sources(config: config_lib.ExperimentConfig):
         return Sources(features=files, datasets=files.datasets, provenance=files.provenance()), \
             None
     if not config.model.backbone:
-        raise ConfigError("a dry run of datasets needs the model's backbone (--backbone)")
+        raise ConfigError("a dry run of datasets needs the model's backbone (model.backbone)")
     session = ClipSession(config, progress=False, banner=False, tables=True)
     return Sources(features=ExtractedFeatures(session, None, writer=False),
                    paired=PairedFeatures(session) if config.model.imo_adapters else None,

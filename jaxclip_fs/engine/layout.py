@@ -42,12 +42,12 @@ def mesh_of(config: config_lib.ExperimentConfig):
     """The cell mesh of ``execution.devices`` (default: every device).
 
     Raises:
-      ConfigError: more devices asked for than there are (names --devices).
+      ConfigError: more devices asked for than there are (names execution.devices).
     """
     try:
         return sharding.cell_mesh(config.execution.devices)
     except ValueError as exc:
-        raise ConfigError(f"--devices: {exc}") from None
+        raise ConfigError(f"execution.devices: {exc}") from None
 
 
 def machine(mesh, *, calibrate: bool) -> planner.Machine:

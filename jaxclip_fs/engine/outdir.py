@@ -19,13 +19,14 @@ finished**: a rerun skips it (a record file that is unreadable or incomplete
 is reported, naming it, and its cell recomputed: :func:`is_finished`). An
 interruption loses at most the programs in flight.
 
-The manifest's ``settings`` (the config's fixed sections -- model,
-extraction, image pipeline, protocol, shared hyperparameters -- plus the
+The manifest's ``settings`` (the config's ``fixed`` fields, as each field
+declares: :data:`~jaxclip_fs.experiment.config.SETTINGS` -- plus the
 provenance of given feature files) shape every number, so a rerun into the
 same directory must repeat them exactly, and a variant's own
 hyperparameters may not change -- otherwise a one-line error names the
-field. The ``grid`` (method variants, datasets, shots, seeds, OOD sets) may
-grow: a rerun with more of them extends the directory.
+field. The ``grid`` (the ``grid`` fields by axis: method variants, datasets,
+OOD sets, protocols, shots, seeds) may grow: a rerun with more of them
+extends the directory.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ MANIFEST = "manifest.json"
 CONFIG = "config.json"
 FORMAT = "jaxclip-fs run"
 FORMAT_VERSION = 2
-GRID_KEYS = ("methods", "datasets", "shots", "seeds", "ood", "protocols")
+GRID_KEYS = config_lib.GRID_AXES
 
 
 def record_path(out_dir: str, cell: Cell) -> str:
@@ -251,10 +252,20 @@ def _check_path_encoding(out_dir: str, old: Mapping[str, Any], names: Sequence[s
 
 def _migrated(settings: Mapping[str, Any]) -> dict:
     """Settings of an earlier manifest as this version writes them: IMO adapters are an input
-    (:func:`check_input`), and relative paths are taken from the current directory."""
+    (:func:`check_input`), the source is ``data.source``, a fixed field the manifest lacks
+    was written before it existed (it had its default), and relative paths are taken from
+    the current directory."""
     settings = json.loads(json.dumps(settings))
     model = settings.get("model", {})
     model.pop("imo_adapters", None)
+    if "source" in settings:
+        settings.setdefault("data", {})["source"] = settings.pop("source")
+    for s in (s for s in config_lib.SETTINGS if s.rerun == config_lib.FIXED):
+        *sections, name = s.path.split(".")
+        inner = settings
+        for section in sections:
+            inner = inner.setdefault(section, {})
+        inner.setdefault(name, _canonical(s.default))
     for section, key in (("model", "weights"), ("protocol", "prompts")):
         value = settings.get(section, {}).get(key)
         if isinstance(value, str) and value and not os.path.isabs(value) and os.path.exists(value):

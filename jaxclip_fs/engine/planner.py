@@ -190,7 +190,7 @@ def _fits(estimate: Estimate, machine: Machine, measure: Measure) -> Estimate:
 def _fit_or_refuse(estimate: Estimate, machine: Machine, measure: Measure, forced: str) -> Estimate:
     found = _fits(estimate, machine, measure)
     if found.memory > machine.budget:
-        raise DoesNotFit(_refusal(found, machine, f"with --plan {forced}"), found)
+        raise DoesNotFit(_refusal(found, machine, f"with execution.plan {forced}"), found)
     return found
 
 
@@ -199,7 +199,8 @@ def _refusal(estimate: Estimate, machine: Machine, how: str) -> str:
     return (f"program {estimate.program.name} needs {gib(estimate.memory)} per device for "
             f"{cells} cell(s) per device {how} (XLA's memory analysis of its compiled "
             f"program), more than {FIT_FRACTION:.0%} of the device's {gib(machine.memory)} "
-            f"({machine.memory_source}): use more or larger devices, another --plan, or set "
+            f"({machine.memory_source}): use more or larger devices, another execution.plan, "
+            "or set "
             f"{MEMORY_ENV} if that figure is wrong")
 
 
@@ -240,7 +241,7 @@ def decide(program: Program, requested: str, machine: Machine, measure: Measure,
     Raises:
       ConfigError: a part that cannot fit (one line, module docstring), or a bad plan.
     """
-    kind, size = parse_plan(requested, "--plan")
+    kind, size = parse_plan(requested)
     if kind != "auto":
         parts = {"one": lambda: [program], "per-shots": lambda: split_per_shots(program),
                  "chunk": lambda: split_chunks(program, size)}[kind]()

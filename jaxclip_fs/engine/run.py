@@ -116,10 +116,10 @@ class Sources:
             return found
         if kind == "paired":
             raise ConfigError(f"method {label} reads paired features of an IMO-adapted CLIP: "
-                              "give --dataset and --imo-adapters DIR (from `jaxclip-fs "
+                              "give data.datasets and model.imo_adapters DIR (from `jaxclip-fs "
                               "train-imo`)")
-        raise ConfigError(f"method {label} reads {kind}: give --dataset (images are encoded "
-                          "here), not --features")
+        raise ConfigError(f"method {label} reads {kind}: give data.datasets (images are "
+                          "encoded here), not data.features")
 
 
 def sources_for(config: config_lib.ExperimentConfig, *, features_dir: str | None = None,
@@ -130,7 +130,7 @@ def sources_for(config: config_lib.ExperimentConfig, *, features_dir: str | None
         return Sources(features=files, datasets=files.datasets, provenance=files.provenance())
     if not (config.model.backbone and config.model.weights):
         raise ConfigError("datasets are encoded here: give the model's backbone and weights "
-                          "(--backbone, --weights), or feature files")
+                          "(model.backbone, model.weights), or feature files")
     session = ClipSession(config, progress=progress, banner=banner)
     return Sources(features=ExtractedFeatures(session, features_dir, writer),
                    paired=PairedFeatures(session) if config.model.imo_adapters else None,
@@ -550,7 +550,7 @@ def _warn_missing_prompts(config: config_lib.ExperimentConfig, variants: Mapping
                if v.method.official is not None and v.method.official.prompts]
     if wanting:
         say(f"warning: under the paper protocol {', '.join(wanting)} officially add CuPL prompt "
-            "sentences to the templates; without --prompts FILE.json they use the templates "
+            "sentences to the templates; without protocol.prompts FILE.json they use the templates "
             "only (recorded). The files: gpt3_prompts/CuPL_prompts_<dataset>.json of the APE "
             "repository (yangyangyang127/APE), in CuPL's format (class name -> sentences).")
 

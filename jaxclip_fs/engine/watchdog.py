@@ -104,15 +104,16 @@ def call(fn: Callable[[], T], what: str, *, stall: float | None = DEFAULT_STALL_
         last_poll, last_cpu = now, cpu
         if deadline and now - started >= deadline:
             raise ProgramHang(
-                f"program {what} did not finish within {deadline:g} s (--program-timeout). "
+                f"program {what} did not finish within {deadline:g} s (execution.program_timeout). "
                 "Finished programs are saved: rerun the same command to resume.")
         if stall and now - last_busy >= stall:
             raise ProgramHang(
                 f"program {what} made no progress for {stall:g} s: the process used no CPU "
                 f"while waiting for it ({jax.device_count()} {jax.default_backend()} devices), "
                 "so XLA is deadlocked. Finished programs are saved: rerun the same command to "
-                "resume (--devices 1 avoids cross-device deadlocks); --stall-timeout changes "
-                "the limit (0: off).")
+                "resume (execution.devices 1 avoids cross-device deadlocks); "
+                "execution.stall_timeout "
+                "changes the limit (0: off).")
     if "error" in box:
         raise box["error"]
     return box["result"]

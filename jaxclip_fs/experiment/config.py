@@ -3,29 +3,44 @@
 An :class:`ExperimentConfig` holds everything that defines a sweep -- the
 data, the CLIP, how features are extracted, how image methods get their
 inputs, the protocol, the methods (with options and hyperparameters), the
-grid, and how it is executed. Flags build it (``jaxclip_fs.commands``),
+grid, and how it is executed. Flags build it (:mod:`jaxclip_fs.commands.flags`),
 ``run --config FILE`` loads it, the run directory stores it
 (``DIR/config.json``; the manifest compares it), and the paper
-reproductions are such files. Like big_vision's ``ConfigDict`` /
-flax's ``get_config()``: the trainer reads the config whole.
+reproductions wrap one (:mod:`~jaxclip_fs.experiment.reproduction`; ``run
+--config`` reads them too). Like big_vision's ``ConfigDict`` / flax's
+``get_config()``: the trainer reads the config whole.
 
-Sections, and what a rerun into the same directory may change:
+Each field declares, once (:func:`~jaxclip_fs.experiment.settings.setting`),
+its command-line flag, its default and what a rerun into the same run
+directory may do with it (:data:`~jaxclip_fs.experiment.settings.RERUN_RULES`:
+``fixed`` -- must repeat it; ``grid`` -- may add values; ``free`` -- may
+change it; ``input`` -- may move it, its content is checked). The flags of
+``run`` / ``evaluate`` / ``demo``, the flags ``run --config FILE`` accepts
+(those of ``free`` and ``input`` fields; any other only where FILE leaves
+the field unset), the manifest's comparison on rerun and the translation of
+error messages into flags are derived from those declarations
+(:data:`SETTINGS`). The table (checked against them by a test; a method
+variant's own ``hp`` is fixed per variant label):
 
 ========== ============================================================ =========
 section     fields                                                       on rerun
 ========== ============================================================ =========
-methods     name, options (each a value or a list: a sweep axis), hp    may grow
-data        datasets, features (files), ood; data_root, source           may grow
+methods     name, options (each a value or a list: a sweep axis), hp    grid
+data        datasets, features (files), ood                              grid
+            source                                                       fixed
+            data_root                                                    free
 model       backbone, weights                                            fixed
-            imo_adapters (their content, when paired methods run)        fixed
+            imo_adapters (their content is checked instead)              input
 extraction  views, aug_scale, aug_seed, dtype, batch_size               fixed
-train_dtype the trained heads' compute dtype (mixed precision)           fixed
-images      train_path, tap_cache_views, aug_scale; tap_cache_budget_gib fixed
-protocol    names (fair, fewshot, paper, validation_free)                may grow
+images      train_path, tap_cache_views, aug_scale                       fixed
+            tap_cache_budget_gib                                         free
+protocol    names (fair, fewshot, paper, validation_free)                grid
             sampler, prompts                                             fixed
 hp          NAME -> value for every method declaring NAME                 fixed
-grid        shots, seeds                                                 may grow
-execution   devices, plan, fuse_datasets, save_params, cache, workers    free
+grid        shots, seeds                                                 grid
+execution   devices, fuse_datasets, plan, save_params, cache_dir,        free
+            use_cache, workers, stall_timeout, program_timeout
+train_dtype the trained heads' compute dtype (mixed precision)           fixed
 ========== ============================================================ =========
 
 JSON round trip: :meth:`ExperimentConfig.to_dict` / :func:`from_dict`
@@ -34,16 +49,15 @@ JSON round trip: :meth:`ExperimentConfig.to_dict` / :func:`from_dict`
 
 from __future__ import annotations
 
-import collections.abc
 import dataclasses
 import json
 import os
-import types
-import typing
 from typing import Any, Mapping
 
 from jaxclip_fs.errors import ConfigError
 from jaxclip_fs.experiment import protocol as protocol_lib
+from jaxclip_fs.experiment import settings as settings_lib
+from jaxclip_fs.experiment.settings import FIXED, FREE, GRID, INPUT, setting
 from jaxclip_fs.io import atomic
 
 FORMAT = "jaxclip-fs experiment"
@@ -68,6 +82,11 @@ class MethodConfig:
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     hp: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
+    @classmethod
+    def from_name(cls, name: str) -> "MethodConfig":
+        """A method with its defaults (a config file may name it alone)."""
+        return cls(name)
+
     def variants(self) -> list[dict[str, str]]:
         """Every combination of the option values (an option's list is a sweep axis)."""
         combos: list[dict[str, str]] = [{}]
@@ -90,20 +109,20 @@ class DataConfig:
       source: ``coop`` or ``tfds``.
     """
 
-    datasets: tuple[str, ...] = ()
-    features: tuple[str, ...] = ()
-    ood: tuple[str, ...] = ()
-    data_root: str | None = None
-    source: str = "coop"
+    datasets: tuple[str, ...] = setting((), flag="--dataset", rerun=GRID, axis="datasets")
+    features: tuple[str, ...] = setting((), flag="--features", rerun=GRID, axis="datasets")
+    ood: tuple[str, ...] = setting((), flag="--ood", rerun=GRID, axis="ood")
+    data_root: str | None = setting(None, flag="--data-root", rerun=FREE)
+    source: str = setting("coop", flag="--source", rerun=FIXED)
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """The CLIP: variant, weights (``random`` for random init) and optional IMO adapters."""
 
-    backbone: str | None = None
-    weights: str | None = None
-    imo_adapters: str | None = None
+    backbone: str | None = setting(None, flag="--backbone", rerun=FIXED)
+    weights: str | None = setting(None, flag="--weights", rerun=FIXED)
+    imo_adapters: str | None = setting(None, flag="--imo-adapters", rerun=INPUT)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,11 +141,11 @@ class ExtractionConfig:
       batch_size: images per compiled encoding batch.
     """
 
-    views: int = 10
-    aug_scale: tuple[float, float] = (0.5, 1.0)
-    aug_seed: int = 0
-    dtype: str = "float32"
-    batch_size: int = 64
+    views: int = setting(10, flag="--views", rerun=FIXED)
+    aug_scale: tuple[float, float] = setting((0.5, 1.0), flag="--aug-scale", rerun=FIXED)
+    aug_seed: int = setting(0, flag="--aug-seed", rerun=FIXED)
+    dtype: str = setting("float32", flag="--dtype", rerun=FIXED)
+    batch_size: int = setting(64, flag="--batch-size", rerun=FIXED)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,10 +160,10 @@ class ImagesConfig:
       aug_scale: RandomResizedCrop area range of the training crops (LDC: 0.8-1).
     """
 
-    train_path: str = "auto"
-    tap_cache_views: int | None = None
-    tap_cache_budget_gib: float = 4.0
-    aug_scale: tuple[float, float] = (0.8, 1.0)
+    train_path: str = setting("auto", flag="--train-path", rerun=FIXED)
+    tap_cache_views: int | None = setting(None, flag="--tap-cache-views", rerun=FIXED)
+    tap_cache_budget_gib: float = setting(4.0, flag="--tap-cache-budget", rerun=FREE)
+    aug_scale: tuple[float, float] = setting((0.8, 1.0), rerun=FIXED)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,17 +180,18 @@ class ProtocolConfig:
         does, APE / APE-T; the others: by every method).
     """
 
-    names: tuple[str, ...] = (protocol_lib.DEFAULT_PROTOCOL,)
-    sampler: str | None = None
-    prompts: str | None = None
+    names: tuple[str, ...] = setting((protocol_lib.DEFAULT_PROTOCOL,), flag="--protocol",
+                                     rerun=GRID, axis="protocols")
+    sampler: str | None = setting(None, flag="--sampler", rerun=FIXED)
+    prompts: str | None = setting(None, flag="--prompts", rerun=FIXED)
 
 
 @dataclasses.dataclass(frozen=True)
 class GridConfig:
     """Shot counts and seeds: every method x dataset x shots x seeds is one cell."""
 
-    shots: tuple[int, ...] = (1, 2, 4, 8, 16)
-    seeds: tuple[int, ...] = (1, 2, 3)
+    shots: tuple[int, ...] = setting((1, 2, 4, 8, 16), flag="--shots", rerun=GRID, axis="shots")
+    seeds: tuple[int, ...] = setting((1, 2, 3), flag="--seeds", rerun=GRID, axis="seeds")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,31 +213,31 @@ class ExecutionConfig:
       program_timeout: seconds any one program may take (0: no limit).
     """
 
-    devices: int | None = None
-    fuse_datasets: bool = False
-    plan: str = "auto"
-    save_params: str = "trained"
-    cache_dir: str | None = None
-    use_cache: bool = True
-    workers: int | None = None
-    stall_timeout: float = 300.0
-    program_timeout: float = 0.0
+    devices: int | None = setting(None, flag="--devices", rerun=FREE)
+    fuse_datasets: bool = setting(False, flag="--fuse-datasets", rerun=FREE)
+    plan: str = setting("auto", flag="--plan", rerun=FREE)
+    save_params: str = setting("trained", flag="--save-params", rerun=FREE)
+    cache_dir: str | None = setting(None, flag="--cache-dir", rerun=FREE)
+    use_cache: bool = setting(True, flag="--no-cache", rerun=FREE)
+    workers: int | None = setting(None, flag="--workers", rerun=FREE)
+    stall_timeout: float = setting(300.0, flag="--stall-timeout", rerun=FREE)
+    program_timeout: float = setting(0.0, flag="--program-timeout", rerun=FREE)
 
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     """A whole experiment (module docstring)."""
 
-    methods: tuple[MethodConfig, ...] = ()
+    methods: tuple[MethodConfig, ...] = setting((), flag="--method", rerun=GRID, axis="methods")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     extraction: ExtractionConfig = ExtractionConfig()
     images: ImagesConfig = ImagesConfig()
     protocol: ProtocolConfig = ProtocolConfig()
-    hp: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    hp: Mapping[str, float] = setting(flag="--hp", rerun=FIXED, factory=dict)
     grid: GridConfig = GridConfig()
     execution: ExecutionConfig = ExecutionConfig()
-    train_dtype: str = "float32"
+    train_dtype: str = setting("float32", flag="--compute-dtype", rerun=FIXED)
 
     # --- derived views ------------------------------------------------------------------
 
@@ -242,30 +262,21 @@ class ExperimentConfig:
         return tuple(label for label, _, _ in self.variants())
 
     def fixed_settings(self) -> dict:
-        """The fields a rerun into the same directory must repeat (they shape every number).
-
-        ``train_dtype`` appears only when not float32, so directories written before it
-        existed (all float32) still resume. The IMO adapters are not among them: only the
-        paired-feature methods read them, so a rerun without those methods may leave them
-        out; the run directory checks their content instead (``engine/outdir.py``: the run's
-        inputs).
-        """
-        mixed = {} if self.train_dtype == "float32" else {"train_dtype": self.train_dtype}
-        return {**mixed, "model": {k: v for k, v in dataclasses.asdict(self.model).items()
-                                   if k != "imo_adapters"},
-                "extraction": _jsonable(dataclasses.asdict(self.extraction)),
-                "images": {k: v for k, v in dataclasses.asdict(self.images).items()
-                           if k != "tap_cache_budget_gib"},
-                "protocol": {"sampler": self.protocol.sampler, "prompts": self.protocol.prompts},
-                "hp": dict(sorted(self.hp.items())),
-                "source": self.data.source}
+        """The ``fixed`` fields (:data:`SETTINGS`), nested by section: a rerun into the same
+        directory must repeat them (they shape every number)."""
+        values = {s.path: settings_lib.get(self, s.path) for s in SETTINGS if s.rerun == FIXED}
+        values["hp"] = dict(sorted(self.hp.items()))
+        return _jsonable(settings_lib.nested(values))
 
     def grid_lists(self) -> dict:
-        """The axes a rerun may extend."""
-        return {"methods": list(self.labels()),
-                "datasets": list(self.data.datasets) or list(self.data.features),
-                "shots": list(self.grid.shots), "seeds": list(self.grid.seeds),
-                "ood": list(self.data.ood), "protocols": list(self.protocol.names)}
+        """The ``grid`` fields by axis (:data:`GRID_AXES`): a rerun may extend them. The
+        methods axis holds the variant labels."""
+        lists: dict[str, list] = {axis: [] for axis in GRID_AXES}
+        for s in SETTINGS:
+            if s.rerun == GRID:
+                value = self.labels() if s.path == "methods" else settings_lib.get(self, s.path)
+                lists[s.axis] += list(value)
+        return lists
 
     def method_hp(self) -> dict[str, dict[str, float]]:
         """variant label -> its own fixed hyperparameters (compared per label on rerun)."""
@@ -278,6 +289,20 @@ class ExperimentConfig:
     def replace(self, **sections) -> "ExperimentConfig":
         """A copy with whole sections or fields replaced (``execution=...``)."""
         return dataclasses.replace(self, **sections)
+
+
+#: Every declared field of the experiment config (flag, default, rerun rule).
+SETTINGS = settings_lib.declared(ExperimentConfig)
+#: The grid axes (manifest keys) of the ``grid`` fields, in declaration order.
+GRID_AXES = tuple(dict.fromkeys(s.axis for s in SETTINGS if s.rerun == GRID))
+
+
+def declaration(path: str) -> settings_lib.Setting:
+    """The declaration of the field ``path`` (``extraction.views``)."""
+    for s in SETTINGS:
+        if s.path == path:
+            return s
+    raise KeyError(path)
 
 
 # --- validation -------------------------------------------------------------------------------
@@ -370,81 +395,12 @@ def from_dict(raw: Mapping[str, Any], where: str = "config") -> ExperimentConfig
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where} must be a JSON object")
     raw = dict(raw)
-    execution = raw.get("execution")
-    if isinstance(execution, Mapping) and "program_per_shots" in execution:
-        execution = dict(execution)  # written before execution.plan replaced the flag
-        per_shots = execution.pop("program_per_shots")
-        execution.setdefault("plan", "per-shots" if per_shots is True else "auto")
-        raw["execution"] = execution
     fmt = raw.pop("format", FORMAT)
     version = raw.pop("format_version", FORMAT_VERSION)
     if fmt != FORMAT or version != FORMAT_VERSION:
         raise ConfigError(f"{where}: not a {FORMAT} v{FORMAT_VERSION} config "
                           f"(format {fmt!r} v{version})")
-    return check(_build(ExperimentConfig, raw, where))
-
-
-def _build(cls, raw: Mapping[str, Any], where: str):
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{where} must be a JSON object")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise ConfigError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(fields)})")
-    values = {}
-    for name, value in raw.items():
-        values[name] = _convert(hints[name], value, f"{where}.{name}")
-    missing = [n for n, f in fields.items() if n not in values
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    if missing:
-        raise ConfigError(f"{where}.{missing[0]}: required")
-    return cls(**values)
-
-
-def _convert(hint, value, where: str):
-    """``value`` as type ``hint`` (dataclasses, tuples, optionals, mappings, scalars)."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if hint is MethodConfig and isinstance(value, str):
-        return MethodConfig(value)  # a method with its defaults may be given by name alone
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    if origin is typing.Union or origin is types.UnionType:
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(inner[0], value, where)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where} must be a list")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{where} must have {len(args)} entries")
-        return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-    if origin in (collections.abc.Mapping, dict):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where} must be a JSON object")
-        value_type = args[1] if len(args) == 2 else Any
-        return {str(k): _convert(value_type, v, f"{where}.{k}") for k, v in value.items()}
-    if hint is Any:
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false")
-        return value
-    if hint in (int, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} must be a number")
-        if hint is int and value != int(value):
-            raise ConfigError(f"{where} must be a whole number")
-        return hint(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} must be a string")
-        return value
-    raise TypeError(f"{where}: unsupported config type {hint}")
+    return check(settings_lib.build(ExperimentConfig, raw, where))
 
 
 def _jsonable(value):
@@ -461,12 +417,15 @@ def save(path: str | os.PathLike, config: ExperimentConfig) -> None:
     atomic.write_json(path, config.to_dict())
 
 
-def load(path: str | os.PathLike) -> ExperimentConfig:
-    """Reads a config file written by :func:`save` (or by hand).
+def read(path: str | os.PathLike) -> dict:
+    """The experiment object of a config file: an experiment config, or the ``experiment`` of
+    a reproduction (:mod:`~jaxclip_fs.experiment.reproduction`, published methods added).
 
     Raises:
-      ConfigError: unreadable file, not JSON, or an invalid config (names the key).
+      ConfigError: unreadable file, not JSON, or not a JSON object (names the file).
     """
+    from jaxclip_fs.experiment import reproduction
+
     path = os.fspath(path)
     try:
         with open(path) as f:
@@ -475,4 +434,15 @@ def load(path: str | os.PathLike) -> ExperimentConfig:
         raise ConfigError(f"{path}: cannot read the config ({exc.strerror})") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not JSON ({exc.msg}, line {exc.lineno})") from None
-    return from_dict(raw, where=os.path.basename(path))
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{path} must hold a JSON object")
+    return reproduction.experiment(raw) if reproduction.is_reproduction(raw) else raw
+
+
+def load(path: str | os.PathLike) -> ExperimentConfig:
+    """Reads a config file written by :func:`save` (or by hand, or a reproduction's).
+
+    Raises:
+      ConfigError: unreadable file, not JSON, or an invalid config (names the key).
+    """
+    return from_dict(read(path), where=os.path.basename(os.fspath(path)))

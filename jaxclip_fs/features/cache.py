@@ -152,5 +152,6 @@ class ChunkedEntry:
                             **{CHECKSUM_KEY: np.asarray(_checksum(self.key, chunk, arrays))})
         except OSError as exc:
             raise ConfigError(f"{self.directory}: cannot write the feature cache "
-                              f"({exc.strerror or exc}); choose --cache-dir DIR or --no-cache"
+                              f"({exc.strerror or exc}); choose another execution.cache_dir or "
+                              "execution.use_cache=false"
                               ) from None

@@ -39,7 +39,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 def compute_dtype(name: str):
     """``"float32"`` or ``"bfloat16"`` -> the jnp dtype; ConfigError otherwise."""
     if name not in DTYPES:
-        raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got '{name}'")
+        raise ConfigError(f"extraction.dtype must be one of {', '.join(DTYPES)}, got '{name}'")
     return DTYPES[name]
 
 

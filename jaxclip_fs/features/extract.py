@@ -93,7 +93,7 @@ def select_train_pool(dataset, shots: int | None, seeds: Sequence[int],
     train = dataset.split("train")
     origin = dataset.split_origin.get("train", "train split")
     if shots is None and draws:
-        raise ConfigError("official draws need --shots (the pool is their union)")
+        raise ConfigError("official draws need shots (the pool is their union)")
     if shots is None:
         return TrainPool(np.arange(len(train), dtype=np.int64), {},
                          f"whole train split ({origin})")
@@ -242,17 +242,17 @@ def extract_features(
     """
     seeds = tuple(int(s) for s in seeds)
     if shots is None and seeds:
-        raise ConfigError("--seeds needs --shots (without --shots the whole train split is used)")
+        raise ConfigError("seeds need shots (without shots the whole train split is used)")
     if shots is not None:
         if shots < 1:
-            raise ConfigError(f"--shots must be >= 1, got {shots}")
+            raise ConfigError(f"shots must be >= 1, got {shots}")
         if not seeds:
-            raise ConfigError("--shots needs at least one seed in --seeds")
+            raise ConfigError("shots need at least one seed")
         if len(set(seeds)) != len(seeds) or min(seeds) < 0:
-            raise ConfigError(f"--seeds must be distinct and >= 0, got {list(seeds)}")
+            raise ConfigError(f"seeds must be distinct and >= 0, got {list(seeds)}")
     check_view_args(views, aug_seed, aug_scale)
     if workers is not None and workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {workers}")
+        raise ConfigError(f"execution.workers must be >= 1, got {workers}")
     workers = workers or default_workers()
     encoder = make_image_encoder(clip, taps=taps, dtype=dtype, batch_size=batch_size)
     if tokenizer is None:

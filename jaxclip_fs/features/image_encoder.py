@@ -80,7 +80,7 @@ def make_image_encoder(clip, *, taps: Sequence[str] = (), dtype: str = "float32"
     taps = tuple(taps)
     check_taps(clip.config, taps)
     if batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+        raise ConfigError(f"extraction.batch_size must be >= 1, got {batch_size}")
     model = clip.model.clone(dtype=compute_dtype(dtype))
     size = clip.config.image_size
     batches = FixedBatchEncoder(image_encode_fn(model, taps), clip.params, batch_size,
@@ -102,13 +102,14 @@ def load_views(split, index: int, size: int, views: int, aug_seed: int,
 
 
 def check_view_args(views: int, aug_seed: int, aug_scale: Sequence[float]) -> None:
-    """ConfigError naming ``--views`` / ``--aug-seed`` / ``--aug-scale`` when out of range."""
+    """ConfigError naming ``extraction.views`` / ``aug_seed`` / ``aug_scale`` when out of range."""
     if views < 1:
-        raise ConfigError(f"--views must be >= 1, got {views}")
+        raise ConfigError(f"extraction.views must be >= 1, got {views}")
     if aug_seed < 0:
-        raise ConfigError(f"--aug-seed must be >= 0, got {aug_seed}")
+        raise ConfigError(f"extraction.aug_seed must be >= 0, got {aug_seed}")
     if len(aug_scale) != 2 or not 0 < aug_scale[0] <= aug_scale[1] <= 1:
-        raise ConfigError(f"--aug-scale must satisfy 0 < low <= high <= 1, got {tuple(aug_scale)}")
+        raise ConfigError(f"extraction.aug_scale must satisfy 0 < low <= high <= 1, "
+                          f"got {tuple(aug_scale)}")
 
 
 def image_cache_spec(encoder: ImageEncoder, dataset, split_name: str, indices: np.ndarray, *,

@@ -491,7 +491,7 @@ class Method:
             if missing:
                 raise ConfigError(
                     f"method '{self.name}' has no fixed value for {', '.join(missing)} to run "
-                    f"without validation: give one (--hp {self.name}.{missing[0]}=VALUE)")
+                    f"without validation: give one (hp {self.name}.{missing[0]}=VALUE)")
         checked = {name: hparams_lib.check_value(specs[name], value, dim)
                    for name, value in values.items()}
         grid = {} if not search else {

@@ -122,7 +122,7 @@ def parse_assignments(assignments, valid: Mapping[str, HParam], method: str) -> 
         for text in assignments:
             name, sep, value = str(text).partition("=")
             if not sep or not name.strip():
-                raise ConfigError(f"--hp expects NAME=VALUE, got '{text}'")
+                raise ConfigError(f"a hyperparameter is NAME=VALUE, got '{text}'")
             items.append((name.strip(), value.strip()))
     parsed: dict[str, float] = {}
     names = ", ".join(valid) if valid else "(none)"

@@ -72,7 +72,7 @@ def in_compute_dtype(method: Method, dtype: str) -> Method:
     if own != "float32":
         raise ConfigError(
             f"{method.label} keeps its own weights in {own} (option dtype={own}); a compute "
-            f"dtype of {dtype} would mix the two: use the option or --compute-dtype, not both")
+            f"dtype of {dtype} would mix the two: use the option or train_dtype, not both")
     return _mixed(method, dtype)
 
 

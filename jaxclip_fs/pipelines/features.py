@@ -165,7 +165,7 @@ class GivenFeatures:
             values = {str(fs.meta.get(key, "unknown")) for fs in self.files.values()}
             if len(values) > 1:
                 raise ConfigError(
-                    f"--features: the files disagree on {key} ({', '.join(sorted(values))})")
+                    f"data.features: the files disagree on {key} ({', '.join(sorted(values))})")
 
     @property
     def datasets(self) -> tuple[str, ...]:
@@ -189,8 +189,8 @@ class GivenFeatures:
     def _serving(self, dataset: str, request: Request) -> featfile.FeatureSet:
         fs = self.files[dataset]
         if request.prompts is not None and fs.text_prompts is None:
-            raise ConfigError(f"--prompts: the features of {dataset} hold no prompt classifier "
-                              "(extract them with --prompts)")
+            raise ConfigError(f"protocol.prompts: the features of {dataset} hold no prompt "
+                              "classifier (extract them with `jaxclip-fs extract --prompts`)")
         return fs
 
     def sizes(self, dataset: str) -> sizes_lib.InputSizes:
@@ -206,7 +206,8 @@ class GivenFeatures:
         return int(self.ood(name, self.files[parent]).test.shape[0])
 
     def ood(self, name: str, parent: featfile.FeatureSet) -> ood_lib.OODSet:
-        raise ConfigError(f"--ood {name} needs --dataset (the OOD test sets are extracted here)")
+        raise ConfigError(
+            f"data.ood {name} needs data.datasets (the OOD test sets are extracted here)")
 
 
 class FeatureFiles(GivenFeatures):
@@ -226,7 +227,7 @@ class FeatureFiles(GivenFeatures):
             name = printable(name or str(fs.meta.get("dataset")
                                          or os.path.splitext(os.path.basename(path))[0]))
             if name in sets:
-                raise ConfigError(f"--features: two files for dataset {name!r} ({path})")
+                raise ConfigError(f"data.features: two files for dataset {name!r} ({path})")
             sets[name] = dataclasses.replace(
                 fs, meta={**fs.meta, "dataset": name, "feature_file": os.fspath(path)})
             sources[name] = os.path.abspath(path)

@@ -202,7 +202,7 @@ def choose_train_path(requested: str, needed_bytes: int, budget_bytes: int) -> s
     """
     if requested not in TRAIN_PATHS:
         raise ConfigError(
-            f"--train-path must be one of {', '.join(TRAIN_PATHS)}, got '{requested}'")
+            f"images.train_path must be one of {', '.join(TRAIN_PATHS)}, got '{requested}'")
     if requested != "auto":
         return requested
     return "cache" if needed_bytes <= budget_bytes else "trunk"

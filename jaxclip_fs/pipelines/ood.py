@@ -54,7 +54,7 @@ def parent_classes(dataset, num_parent_classes: int) -> tuple[np.ndarray, np.nda
       ConfigError: ``dataset`` is not an out-of-distribution test set.
     """
     if not dataset.parent:
-        raise ConfigError(f"--ood {dataset.name}: not an out-of-distribution test set "
+        raise ConfigError(f"data.ood {dataset.name}: not an out-of-distribution test set "
                           "(imagenet_v2, imagenet_sketch, imagenet_a, imagenet_r)")
     parent_index = np.asarray(dataset.parent_class_index, np.int64)
     class_mask = np.zeros(num_parent_classes, np.float32)
@@ -109,6 +109,6 @@ def parent_of(name: str) -> str:
     from jaxclip_fs.data.registry import OOD_DATASETS
 
     if name not in OOD_DATASETS:
-        raise ConfigError(f"--ood {name}: not an out-of-distribution test set "
+        raise ConfigError(f"data.ood {name}: not an out-of-distribution test set "
                           f"(choose from {', '.join(OOD_DATASETS)})")
     return IMAGENET

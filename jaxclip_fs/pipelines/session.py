@@ -109,7 +109,7 @@ class ClipSession:
 
             if not self.config.model.imo_adapters:
                 raise ConfigError("paired features need IMO adapters: train them with "
-                                  "`jaxclip-fs train-imo` and pass --imo-adapters DIR")
+                                  "`jaxclip-fs train-imo` and pass model.imo_adapters DIR")
             adapted = load_imo_adapters(self.config.model.imo_adapters, self.clip())
             self.identify("imo_adapters", adapted.weights_id, self.config.model.imo_adapters)
             self._adapted = adapted
