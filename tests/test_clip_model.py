@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
 from jaxclip_fs.clip.layers import ResidualAttentionBlock
 from jaxclip_fs.clip.model import (
@@ -22,6 +21,9 @@ from jaxclip_fs.convert.assemble import assemble
 from jaxclip_fs.convert.layouts import OPENAI
 from jaxclip_fs.errors import ConfigError
 from clip_checkpoints import compiled
+from oracles import lazy
+
+torch = lazy("torch")
 
 OPENAI_VARIANTS = {  # our name -> open_clip's model config name
     "RN50": "RN50", "RN101": "RN101", "RN50x4": "RN50x4", "RN50x16": "RN50x16",
@@ -57,6 +59,7 @@ def open_clip_shapes(name: str) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in reference.state_dict().items()}
 
 
+@pytest.mark.oracle
 def test_table_matches_open_clip_architectures():
     for name in OPENAI_VARIANTS:
         found = config_from_openai_shapes(open_clip_shapes(name))
@@ -64,6 +67,7 @@ def test_table_matches_open_clip_architectures():
         assert match_variant(found) == name
 
 
+@pytest.mark.oracle
 @pytest.mark.parametrize("name", ["ViT-B/16", "ViT-L/14@336px", "RN50", "RN50x4"])
 def test_param_tree_matches_open_clip(name):
     """Every open_clip tensor maps onto our tree with the right shape, nothing left over."""
