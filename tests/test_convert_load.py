@@ -10,6 +10,7 @@ import zipfile
 
 import huggingface_hub
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
@@ -136,6 +137,46 @@ def test_variant_name_as_weights_means_its_openai_release(hub_cache):
         load_clip(None, "ViT-B/16")
     with pytest.raises(CheckpointError, match="is OpenAI's RN50, not ViT-B/32"):
         load_clip("ViT-B/32", "RN50")
+
+
+# --- safetensors files (read with the safetensors library) ------------------------------------
+
+
+def test_safetensors_floats_come_back_float32_and_integers_as_they_are(tmp_path):
+    path = str(tmp_path / "t.safetensors")
+    want = {"half": np.array([[0.5, -1.25], [3.0, 65504.0]], np.float16),
+            "brain": np.array([1.5, -2.25, 3.0e38], jnp.bfloat16),
+            "double": np.arange(3, dtype=np.float64) / 3, "long": np.array([7, -8], np.int64),
+            "byte": np.array([1, 255], np.uint8), "empty": np.zeros((0, 4), np.float32)}
+    save_file(want, path)
+    got = read_safetensors(path)
+    assert got.keys() == want.keys()
+    for name in ("half", "brain", "double", "empty"):
+        assert got[name].dtype == np.float32 and got[name].shape == want[name].shape
+        np.testing.assert_array_equal(got[name], want[name].astype(np.float32))
+    for name in ("long", "byte"):
+        assert got[name].dtype == want[name].dtype
+        np.testing.assert_array_equal(got[name], want[name])
+
+
+def test_broken_safetensors_files_are_one_line_errors_naming_the_file(tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_file({"a": np.ones((8, 8), np.float32)}, str(path))
+    whole = path.read_bytes()
+    for cut in (0, 5, len(whole) // 2, len(whole) - 1):
+        path.write_bytes(whole[:cut])
+        with pytest.raises(CheckpointError) as e:
+            read_safetensors(str(path))
+        one_line_error(e, "w.safetensors", "truncated")
+    path.write_bytes((16).to_bytes(8, "little") + b"not a json head!")
+    with pytest.raises(CheckpointError) as e:
+        read_safetensors(str(path))
+    one_line_error(e, "w.safetensors", "not a safetensors file")
+    header = b'{"a":{"dtype":"C64","shape":[1],"data_offsets":[0,8]}}'  # complex: not a weight
+    path.write_bytes(len(header).to_bytes(8, "little") + header + bytes(8))
+    with pytest.raises(CheckpointError) as e:
+        read_safetensors(str(path))
+    one_line_error(e, "w.safetensors", "unsupported dtype")
 
 
 # --- one-line errors ----------------------------------------------------------------------
@@ -364,4 +405,5 @@ def test_torch_tensors_are_not_needed_for_safetensors(vit_model, tmp_path, monke
     expected = load_clip("tiny-vit", path)
     monkeypatch.setitem(__import__("sys").modules, "torch", None)
     assert same_params(load_clip("tiny-vit", path), expected)
-    assert isinstance(torch.zeros(1), torch.Tensor)  # the real module is untouched
+    monkeypatch.undo()
+    assert isinstance(torch.zeros(1), torch.Tensor)  # the real module is back, untouched
