@@ -64,8 +64,8 @@ def skip_reason() -> str | None:
     absent = missing()
     if not absent:
         return None
-    return (f"oracle test: needs {', '.join(absent)} (pip install -e '.[test]' installs the "
-            f"oracles; run only the rest with -m 'not oracle')")
+    return (f"oracle test: needs {', '.join(absent)} (pip install -e '.[oracle]'; "
+            f"-m 'not oracle' runs only the rest)")
 
 
 def _import(name: str):
