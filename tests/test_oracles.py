@@ -34,4 +34,3 @@ def test_oracle_tests_are_skipped_with_one_reason_and_the_rest_run():
     reasons = [line for line in out.splitlines() if line.startswith("SKIPPED")]
     assert reasons and all("oracle test: needs torch, torchvision, open_clip, transformers"
                            in line for line in reasons), reasons
-

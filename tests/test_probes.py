@@ -25,9 +25,10 @@ from jaxclip_fs.methods import clap as clap_lib
 from jaxclip_fs.methods.base import as_arrays, logits, training_loss
 from jaxclip_fs.methods.optimizers import epoch_cosine
 from jaxclip_fs.methods.search import accuracy
-from jaxclip_fs.methods.task import make_evalset, make_task, pad_task
+from jaxclip_fs.methods.task import make_evalset, make_task
 from jaxclip_fs.pipelines.features import GivenFeatures
 from jaxclip_fs.train.fit import fit
+from runs import pad_task
 
 from oracles import lazy
 from test_sweep import read_records
