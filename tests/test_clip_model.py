@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -197,8 +198,8 @@ def test_adapters_fresh_are_identity_and_dropout_is_keyed(tiny_vit):
     assert "adapter" not in variables["params"]["visual"]["block1"]  # input untouched
     assert adapted_config.adapter_dim == 64 and adapted_config.adapter_scale == 0.03
     model = CLIP(adapted_config)
-    assert jax.tree_util.tree_structure(adapted) == jax.tree_util.tree_structure(
-        jax.eval_shape(model.init, jax.random.PRNGKey(0), images, np.zeros((1, 77), np.int32)))
+    chex.assert_trees_all_equal_shapes_and_dtypes(adapted, jax.eval_shape(
+        model.init, jax.random.PRNGKey(0), images, np.zeros((1, 77), np.int32)))
     encode = jax.jit(lambda v, key, deterministic: model.apply(
         v, images, deterministic=deterministic, rngs={"dropout": key}, method="encode_image")[0],
         static_argnums=2)
