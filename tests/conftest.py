@@ -11,6 +11,11 @@ Every test sees ONE CPU device, as a user's laptop does -- except those marked
 devices (the count is fixed when jax starts, so it cannot change within a
 process). Its result is this test's result, so ``python -m pytest -n 2 tests``
 stays the one command that runs everything.
+
+Tests marked ``@pytest.mark.oracle`` compare against torch / torchvision /
+open_clip / transformers (``tests/oracles.py``); where one of those is not
+installed they are skipped with one reason line, and ``-m "not oracle"``
+leaves them out.
 """
 
 import os

@@ -6,6 +6,7 @@ No timing is asserted (the machine may be shared); the full version is for a GPU
 import json
 import math
 
+import oracles
 from benchmarks import accelerator
 
 #: Rows the quick version gives per benchmark (QUICK sizes: float32 training, both dtypes of
@@ -14,6 +15,8 @@ ROWS = {"search": 2, "train": 2 * len(accelerator.QUICK.train_methods)
         * len(accelerator.QUICK.train_dtypes),
         "encode": 2 * len(accelerator.QUICK.encode_variants),
         "ldc": 2 * len(accelerator.QUICK.ldc_dtypes)}
+if oracles.skip_reason() is not None:  # bench_search imports torch (its baseline): no rows
+    del ROWS["search"]
 NUMBERS = ("seconds", "flops", "flops_per_s", "peak_flops_per_s", "fraction_of_peak")
 
 
