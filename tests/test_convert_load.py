@@ -8,7 +8,7 @@ import os
 import shutil
 import zipfile
 
-import huggingface_hub
+import huggingface_hub.constants
 import jax
 import jax.numpy as jnp
 import numpy as np
