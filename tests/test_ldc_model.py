@@ -1,10 +1,11 @@
 """LDC's model: tap choice, shapes, the ICD residual, and the loss vs a PyTorch oracle.
 
-The oracle rebuilds the official modules from ``torch.nn`` (Conv2d / Linear /
-BatchNorm / LayerNorm / AvgPool2d in train mode, ``F.cross_entropy`` and
-``F.l1_loss`` as ``get_loss`` weights them), loads our parameters, and must
-give our loss, logits, gradients and updated BatchNorm statistics -- also
-when our batch carries zero-weight padding rows the oracle never sees.
+The oracle (``tests/ldc_oracle.py``) rebuilds the official modules from
+``torch.nn`` (Conv2d / Linear / BatchNorm / LayerNorm / AvgPool2d in train
+mode, ``F.cross_entropy`` and ``F.l1_loss`` as ``get_loss`` weights them),
+loads our parameters, and must give our loss, logits, gradients and updated
+BatchNorm statistics -- also when our batch carries zero-weight padding rows
+the oracle never sees.
 """
 
 import jax
