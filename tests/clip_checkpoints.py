@@ -1,6 +1,7 @@
 """Reference PyTorch CLIPs with random weights, written in the real checkpoint formats.
 
-Helpers only (no tests): imported by the parity, loading and embed tests.
+Helpers only (no tests): imported by the parity, loading and embed tests;
+importable without torch (the oracles are imported at first use).
 The oracles are open_clip's ``CLIP`` (OpenAI layout, ViT and ModifiedResNet)
 and transformers' ``CLIPModel`` (HF layout, ViT), built from the same
 architecture numbers as our variant table.
@@ -13,12 +14,12 @@ import os
 
 import jax
 import numpy as np
-import torch
 
 from jaxclip_fs.clip.model import CLIP
 from jaxclip_fs.clip.variants import CLIPConfig
+from oracles import lazy
 
-torch.set_num_threads(1)  # tests run 2 workers on 2 cores
+torch = lazy("torch")
 
 SOT, EOT = 49406, 49407
 

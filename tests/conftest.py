@@ -11,6 +11,11 @@ Every test sees ONE CPU device, as a user's laptop does -- except those marked
 devices (the count is fixed when jax starts, so it cannot change within a
 process). Its result is this test's result, so ``python -m pytest -n 2 tests``
 stays the one command that runs everything.
+
+Tests marked ``@pytest.mark.oracle`` compare against torch / torchvision /
+open_clip / transformers (``tests/oracles.py``); where one of those is not
+installed they are skipped with one reason line, and ``-m "not oracle"``
+leaves them out.
 """
 
 import os
@@ -43,6 +48,10 @@ import tempfile  # noqa: E402
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+import oracles  # noqa: E402
+
+oracles.hide_if_asked()  # (before any test module imports one)
+
 JIT_CACHE = os.environ.get("JAXCLIP_FS_TEST_JIT_CACHE",
                            os.path.join(tempfile.gettempdir(), "jaxclip-fs-test-jit-cache"))
 jax.config.update("jax_compilation_cache_dir", JIT_CACHE)
@@ -52,6 +61,20 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "devices(n): runs with n fake CPU devices, in a subprocess of its own")
+    config.addinivalue_line(
+        "markers", "oracle: compares against torch / torchvision / open_clip / transformers' "
+        "PyTorch CLIP; skipped when one is not installed")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Oracle tests are skipped, with one reason line, where an oracle package is absent."""
+    reason = oracles.skip_reason()
+    if reason is None:
+        return
+    skip = pytest.mark.skip(reason=reason)
+    for item in items:
+        if item.get_closest_marker("oracle") is not None:
+            item.add_marker(skip)
 
 
 @pytest.hookimpl(tryfirst=True)

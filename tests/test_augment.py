@@ -8,12 +8,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from torchvision import transforms as T
 
 from jaxclip_fs.clip.preprocess import CLIP_MEAN, CLIP_STD, preprocess
 from jaxclip_fs.features import augment as aug
+from oracles import lazy
+
+torch = lazy("torch")
+T = lazy("torchvision.transforms")
 
 
 class TorchDraws:
@@ -41,6 +43,7 @@ def _image(width, height, seed=0):
     return Image.fromarray(noisy.astype(np.uint8))
 
 
+@pytest.mark.oracle
 def test_crop_params_equal_torchvision_for_the_same_draws():
     rng = np.random.default_rng(0)
     fallbacks = 0
@@ -73,6 +76,7 @@ def test_crop_params_fallback_known_answer():
     assert aug.random_resized_crop_params(NeverFits(), 400, 10) == (0, 193, 10, 13)
 
 
+@pytest.mark.oracle
 @pytest.mark.parametrize("width,height", [(90, 60), (40, 71), (20, 20)])
 def test_random_view_equals_tip_adapter_transform(width, height):
     size = 32
@@ -188,6 +192,7 @@ def test_jax_crop_boxes_in_bounds_and_follow_scale_and_ratio():
     assert len({tuple(b) for b in boxes}) > 1000 and top.max() > 0 and left.max() > 0
 
 
+@pytest.mark.oracle
 @pytest.mark.parametrize("height,width,ratio", [
     (30, 50, (1.0, 1.0)), (50, 30, (1.0, 1.0)),
     (10, 80, aug.DEFAULT_RATIO), (80, 10, aug.DEFAULT_RATIO)])

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from jaxclip_fs.clip.variants import get_config
 from jaxclip_fs.convert import load_clip
@@ -20,6 +19,10 @@ from clip_checkpoints import (
     hf_model, hf_reference, l2n, openai_layout_model, openai_reference, random_images,
     compiled, random_tokens, save_hf_dir, save_state_dict, save_torchscript,
 )
+from oracles import lazy
+
+pytestmark = pytest.mark.oracle
+torch = lazy("torch")
 
 TOL = 1e-4
 

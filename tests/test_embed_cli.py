@@ -65,6 +65,7 @@ def test_embed_random_weights_matches_direct_computation(images, tmp_path, capsy
     assert meta["texts"] == TEXTS
 
 
+@pytest.mark.oracle
 def test_embed_checkpoint_records_its_weights_id(images, tmp_path, capsys):
     directory = save_hf_dir(hf_model(get_config("tiny-vit"), seed=4), str(tmp_path / "hf"))
     out = str(tmp_path / "emb.npz")

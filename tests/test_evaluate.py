@@ -16,14 +16,14 @@ from jaxclip_fs.features import featfile
 from jaxclip_fs.features.synthetic import make_task
 from jaxclip_fs.io import records
 from jaxclip_fs.methods.base import as_arrays
-from jaxclip_fs.methods.task import pad_evalset, with_shots
+from jaxclip_fs.methods.task import with_shots
 from jaxclip_fs.data.fewshot import coop_val_rows
 from jaxclip_fs.engine.evaluate import evaluate_features, evaluate_file
 from jaxclip_fs.features.featfile import support_index
 from jaxclip_fs.methods.task import make_evalset
 from jaxclip_fs.methods.task import make_task as task_of
-from jaxclip_fs.train import fit_select_predict
 from jaxclip_fs.train.fit import task_key
+from runs import fit_select_predict, pad_evalset
 
 C, D = 6, 16
 

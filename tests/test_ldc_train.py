@@ -12,6 +12,7 @@ epochs through the engine and checks that it learns.
 import functools
 import json
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -95,8 +96,7 @@ def test_vmapped_cache_path_equals_separate_trunk_runs_on_the_same_views(clip, s
     from_trunk = jax.jit(fetch)(s["frozen"], None, s["pixels"][views, rows])
     from_cache = ldc_inputs.cache_fetch(  # the cache's leaves are numpy: indexed on the host
         s["frozen"], None, jax.tree.map(lambda leaf: leaf[views, rows], s["cache"]))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
-                                                         atol=1e-5), from_trunk, from_cache)
+    chex.assert_trees_all_close(from_trunk, from_cache, rtol=1e-4, atol=1e-5)
     # alone: scanning only its 2 epochs (the vmapped program scans 40, idling after 2)
     one = jax.jit(functools.partial(fit_one, s["method"], fetch, batch_size=BATCH,
                                     max_epochs=TRAINED_EPOCHS))

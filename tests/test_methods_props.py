@@ -15,9 +15,10 @@ from jaxclip_fs import methods
 from jaxclip_fs.methods import ape, ape_t, hparams, tip_adapter, tip_adapter_f
 from jaxclip_fs.methods.base import as_arrays, logits
 from jaxclip_fs.methods.task import (
-    make_evalset, make_task, pad_evalset, pad_task, stack, with_shots,
+    make_evalset, make_task, stack, with_shots,
 )
 from jaxclip_fs.train import fit
+from runs import pad_evalset, pad_task
 
 # every registered method that reads CLIP features (image / paired methods have their own tests),
 # and each other choice of its structural options (variant labels, e.g. clap[constraint=...])

@@ -1,13 +1,15 @@
 """CLIP image preprocessing equals the torchvision pipeline; image loading errors."""
 
 import numpy as np
-import open_clip
 import pytest
 from PIL import Image
-from torchvision import transforms as T
 
 from jaxclip_fs.clip import preprocess as pp
 from jaxclip_fs.errors import DataError
+from oracles import lazy
+
+open_clip = lazy("open_clip")
+T = lazy("torchvision.transforms")
 
 
 def _torchvision_clip(size):
@@ -40,6 +42,7 @@ SHAPES = [(97, 61, 32), (50, 131, 32), (40, 40, 32), (32, 32, 32), (20, 13, 32),
           (33, 32, 32), (32, 35, 32), (200, 150, 64), (300, 400, 224)]
 
 
+@pytest.mark.oracle
 @pytest.mark.parametrize("width,height,size", SHAPES)
 def test_equals_torchvision_and_open_clip_rgb(width, height, size):
     img = _image(width, height, "RGB", seed=width * height)
@@ -52,6 +55,7 @@ def test_equals_torchvision_and_open_clip_rgb(width, height, size):
                                rtol=0, atol=1e-6)
 
 
+@pytest.mark.oracle
 @pytest.mark.parametrize("mode", ["RGBA", "L", "P", "LA", "CMYK"])
 @pytest.mark.parametrize("width,height", [(75, 52), (41, 90)])
 def test_equals_torchvision_other_modes(mode, width, height):
@@ -60,6 +64,7 @@ def test_equals_torchvision_other_modes(mode, width, height):
     np.testing.assert_allclose(pp.preprocess(img, 48), expected, rtol=0, atol=1e-6)
 
 
+@pytest.mark.oracle
 def test_short_side_size_matches_torchvision():
     from torchvision.transforms.functional import _compute_resized_output_size
 

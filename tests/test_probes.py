@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
 from jaxclip_fs import methods
 from jaxclip_fs.engine.run import RunDir, Sources, run_experiment
@@ -26,11 +25,15 @@ from jaxclip_fs.methods import clap as clap_lib
 from jaxclip_fs.methods.base import as_arrays, logits, training_loss
 from jaxclip_fs.methods.optimizers import epoch_cosine
 from jaxclip_fs.methods.search import accuracy
-from jaxclip_fs.methods.task import make_evalset, make_task, pad_task
+from jaxclip_fs.methods.task import make_evalset, make_task
 from jaxclip_fs.pipelines.features import GivenFeatures
 from jaxclip_fs.train.fit import fit
+from runs import pad_task
 
+from oracles import lazy
 from test_sweep import read_records
+
+torch = lazy("torch")
 
 C, K, D, M = 4, 3, 8, 9
 N = C * K
@@ -105,6 +108,7 @@ def _dassl_lrs(lr, epochs):
     return [1e-5] + _torch_cosine(lr, epochs, epochs - 1)
 
 
+@pytest.mark.oracle
 def test_epoch_cosine_is_dassls_schedule():
     """The per-update lr of :func:`epoch_cosine` (3 updates per epoch) is Dassl's per-epoch lr."""
     epochs, per_epoch = 7, 3
@@ -173,6 +177,7 @@ def test_zs_lp_init_objective_prediction(data):
                                rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.oracle
 @pytest.mark.parametrize("text_norm", [1.0, 3.0])
 def test_zs_lp_trajectory(data, text_norm):
     epochs = 6
@@ -198,6 +203,7 @@ def test_clap_init_objective(data):
     assert float(loss) == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.oracle
 @pytest.mark.parametrize("constraint", ["l2", "adaptive"])
 def test_clap_trajectory(data, constraint):
     """The CLAP loop (λ from the single view here) for both constraints: prototypes, and for
@@ -317,6 +323,7 @@ def numpy_taskres(x, y, text, r, scale, epochs, lr=2e-3, weight_decay=5e-4):
     return residual
 
 
+@pytest.mark.oracle
 def test_taskres_init_trajectory_prediction(data):
     epochs, method = 8, methods.get("taskres")
     hp = _hp("taskres", epochs=epochs, text_norm=2.0, alpha=0.7)
@@ -376,6 +383,7 @@ def test_cross_modal_objective_init_prediction(data):
                                rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.oracle
 def test_cross_modal_trajectory_and_early_stopping(data):
     """90 full-batch steps (warmup, then cosine): the last iterate; then, at lr 0.01 so that the
     validation accuracy moves, the checks every 10 updates (shrunk from 100) after updates 0,

@@ -32,8 +32,8 @@ from jaxclip_fs.clip.tokenizer import load_tokenizer
 from jaxclip_fs.methods.base import as_arrays, logits
 from jaxclip_fs.methods.search import accuracy
 from jaxclip_fs.methods.task import make_evalset, make_task as task_of
-from jaxclip_fs.train import fit_select_predict
 from jaxclip_fs.train.fit import fit, select, task_key
+from runs import fit_select_predict
 
 from test_data_coop import DTD_JSON, PETS_JSON, _png
 from test_sweep import GivenFeatures, Sources, config, read_records, run_sweep

@@ -2,7 +2,6 @@
 
 import csv
 import dataclasses
-import json
 import os
 
 import numpy as np
@@ -24,6 +23,7 @@ from jaxclip_fs.methods.base import as_arrays, logits
 from jaxclip_fs.methods.search import accuracy
 from jaxclip_fs.methods.task import make_evalset, make_task as task_of
 from jaxclip_fs.pipelines.features import GivenFeatures
+from same_records import COMPARED, assert_same_records, read_records  # noqa: F401 (shared)
 
 # Two small datasets with different class counts and split sizes (fusion pads them).
 FEATURES = {
@@ -36,9 +36,6 @@ FEATURES = {
 FEATURES.update({name: make_task(seed, num_classes=3, dim=8, shots=2, views=2, val_per_class=4,
                                  test_per_class=4, dataset=name)
                  for seed, name in ((5, "twin_a"), (6, "twin_b"))})
-COMPARED = ("method", "dataset", "shots", "seed", "backbone", "weights", "split_policy",
-            "hyperparameters", "searched", "protocol", "selection", "accuracy", "val_accuracy",
-            "best_epoch", "num_classes", "val_size", "test_size")
 
 
 SOURCES = Sources(features=GivenFeatures(FEATURES))
@@ -62,49 +59,11 @@ def run_sweep(out, cfg, sources=SOURCES, provenance=None):
     return run_experiment(cfg, RunDir(out), sources=sources, progress=False, log=None)
 
 
-def read_records(out):
-    found = {}
-    for root, _, files in os.walk(os.path.join(out, "records")):
-        for name in files:
-            record = json.load(open(os.path.join(root, name)))
-            cell = Cell(record["method"], record["dataset"], record["shots"], record["seed"],
-                        record["protocol"])
-            found[cell] = record
-    return found
-
-
-def assert_same_records(a, b):
-    assert a.keys() == b.keys() and a
-    for cell in a:
-        for field in COMPARED:
-            x, y = a[cell][field], b[cell][field]
-            if isinstance(x, float):
-                assert x == pytest.approx(y, abs=1e-4), (cell, field)
-            else:
-                assert x == y, (cell, field, x, y)
-
-
 @pytest.fixture(scope="module")
 def fused_run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("fused"))
     result = run_sweep(out, config(fuse_datasets=True))
     return out, result
-
-
-def test_fused_datasets_give_the_records_of_separate_programs(fused_run, tmp_path):
-    out, result = fused_run
-    assert [p.name for p in result.programs] == ["tip_adapter_f/oxford_pets+dtd"]
-    separate = run_sweep(str(tmp_path), config())
-    assert [p.name for p in separate.programs] == ["tip_adapter_f/oxford_pets", "tip_adapter_f/dtd"]
-    assert_same_records(read_records(out), read_records(str(tmp_path)))
-
-
-def test_program_per_shots_gives_the_records_of_one_program(fused_run, tmp_path):
-    out, _ = fused_run
-    per_shots = run_sweep(str(tmp_path), config(plan="per-shots"))
-    assert [(p.name, {c.shots for c in p.cells}) for p in per_shots.programs] == [
-        (f"tip_adapter_f/{d} [shots {k}]", {k}) for d in ("oxford_pets", "dtd") for k in (1, 2, 4)]
-    assert_same_records(read_records(out), read_records(str(tmp_path)))
 
 
 # (method, options, hyperparameters): Tip-Adapter-F and the closed-form kernels as configured,

@@ -1,4 +1,7 @@
-"""CLIP tokenizer: ids equal open_clip's and Hugging Face's; every vocabulary source; fallback."""
+"""CLIP tokenizer: ids equal open_clip's and Hugging Face's; every vocabulary source; fallback.
+
+Every test reads open_clip's bundled BPE vocabulary: the module is an oracle module.
+"""
 
 import gzip
 import json
@@ -8,12 +11,15 @@ import subprocess
 import sys
 
 import numpy as np
-import open_clip
 import pytest
-from open_clip import tokenizer as oc_tokenizer
 
 from jaxclip_fs.clip import tokenizer as tk
 from jaxclip_fs.errors import CheckpointError, ConfigError
+from oracles import need
+
+pytestmark = pytest.mark.oracle
+open_clip = need("open_clip")
+oc_tokenizer = need("open_clip.tokenizer")
 
 BPE_PATH = oc_tokenizer.default_bpe()
 

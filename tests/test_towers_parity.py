@@ -21,8 +21,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 
 from jaxclip_fs.clip import prompts
 from jaxclip_fs.clip.lora import LoraSpec, init_lora
@@ -31,8 +29,13 @@ from jaxclip_fs.clip.variants import get_config
 from jaxclip_fs.convert import load_clip
 from jaxclip_fs.train import lora_tuning, prompt_learning
 from jaxclip_fs.train.towers import StepCounts
+from oracles import need
 from clip_checkpoints import (hf_model, openai_layout_model, random_images, save_hf_dir,
                               save_state_dict)
+
+pytestmark = pytest.mark.oracle
+torch = need("torch")  # (the module subclasses torch classes)
+F = need("torch.nn.functional")
 
 NAMES = ("cat", "golden_retriever", "sea lion")
 LABELS = np.array([0, 2, 1, 1, 2])

@@ -4,9 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
 from jaxclip_fs.train.trainer import class_major_data, epoch_plan, train
+from oracles import lazy
+
+torch = lazy("torch")
 
 GRAD = np.array([0.5, -2.0, 1e-3])
 
@@ -33,6 +35,7 @@ def _linear_loss(params, inputs, labels, weights):
     return jnp.sum(weights * per_item) / jnp.sum(weights), {}
 
 
+@pytest.mark.oracle
 def test_adamw_cosine_and_per_task_step_counts_match_pytorch():
     """Two tasks of different sizes and epochs in one vmapped program, each equal to PyTorch."""
     batch, lr, eps, wd = 5, 0.05, 1e-4, 0.1

@@ -122,6 +122,7 @@ def no_vocabulary(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "no_cache"))
 
 
+@pytest.mark.oracle
 def test_a_changed_tokenizer_is_refused(tmp_path, capsys, monkeypatch, no_vocabulary):
     out = str(tmp_path / "run")
     base = ["run", "--dataset", "digits", *TINY, "--method", "zero_shot", "--shots", "1",
@@ -145,6 +146,7 @@ def hf_tiny_vit(directory, seed=0):
     return str(directory)
 
 
+@pytest.mark.oracle
 def test_changed_weights_behind_the_same_path_are_refused(tmp_path, capsys):
     weights = hf_tiny_vit(tmp_path / "ckpt")
     out = str(tmp_path / "run")
@@ -167,6 +169,7 @@ def hf_checkpoint(tmp_path_factory):
     return hf_tiny_vit(tmp_path_factory.mktemp("hf_tiny_vit"))
 
 
+@pytest.mark.oracle
 @pytest.mark.parametrize("command", ["embed", "extract"])
 def test_real_weights_without_a_vocabulary_are_a_one_line_error(
         command, hf_checkpoint, tmp_path, capsys, no_vocabulary):

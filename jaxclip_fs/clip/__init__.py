@@ -3,7 +3,7 @@
 Modules (import what you need; this package imports nothing eagerly, so the
 tokenizer and preprocessing stay usable without jax):
 
-  variants    ``CLIPConfig``, ``get_config(name)``, ``list_variants()``
+  variants    ``CLIPConfig``, ``get_config(name)``
   model       ``CLIP`` (Linen; ``encode_image``/``encode_text``/``attnpool``/``ln_post``/
               ``proj``), ``init_variables``, ``abstract_variables``, ``add_adapters``
   layers, vit, resnet, text   the towers' pieces (``text.trim_after_eot``)

@@ -141,11 +141,6 @@ _ALIASES = {
 }
 
 
-def list_variants() -> tuple[str, ...]:
-    """All variant names of the table, in table order."""
-    return tuple(_TABLE)
-
-
 def canonical_name(name: str) -> str:
     """The table spelling of ``name`` (accepts open_clip's ``ViT-B-32`` style).
 

@@ -28,6 +28,8 @@ from typing import Any, Callable
 import jax
 import jax.extend.core as jex
 
+from jaxclip_fs.engine import jax_compat
+
 
 @dataclasses.dataclass(frozen=True)
 class Cost:
@@ -91,24 +93,11 @@ def xla_numbers(lowered) -> Cost:
     try:
         found = lowered.cost_analysis()
     except NotImplementedError:
-        found = _cost_on_cpu(lowered)
+        found = jax_compat.cost_on_cpu(lowered)
     if isinstance(found, (list, tuple)):  # older jax: one dict per computation
         found = found[0] if found else {}
     found = found or {}
     return Cost(float(found.get("flops", 0.0)), float(found.get("bytes accessed", 0.0)))
-
-
-def _cost_on_cpu(lowered) -> dict:
-    """XLA's cost analysis of a lowered program's HLO module on the CPU backend ({} when the
-    program is not a lowered one)."""
-    from jax._src import xla_bridge
-    from jax._src.lib import _jax
-
-    computation = getattr(lowered, "_lowering", None)
-    if computation is None or not hasattr(computation, "hlo"):
-        return {}
-    return _jax.hlo_module_cost_analysis(xla_bridge.get_backend("cpu"),
-                                         computation.hlo().as_hlo_module())
 
 
 def nbytes(tree) -> int:

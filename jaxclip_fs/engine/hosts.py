@@ -188,9 +188,9 @@ def start(coordinator: str | None = None, num_processes: int | None = None,
         raise ConfigError(f"--distributed: could not start with coordinator "
                           f"{coordinator or '(auto)'} ({_one_line(exc)})") from None
     if jax.process_count() > 1:
-        from jax._src import distributed
+        from jaxclip_fs.engine.jax_compat import distributed_client
 
-        _monitor = PeerMonitor(distributed.global_state.client, jax.process_index(),
+        _monitor = PeerMonitor(distributed_client(), jax.process_index(),
                                jax.process_count(), peer_timeout)
         _monitor.start()
 

@@ -14,17 +14,18 @@ import os
 def available_platforms() -> list[str]:
     """The platforms JAX could start here (``cpu`` always; a GPU or TPU where its plugin
     is installed and the hardware is visible)."""
+    from jaxclip_fs.engine import jax_compat
+
     found = ["cpu"]
     try:
-        from jax._src import hardware_utils, xla_bridge
-
-        plugins = set(getattr(xla_bridge, "_backend_factories", {}))
-        if plugins & {"cuda", "gpu"} and hardware_utils.has_visible_nvidia_gpu():
-            found.append("cuda")
-        if "tpu" in plugins and hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0:
-            found.append("tpu")
-    except Exception:  # private API, best effort: the message then says cpu only
-        pass
+        plugins = jax_compat.registered_platforms()
+        visible = jax_compat.visible_accelerators()
+    except Exception:  # JAX internals, best effort: the message then says cpu only
+        return found
+    if plugins & {"cuda", "gpu"} and "cuda" in visible:
+        found.append("cuda")
+    if "tpu" in plugins and "tpu" in visible:
+        found.append("tpu")
     return found
 
 
@@ -32,9 +33,10 @@ def platform_problem() -> str | None:
     """One line when JAX has no backend because the platforms it was asked for are absent,
     else None (the failure was something else)."""
     import jax
-    from jax._src import xla_bridge
 
-    if getattr(xla_bridge, "_default_backend", True) is not None:
+    from jaxclip_fs.engine import jax_compat
+
+    if jax_compat.backend_started():
         return None  # a backend is up: not a platform problem
     wanted = jax.config.jax_platforms or os.environ.get("JAX_PLATFORMS", "")
     if not wanted:

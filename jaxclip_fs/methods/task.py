@@ -106,33 +106,6 @@ def with_shots(task: Task, shots) -> Task:
     return task._replace(support_mask=task.support_mask * (column < shots).astype(jnp.float32))
 
 
-def pad_task(task: Task, num_classes: int, shots: int) -> Task:
-    """Pads a task with zero classes / items up to ``[num_classes, shots]``."""
-    _, c, k, _ = task.support.shape
-    if num_classes < c or shots < k:
-        raise ValueError(f"cannot pad a [{c}, {k}] task down to [{num_classes}, {shots}]")
-    dc, dk = num_classes - c, shots - k
-    return Task(
-        support=jnp.pad(task.support, ((0, 0), (0, dc), (0, dk), (0, 0))),
-        support_mask=jnp.pad(task.support_mask, ((0, dc), (0, dk))),
-        class_mask=jnp.pad(task.class_mask, (0, dc)),
-        text=jnp.pad(task.text, ((0, dc), (0, 0))),
-        logit_scale=task.logit_scale,
-    )
-
-
-def pad_evalset(evalset: EvalSet, size: int) -> EvalSet:
-    """Pads an evaluation set with masked zero rows up to ``size`` rows."""
-    extra = size - evalset.features.shape[0]
-    if extra < 0:
-        raise ValueError(f"cannot pad {evalset.features.shape[0]} rows down to {size}")
-    return EvalSet(
-        features=jnp.pad(evalset.features, ((0, extra), (0, 0))),
-        labels=jnp.pad(evalset.labels, (0, extra)),
-        mask=jnp.pad(evalset.mask, (0, extra)),
-    )
-
-
 def stack(trees: Sequence):
     """Stacks equally shaped tasks / eval sets / hyperparameter dicts along a new axis 0."""
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)

@@ -1,6 +1,6 @@
-"""Generic optax trainer (``lax.scan`` over steps, ``vmap`` over tasks); fit / select / predict."""
+"""Generic optax trainer (``lax.scan`` over steps, ``vmap`` over tasks); fit / select."""
 
-from jaxclip_fs.train.fit import fit, fit_select_predict, init_params, train_params
+from jaxclip_fs.train.fit import fit, init_params, select, train_params
 from jaxclip_fs.train.trainer import TrainData, train
 
-__all__ = ["TrainData", "fit", "fit_select_predict", "init_params", "train", "train_params"]
+__all__ = ["TrainData", "fit", "init_params", "select", "train", "train_params"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 import jax
-import jax.numpy as jnp
 
 from jaxclip_fs.methods.base import Method, logits, logits_from, training_loss
 from jaxclip_fs.methods.search import DEFAULT_MEMORY_BYTES, accuracy, grid_search
@@ -117,31 +116,3 @@ def select(method: Method, params, task: Task, selection: EvalSet, hp: Mapping[s
                 "val_accuracy": found["accuracy"]}
     return {"hp": dict(hp),
             "val_accuracy": accuracy(logits_from(method, pre, params, task, hp), selection)}
-
-
-def fit_select_predict(method: Method, key, task: Task, val: EvalSet, test: EvalSet,
-                       hp: Mapping[str, Any], grid: Mapping[str, jax.Array], *,
-                       batch_size: int = 0, max_epochs: int = 0,
-                       memory_bytes: int = DEFAULT_MEMORY_BYTES,
-                       progress: Callable[[Any, Any], None] | None = None) -> dict:
-    """One complete run on features: fit, search ``grid`` on ``val``, score ``test`` once.
-
-    Args:
-      hp: values of all hyperparameters (search ones at their training
-        values, if the method trains).
-      grid: name -> candidate values for the hyperparameters to search
-        (empty: none; ``hp`` is used as is).
-      progress: optional host callback ``(epoch, val_accuracy)`` while training.
-
-    Returns:
-      dict: ``params`` (fitted), ``test_logits`` [T, C], ``hp`` (values used),
-      ``val_accuracy``, ``test_accuracy`` (in %), ``best_epoch`` (-1 if not
-      trained), and ``index`` (name -> grid index of the chosen value) when searched.
-    """
-    params, info = fit(method, key, task, val, hp, batch_size=batch_size, max_epochs=max_epochs,
-                       progress=progress)
-    out = select(method, params, task, val, hp, grid, memory_bytes=memory_bytes)
-    test_logits = logits(method, params, task, test.features, out["hp"], test.mask)
-    out.update(params=params, test_logits=test_logits, test_accuracy=accuracy(test_logits, test),
-               best_epoch=info.get("best_epoch", jnp.asarray(-1, jnp.int32)))
-    return out
