@@ -235,6 +235,16 @@ def _measure(whole: Program, variant: Variant, sizes: Sizes, config, mesh, ood_o
                 ood_test=tuple(sizes.test_size(kind, o, whole.datasets[0], variant.label)
                                for o in ood),
                 mesh=mesh, keep_params=keep_params, keep_logits=keep_logits, mode=mode)
+        elif variant.method.towers is not None:
+            clip = sizes.clip(variant.label)
+            source = sizes.sources.provider("images", variant.label)
+            image = estimate_lib.image_sizes(
+                source, program.datasets[0], program, variant.method, clip, rules=rules,
+                request=requests("images", program.datasets[0]), ood=ood)
+            result = estimate_lib.tower_estimate(
+                program, variant, clip, image, rules=rules, train_dtype=config.train_dtype,
+                batch_images=config.extraction.batch_size, mesh=mesh, keep_logits=keep_logits,
+                mode=mode)
         else:
             clip = sizes.clip(variant.label)
             source = sizes.sources.provider("images", variant.label)

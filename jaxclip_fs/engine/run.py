@@ -45,7 +45,9 @@ from jax.experimental import multihost_utils
 
 from jaxclip_fs.catalogue import is_random_weights
 from jaxclip_fs.engine import batch as batch_lib
-from jaxclip_fs.engine import feature_program, image_program, layout, outdir, planner, sharding
+from jaxclip_fs.engine import (
+    feature_program, image_program, layout, outdir, planner, sharding, tower_program,
+)
 from jaxclip_fs.engine.deliver import deliver
 from jaxclip_fs.engine.results import (
     CellResult, OODResult, cell_records, check_finite, losses_of, reported,
@@ -70,6 +72,7 @@ from jaxclip_fs.pipelines.features import (
 from jaxclip_fs.pipelines.images import ImageSource
 from jaxclip_fs.pipelines.paired import PairedFeatures
 from jaxclip_fs.pipelines.session import ClipSession
+from jaxclip_fs.train import towers as towers_lib
 from jaxclip_fs.train.trainer import epoch_views
 from jaxclip_fs.report.confusion import confusion_analysis, write_confusion
 
@@ -421,12 +424,13 @@ class _Inputs:
             self._oods[key] = [provider.ood(name, parent) for name in self.ood_of.get(dataset, ())]
         return self._oods[key]
 
-    def images(self, dataset: str, taps: tuple[str, ...], label: str):
-        key = (dataset, taps)
+    def images(self, dataset: str, taps: tuple[str, ...], label: str, *, path=None,
+               aug_scale=None):
+        key = (dataset, taps, path, aug_scale)
         if key not in self._images:
             source = self.sources.provider("images", label)
             self._images[key] = source.prepare(dataset, self.requests("images", dataset), taps,
-                                               self.log)
+                                               self.log, path=path, aug_scale=aug_scale)
         return self._images[key]
 
 
@@ -520,6 +524,9 @@ def _compute(config: config_lib.ExperimentConfig, sink: Sink, sources: Sources,
             if variant.method.inputs in FEATURE_KINDS:
                 results, params, slots = _run_feature_program(program, variant, inputs, config,
                                                               mesh, sink)
+            elif variant.method.towers is not None:
+                results, params, slots = _run_tower_program(program, variant, inputs, config,
+                                                            mesh, sink, say)
             else:
                 results, params, slots = _run_image_program(program, variant, inputs, config,
                                                             mesh, sink)
@@ -685,6 +692,60 @@ def _run_image_program(program: Program, variant: Variant, inputs: _Inputs,
                  for i, q in enumerate(oods)],
             test_logits=out["test_logits"][t] if sink.keep_logits else None,
             confusion=confusion, params_row=[0, t], finite=bool(out["test_finite"][t])))
+    params = None
+    if keeps_params(config, variant):
+        params = jax.tree.map(lambda leaf: np.asarray(leaf)[None], out["params"])
+    return results, params, (program.cells,)
+
+
+def _run_tower_program(program: Program, variant: Variant, inputs: _Inputs,
+                       config: config_lib.ExperimentConfig, mesh, sink: Sink, say):
+    """A tower program (CoOp, CLIP-LoRA) → (cell results, params tree [1, T, ...] or None,
+    slots). Nothing is selected: the final iterate, ``val_size`` 0 (module
+    :mod:`~jaxclip_fs.engine.tower_program`)."""
+    (dataset,) = program.datasets
+    rules = rules_of(config, program.protocol, variant, dataset)
+    method = variant.method
+    declared = method.towers
+    source = inputs.sources.provider("images", program.method)
+    path = "cache" if declared.pool == "features" else "trunk"
+    data = inputs.images(dataset, (), program.method, path=path,
+                         aug_scale=tuple(declared.crop_scale))
+    resolved = _resolve(variant, dataset, inputs, rules)
+    oods = [source.ood(name, data) for name in inputs.ood_of.get(dataset, ())]
+    clip = source.session.clip()
+    model = tower_program.tower_model(clip.config, config.train_dtype)
+    out = tower_program.run_tower_program(
+        program, method, data, resolved, oods=oods, rules=rules, mesh=mesh, model=model,
+        tokenizer=source.session.tokenizer(), keep_logits=sink.keep_logits,
+        limits=_limits(config), log=say)
+    provenance = {**data.meta, "compute_dtype": compute_dtypes(data.meta, method, config)}
+    length = method.training.length
+    results = []
+    for t, cell in enumerate(program.cells):
+        counts = type(out["counts"])(*(int(np.asarray(x)[t]) for x in out["counts"]))
+        final = float(out["test_accuracy"][t])
+        values = {**resolved.values,
+                  length: counts.epochs if length == "epochs" else counts.total}
+        results.append(CellResult(
+            cell=cell, method=method, provenance=provenance,
+            hyperparameters=method.used(values, {}, {}), searched=[],
+            accuracy=reported(rules.reported, final, {}, None), final_accuracy=final,
+            val_accuracy=None, val_size=0,
+            test_size=len(data.dataset.split("test")), num_classes=data.num_classes,
+            best_epoch=counts.epochs - 1,
+            epoch_losses=towers_lib.epoch_means(out["losses"][t], counts),
+            inputs={"trained_through": declared.adaptation, "pool": declared.pool,
+                    "views": int(np.shape(tower_program.training_pool(method, data))[0]),
+                    "crop_scale": list(declared.crop_scale), "steps": counts.total,
+                    "steps_per_epoch": counts.steps_per_epoch,
+                    "selection": "none: the final iterate (official), nothing searched",
+                    "devices": out["devices"]},
+            ood=[OODResult(q.name, float(out["ood_accuracy"][t, i]), int(q.class_mask.sum()),
+                           len(q.indices), {**provenance, "dataset": q.name})
+                 for i, q in enumerate(oods)],
+            test_logits=out["test_logits"][t] if sink.keep_logits else None,
+            params_row=[0, t], finite=bool(out["test_finite"][t])))
     params = None
     if keeps_params(config, variant):
         params = jax.tree.map(lambda leaf: np.asarray(leaf)[None], out["params"])
