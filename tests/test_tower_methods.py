@@ -17,6 +17,7 @@ from jaxclip_fs.engine import estimate as estimate_lib
 from jaxclip_fs.experiment import protocol as protocol_lib
 from jaxclip_fs.features.image_encoder import load_views
 from jaxclip_fs.io.checkpoints import restore_tree
+from jaxclip_fs.methods import hparams
 from jaxclip_fs.pipelines.images import abstract_clip, normalize_pixels, to_pixels
 from jaxclip_fs.train import prompt_learning, tower_methods, towers
 
@@ -35,31 +36,40 @@ def _run(out, methods_, shots, seeds, *extra):
                      *[a for m in methods_.split(",") for a in ("--hp", LENGTHS[m])]])
 
 
+def _context(out, record) -> np.ndarray:
+    """A CoOp cell's trained context from its params checkpoint."""
+    tree, _ = restore_tree(os.path.join(out, record["params_checkpoint"]))
+    return np.asarray(tree["ctx"])[tuple(record["params_row"])]
+
+
 def _test_split():
     return get_dataset("digits").split("test")
 
 
 def test_coop_cells_vmapped_in_one_program_equal_a_cell_alone_and_predict_as_recomputed(
         tmp_path):
-    """6 CoOp cells (shots 1, 4 x seeds 1-3) in one program: the (4 shots, seed 2) cell's
-    losses and accuracy equal that cell run alone; its accuracy equals the logits
-    ``exp(logit_scale) f̂ t̂(ctx)ᵀ`` recomputed from the saved context on the test images."""
+    """6 CoOp cells (shots 1, 4 x seeds 1-3) in one program: the (1 shot, seed 2) cell --
+    padded to 4 shots and masked, vmapped with 5 others -- has the losses, context and
+    accuracy of that cell run alone; the (4 shots, seed 2) cell's accuracy equals the logits
+    ``exp(logit_scale) f̂ t̂(ctx)ᵀ`` recomputed from its saved context on the test images."""
     assert _run(tmp_path / "all", "coop", "1,4", "1,2,3") == 0
     found = read_records(tmp_path / "all")
     assert len(found) == 6 and {r["program_cells"] for r in found.values()} == {6}
-    assert _run(tmp_path / "one", "coop", "4", "2") == 0
+    assert _run(tmp_path / "one", "coop", "1", "2") == 0
     (alone,) = read_records(tmp_path / "one").values()
+    masked = next(r for r in found.values() if (r["shots"], r["seed"]) == (1, 2))
+    np.testing.assert_allclose(masked["epoch_losses"], alone["epoch_losses"], rtol=1e-5)
+    assert masked["accuracy"] == alone["accuracy"]
+    np.testing.assert_allclose(_context(tmp_path / "all", masked),
+                               _context(tmp_path / "one", alone), rtol=1e-5, atol=1e-7)
     together = next(r for r in found.values() if (r["shots"], r["seed"]) == (4, 2))
-    np.testing.assert_allclose(together["epoch_losses"], alone["epoch_losses"], rtol=1e-5)
-    assert together["accuracy"] == alone["accuracy"]
     for record in found.values():  # nothing selected: the final iterate, no validation row
         assert record["val_size"] == 0 and record["val_accuracy"] is None
         assert record["hyperparameters"]["epochs"] == 2 and record["searched"] == []
         assert record["selection"]["search_on"] == "none"
         assert len(record["epoch_losses"]) == 2 and record["best_epoch"] == 1
 
-    tree, _ = restore_tree(os.path.join(tmp_path / "all", together["params_checkpoint"]))
-    ctx = np.asarray(tree["ctx"])[tuple(together["params_row"])]
+    ctx = _context(tmp_path / "all", together)
     clip = load_clip("tiny-vit", "random")
     from jaxclip_fs.clip.tokenizer import load_tokenizer
     tokenizer = load_tokenizer(clip.source_dir, required=False)
@@ -115,6 +125,20 @@ def test_clip_lora_on_a_resnet_is_refused_in_one_line(tmp_path, capsys):
     assert any("CLIP-LoRA adapts the attention of ViT image towers" in line
                and "tiny-rn is a ResNet" in line for line in err)
     assert not os.path.exists(tmp_path / "rn" / "records")
+
+
+@pytest.mark.parametrize("name", ["coop", "clip_lora"])
+def test_declared_defaults_are_valid_on_every_dataset(name):
+    """(The method-protocol property suite's declaration check; its numeric properties --
+    neutral = zero-shot, vmapped seeds = loop, nested masks -- are the towers' own tests,
+    tests/test_towers.py, and the one-program test above.)"""
+    method = methods.get(name)
+    for dataset in (None,) + hparams.DATASETS:
+        values, grid = method.resolve(dataset, 512)
+        assert grid == {} and set(values) <= set(method.hparam_specs)
+        assert method.names("search") == ()
+    assert method.trains and method.epoch_selection == "final"
+    assert method.official.search_on == "none" and method.official.epochs_on == "final"
 
 
 def test_rules_select_nothing_under_every_protocol():
@@ -180,3 +204,29 @@ def test_dry_run_prices_the_backward_pass_and_splits_what_does_not_fit():
     assert per_step > 1.5 * 4 * forward
     assert short.memory > 0 and short.exact
     assert any("forward and backward every step" in n for n in short.notes)
+
+
+def test_the_engines_chunked_training_equals_one_go(monkeypatch):
+    """A long training runs as equal chunks with a progress bar (the engine's
+    ``train_in_chunks``): the same adaptations and losses as one program."""
+    from jaxclip_fs.clip.model import CLIP
+    from jaxclip_fs.engine import tower_program
+    from test_towers import CONFIG, NAMES, mixed_masks, tasks, tokenizer, variables
+
+    recipe = prompt_learning.recipe(CLIP(CONFIG), n_ctx=4, epochs=5, batch_size=4)
+    frozen = {"clip": variables(),
+              "tokens": jnp.asarray(prompts.context_skeleton(tokenizer(), NAMES, 4))}
+    pool = np.random.default_rng(0).standard_normal((3, 18, CONFIG.embed_dim)).astype(np.float32)
+    all_tasks = tasks(mixed_masks())
+    start = towers.init_seeds(recipe, all_tasks)
+    steps = towers.max_steps(recipe, all_tasks.mask)
+    assert steps == 5
+    whole, losses = tower_program.train_in_chunks(recipe, (frozen, pool), all_tasks, start,
+                                                  steps, "one", None, False)
+    monkeypatch.setattr(tower_program, "CHUNK_STEPS", 2)  # 3 chunks of 2: one step idle
+    chunked, chunk_losses = tower_program.train_in_chunks(recipe, (frozen, pool), all_tasks,
+                                                          start, steps, "chunks", None, False)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+                 whole, chunked)
+    assert chunk_losses.shape == (3, steps)
+    np.testing.assert_allclose(chunk_losses, losses, rtol=1e-6)

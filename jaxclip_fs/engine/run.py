@@ -526,7 +526,7 @@ def _compute(config: config_lib.ExperimentConfig, sink: Sink, sources: Sources,
                                                               mesh, sink)
             elif variant.method.towers is not None:
                 results, params, slots = _run_tower_program(program, variant, inputs, config,
-                                                            mesh, sink, say)
+                                                            mesh, sink, say, show)
             else:
                 results, params, slots = _run_image_program(program, variant, inputs, config,
                                                             mesh, sink)
@@ -699,7 +699,8 @@ def _run_image_program(program: Program, variant: Variant, inputs: _Inputs,
 
 
 def _run_tower_program(program: Program, variant: Variant, inputs: _Inputs,
-                       config: config_lib.ExperimentConfig, mesh, sink: Sink, say):
+                       config: config_lib.ExperimentConfig, mesh, sink: Sink, say,
+                       progress: bool = False):
     """A tower program (CoOp, CLIP-LoRA) → (cell results, params tree [1, T, ...] or None,
     slots). Nothing is selected: the final iterate, ``val_size`` 0 (module
     :mod:`~jaxclip_fs.engine.tower_program`)."""
@@ -718,7 +719,7 @@ def _run_tower_program(program: Program, variant: Variant, inputs: _Inputs,
     out = tower_program.run_tower_program(
         program, method, data, resolved, oods=oods, rules=rules, mesh=mesh, model=model,
         tokenizer=source.session.tokenizer(), keep_logits=sink.keep_logits,
-        limits=_limits(config), log=say)
+        limits=_limits(config), log=say, progress=progress)
     provenance = {**data.meta, "compute_dtype": compute_dtypes(data.meta, method, config)}
     length = method.training.length
     results = []

@@ -33,6 +33,7 @@ import numpy as np
 from jaxclip_fs.engine import sharding, watchdog
 from jaxclip_fs.engine.image_program import fit_mesh, support_rows
 from jaxclip_fs.experiment.plan import Program, Resolved
+from jaxclip_fs.io.console import progress_bar
 from jaxclip_fs.experiment.protocol import Rules
 from jaxclip_fs.methods.base import Method
 from jaxclip_fs.pipelines.images import ImageData, QuerySet
@@ -72,15 +73,45 @@ def place_tasks(index, mask, seeds, mesh) -> tuple[towers.TowerTask, Any]:
     return towers.TowerTask(index, mask, keys), mesh
 
 
+#: Steps per dispatch of a long training (a progress report between chunks).
+CHUNK_STEPS = 250
+
+
+def train_in_chunks(recipe, shared, tasks, start, steps: int, name: str, limits, progress):
+    """:func:`~jaxclip_fs.train.towers.train_seeds` 's result, run as ``n`` equal chunks of
+    at most :data:`CHUNK_STEPS` steps (one compiled program for every chunk,
+    :func:`~jaxclip_fs.train.towers.run_seeds`; the last chunk's steps past every cell's
+    total change nothing) with a progress bar → ``(adaptations, losses [T, steps])``."""
+    if steps <= CHUNK_STEPS:
+        return watchdog.call(lambda: jax.block_until_ready(towers.train_seeds(
+            recipe, shared[0], shared[1], tasks, start, steps=steps)), name, **(limits or {}))
+    chunks = -(-steps // CHUNK_STEPS)
+    size = -(-steps // chunks)
+    state = towers.start_seeds(recipe, tasks, start)
+    found = []
+    bar = progress_bar(steps, desc=name, unit="step", disable=not progress)
+    try:
+        for first in range(0, steps, size):
+            state, losses = watchdog.call(lambda: jax.block_until_ready(towers.run_seeds(
+                recipe, shared[0], shared[1], tasks, state, first, steps=size)), name,
+                **(limits or {}))
+            found.append(np.asarray(losses))
+            bar.update(min(size, steps - first))
+    finally:
+        bar.close()
+    return state.adaptation, np.concatenate(found, axis=1)[:, :steps]
+
+
 def run_tower_program(program: Program, method: Method, data: ImageData, resolved: Resolved, *,
                       oods: Sequence[QuerySet], rules: Rules, mesh, model, tokenizer,
                       keep_logits: bool = False, limits: dict | None = None,
-                      log=None) -> dict:
+                      log=None, progress: bool = False) -> dict:
     """Runs one tower program (module docstring); host outputs in cell order.
 
     Args:
       model: the CLIP module trained through (:func:`tower_model`).
       tokenizer: the CLIP's tokenizer (the prompts).
+      progress: a progress bar over the steps of a long training.
 
     Returns:
       dict with per cell (leading axis T): ``params`` (the adaptations),
@@ -105,10 +136,8 @@ def run_tower_program(program: Program, method: Method, data: ImageData, resolve
     if log:
         log(f"{program.name}: training {num} cells through the towers in one program "
             f"({steps} steps, batch {recipe.batch_size}, {used_mesh.devices.size} device(s))")
-    adaptations, losses = watchdog.call(
-        lambda: jax.block_until_ready(towers.train_seeds(recipe, shared[0], shared[1], tasks,
-                                                         start, steps=steps)),
-        f"{program.name} (train)", **(limits or {}))
+    adaptations, losses = train_in_chunks(recipe, shared, tasks, start, steps,
+                                          f"{program.name} (train)", limits, progress)
     text = tower_methods.classifiers(declared, model, variables, adaptations, tokens, data.text)
 
     def predict(q: QuerySet) -> dict:
