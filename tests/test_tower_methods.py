@@ -230,3 +230,26 @@ def test_the_engines_chunked_training_equals_one_go(monkeypatch):
                  whole, chunked)
     assert chunk_losses.shape == (3, steps)
     np.testing.assert_allclose(chunk_losses, losses, rtol=1e-6)
+
+
+def test_coop_initialised_with_a_phrase_starts_at_that_templates_zero_shot_classifier():
+    """``coop[init=a_photo_of_a]``: every seed starts at the phrase's token embeddings, so
+    the engine's class embeddings are the frozen text tower's on "a photo of a {class}."."""
+    from jaxclip_fs.clip.model import CLIP
+    from test_towers import CONFIG, NAMES, tasks, tokenizer, variables
+
+    declared = methods.get("coop", init="a_photo_of_a").towers
+    model = CLIP(CONFIG)
+    values = methods.get("coop").resolve("dtd", CONFIG.embed_dim)[0]
+    recipe = tower_methods.recipe(declared, model, values)
+    tokens = tower_methods.tokens(declared, tokenizer(), NAMES)
+    start = tower_methods.initial(declared, recipe, tasks(np.ones((3, 3, 2))), variables(),
+                                  tokenizer())
+    assert start["ctx"].shape == (3, 4, CONFIG.text_width)
+    text = tower_methods.classifiers(declared, model, variables(), start, tokens,
+                                     np.zeros((3, CONFIG.embed_dim), np.float32))
+    plain = tokenizer()([f"a photo of a {n.replace('_', ' ')}." for n in NAMES])
+    want = model.apply(variables(), jnp.asarray(plain), method="encode_text")
+    want = want / jnp.linalg.norm(want, axis=-1, keepdims=True)
+    for s in range(3):
+        np.testing.assert_allclose(text[s], want, atol=2e-5)

@@ -75,7 +75,7 @@ def coop(init: str = "random") -> Method:
     """CoOp as a :class:`Method` trained through the towers (module docstring)."""
     phrase = init.replace("_", " ") if init != "random" else None
     towers = TowerTraining("context", "features", (0.08, 1.0),
-                           (("phrase", phrase), ("n_ctx", 16)))
+                           (("phrase", phrase), ("n_ctx", 16 if phrase is None else 4)))
     return Method(
         CARD, Compute(init=needs_binding, precompute=needs_binding),
         Hyperparameters((), lambda dataset, dim: dict(DEFAULTS)),
