@@ -253,3 +253,40 @@ def test_coop_initialised_with_a_phrase_starts_at_that_templates_zero_shot_class
     want = want / jnp.linalg.norm(want, axis=-1, keepdims=True)
     for s in range(3):
         np.testing.assert_allclose(text[s], want, atol=2e-5)
+
+
+def test_the_planner_rematerialises_a_tower_program_where_memory_demands(monkeypatch):
+    """A tower program whose compiled memory exceeds the budget is measured again with its
+    blocks rematerialised and runs so (``options``); one that fits is measured once."""
+    from types import SimpleNamespace
+
+    from jaxclip_fs.engine import layout, planner
+    from jaxclip_fs.experiment.plan import Cell, Program, Variant
+
+    calls = []
+
+    def fake(program, variant, clip, image, *, remat, mode, **_):
+        calls.append(remat)
+        return planner.Estimate(program, estimate_lib.cost_lib.ZERO, 60 if remat else 100,
+                                exact=True, notes=("n",))
+
+    monkeypatch.setattr(estimate_lib, "tower_estimate", fake)
+    monkeypatch.setattr(estimate_lib, "image_sizes", lambda *a, **k: None)
+    source = SimpleNamespace(abstract_clip=lambda: None)
+    sizes = layout.Sizes(SimpleNamespace(provider=lambda kind, label: source))
+    config = SimpleNamespace(train_dtype="float32", extraction=SimpleNamespace(batch_size=4),
+                             protocol=SimpleNamespace(sampler=None, prompts=None))
+    variant = Variant("clip_lora", methods.get("clip_lora"), {})
+    program = Program("clip_lora", ("d",), (Cell("clip_lora", "d", 1, 1, "fair"),))
+    monkeypatch.setattr(layout, "rules_of", lambda *a: protocol_lib.rules(
+        "fair", variant.method, "d"))
+    for budget, want, measured in ((80, (("remat", True),), [False, True]),
+                                   (100, (), [False])):
+        calls.clear()
+        measure = layout._measure(program, variant, sizes, config, None, {},
+                                  lambda kind, d: None, False, False, budget=budget)
+        found = measure(program, "memory")
+        assert found.options == want and calls == measured
+        if want:
+            assert found.memory == 60 and "100" not in found.notes[0]
+            assert "per device without" in found.notes[-1]

@@ -507,6 +507,8 @@ def _compute(config: config_lib.ExperimentConfig, sink: Sink, sources: Sources,
                                 keep_params=lambda v: keeps_params(config, v),
                                 keep_logits=sink.keep_logits)
     programs = [part for decision in decisions for part in decision.parts]
+    # how the planner's numbers were had (a tower program rematerialised where memory demands)
+    options = {e.program: dict(e.options) for d in decisions for e in d.estimates}
     for line in planner.describe(decisions):
         say(line)
     sink.plans(decisions)
@@ -525,8 +527,9 @@ def _compute(config: config_lib.ExperimentConfig, sink: Sink, sources: Sources,
                 results, params, slots = _run_feature_program(program, variant, inputs, config,
                                                               mesh, sink)
             elif variant.method.towers is not None:
-                results, params, slots = _run_tower_program(program, variant, inputs, config,
-                                                            mesh, sink, say, show)
+                results, params, slots = _run_tower_program(
+                    program, variant, inputs, config, mesh, sink, say, show,
+                    remat=bool(options.get(program, {}).get("remat", False)))
             else:
                 results, params, slots = _run_image_program(program, variant, inputs, config,
                                                             mesh, sink)
@@ -700,7 +703,7 @@ def _run_image_program(program: Program, variant: Variant, inputs: _Inputs,
 
 def _run_tower_program(program: Program, variant: Variant, inputs: _Inputs,
                        config: config_lib.ExperimentConfig, mesh, sink: Sink, say,
-                       progress: bool = False):
+                       progress: bool = False, remat: bool = False):
     """A tower program (CoOp, CLIP-LoRA) → (cell results, params tree [1, T, ...] or None,
     slots). Nothing is selected: the final iterate, ``val_size`` 0 (module
     :mod:`~jaxclip_fs.engine.tower_program`)."""
@@ -715,7 +718,7 @@ def _run_tower_program(program: Program, variant: Variant, inputs: _Inputs,
     resolved = _resolve(variant, dataset, inputs, rules)
     oods = [source.ood(name, data) for name in inputs.ood_of.get(dataset, ())]
     clip = source.session.clip()
-    model = tower_program.tower_model(clip.config, config.train_dtype)
+    model = tower_program.tower_model(clip.config, config.train_dtype, remat)
     out = tower_program.run_tower_program(
         program, method, data, resolved, oods=oods, rules=rules, mesh=mesh, model=model,
         tokenizer=source.session.tokenizer(), keep_logits=sink.keep_logits,
@@ -739,7 +742,7 @@ def _run_tower_program(program: Program, variant: Variant, inputs: _Inputs,
             inputs={"trained_through": declared.adaptation, "pool": declared.pool,
                     "views": int(np.shape(tower_program.training_pool(method, data))[0]),
                     "crop_scale": list(declared.crop_scale), "steps": counts.total,
-                    "steps_per_epoch": counts.steps_per_epoch,
+                    "steps_per_epoch": counts.steps_per_epoch, "remat": remat,
                     "selection": "none: the final iterate (official), nothing searched",
                     "devices": out["devices"]},
             ood=[OODResult(q.name, float(out["ood_accuracy"][t, i]), int(q.class_mask.sum()),
