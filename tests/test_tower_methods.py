@@ -146,8 +146,8 @@ def test_rules_select_nothing_under_every_protocol():
         method = methods.get(name)
         for protocol in ("fair", "paper", "validation_free", "fewshot"):
             rules = protocol_lib.rules(protocol, method, "dtd")
-            assert (rules.val_rows, rules.search_on, rules.epochs_on) == ("none", "none",
-                                                                         "final"), protocol
+            found = (rules.val_rows, rules.search_on, rules.epochs_on)
+            assert found == ("none", "none", "final"), protocol
 
 
 def test_recipes_follow_the_official_settings_and_the_users_overrides():

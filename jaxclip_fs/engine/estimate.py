@@ -314,7 +314,6 @@ def extraction_cost(clip, batch_images: int, images: int) -> cost_lib.Cost:
     return once * math.ceil(images / batch_images)
 
 
-
 # --- tower programs (methods trained through CLIP's towers) --------------------------------
 
 #: Prompt positions assumed when no tokenizer is at hand (a dry run): the template or the

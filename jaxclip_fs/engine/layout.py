@@ -246,6 +246,7 @@ def _measure(whole: Program, variant: Variant, sizes: Sizes, config, mesh, ood_o
             image = estimate_lib.image_sizes(
                 source, program.datasets[0], program, variant.method, clip, rules=rules,
                 request=requests("images", program.datasets[0]), ood=ood)
+
             def tower(remat: bool):
                 return estimate_lib.tower_estimate(
                     program, variant, clip, image, rules=rules, train_dtype=config.train_dtype,

@@ -40,6 +40,7 @@ from jaxclip_fs.pipelines.images import ImageData, QuerySet
 from jaxclip_fs.train import tower_methods, towers
 from jaxclip_fs.train.fit import task_key
 
+
 def tower_model(clip_config, train_dtype: str, remat: bool = False):
     """The CLIP module the towers train in (``--compute-dtype``; ``remat``)."""
     return towers.tower_model(clip_config, train_dtype, remat)

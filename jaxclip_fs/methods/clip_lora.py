@@ -52,8 +52,8 @@ ADAMW_COSINE = Optimizer(built_by_the_tower_program,
 OPTIONS = (
     Option("rank", ("2", "1", "4", "8", "16"), "rank r of every factor pair (--r)"),
     Option("encoder", ("both", "vision", "text"), "the towers adapted (--encoder)"),
-    Option("params", ("qkv", "qkvo", "q", "v", "qv"), "the attention projections adapted "
-                                                     "(--params)"),
+    Option("params", ("qkv", "qkvo", "q", "v", "qv"),
+           "the attention projections adapted (--params)"),
 )
 
 
