@@ -21,10 +21,13 @@ grid) and ``demo`` call:
 5. run each program on the device mesh -- the feature program
    (:mod:`~jaxclip_fs.engine.feature_program`) for ``features`` / ``paired``
    inputs, the image program (:mod:`~jaxclip_fs.engine.image_program`) for
-   ``images`` -- and, as soon as it finishes, hand the sink its params
-   (orbax) and then one record per cell (:mod:`~jaxclip_fs.engine.results`).
+   ``images``, the tower program (:mod:`~jaxclip_fs.engine.tower_program`) for
+   image methods trained through the CLIP's towers (``Method.towers``) -- and, as
+   soon as it finishes, hand the sink its params (orbax) and then one record per
+   cell (:mod:`~jaxclip_fs.engine.results`).
 
-Routing is by input kind only: no method is named here. An interruption
+Routing is by input kind (and what a method declares it trains through) only: no
+method is named here. An interruption
 loses at most the program in flight; a rerun skips finished cells.
 Multi-host: every process runs every program (each on its own devices);
 process 0 alone writes.
