@@ -176,7 +176,7 @@ def test_recipes_follow_the_official_settings_and_the_users_overrides():
     assert tower_methods.recipe(lora.towers, model, dict(lvalues)) is lrecipe
 
 
-def test_dry_run_prices_the_backward_pass_and_splits_what_does_not_fit():
+def test_the_estimate_prices_the_backward_pass_through_the_towers():
     """A tower program's estimate counts forward and backward through the towers every step
     (XLA's FLOPs grow with the steps) and its memory; the planner's figures for a tiny
     program, with the per-cell adaptation size in the notes."""
@@ -189,13 +189,13 @@ def test_dry_run_prices_the_backward_pass_and_splits_what_does_not_fit():
     sizes = estimate_lib.ImageSizes(num_classes=3, pool=12, selection=0, test=7, ood_test=(),
                                     path="trunk", views=1, cache_bytes=0, budget=0)
 
-    def estimate(steps):
+    def estimate(steps, mode=None):
         variant = Variant("clip_lora", methods.get("clip_lora"), {"steps": steps})
         return estimate_lib.tower_estimate(
             program, variant, clip, sizes, rules=protocol_lib.rules("fair", variant.method, "d"),
-            train_dtype="float32", batch_images=4, mesh=sharding.cell_mesh(), mode="memory")
+            train_dtype="float32", batch_images=4, mesh=sharding.cell_mesh(), mode=mode)
 
-    short, long = estimate(2), estimate(4)
+    short, long = estimate(2, "memory"), estimate(4)  # (only the first compiled)
     per_step = (long.cost.flops - short.cost.flops) / 2  # 4 cells' steps, vmapped
     assert 0 < 2 * per_step < short.cost.flops  # (the rest: the test stream)
     # a step is forward and backward through both towers for 4 cells: more than 1.5x the
