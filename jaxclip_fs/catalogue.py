@@ -147,6 +147,13 @@ CARDS: tuple[Card, ...] = (
          summary="LDC: multi-level adapters + inter-class deconfusion; beta·mlp + (1-beta)·ada",
          published=ldc_table(66.63, 93.63, 90.54, 81.21, 96.39, 79.28, 53.47, 72.72, 71.39,
                              90.20, 82.08, 79.78, vit_b16_average=82.87)),
+    # (trained through CLIP's towers; their papers' tables could not be read here: no figures)
+    Card("coop", "CoOp", "images", paper="Zhou et al., IJCV 2022",
+         summary="CoOp: exp(logit_scale) · f̂ · t̂(ctx)ᵀ, 16 context vectors learned through the "
+                 "frozen text tower"),
+    Card("clip_lora", "CLIP-LoRA", "images", paper="Zanella & Ben Ayed, CVPR-W 2024",
+         summary="CLIP-LoRA: 100 · f̂ t̂ᵀ, rank-2 LoRA on q, k, v of both towers, trained "
+                 "through them"),
     Card("ta_pp", "TA++", "paired", paper="Kravets & Namboodiri, BMVC 2024",
          summary="TA++: s (original) + alpha · exp(-beta (1 - f' F'ᵀ)) L (IMO-adapted features)"),
     Card("tx_pp", "TX++", "paired", paper="Kravets & Namboodiri, BMVC 2024",

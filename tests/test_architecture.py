@@ -142,8 +142,21 @@ def test_report_never_imports_jax():
             assert not any(n.split(".")[0] in JAX_LIBRARIES for n in names), (module, names)
 
 
+#: Method names that are also another thing's name, and the only modules where that other
+#: thing is named: "coop" is CoOp's split files (a data source) and CoOp's validation cap
+#: (a val-rows policy) as well as the CoOp method.
+HOMONYMS = {"coop": ("jaxclip_fs.data", "jaxclip_fs.experiment.config",
+                     "jaxclip_fs.experiment.protocol", "jaxclip_fs.commands.common",
+                     "jaxclip_fs.engine.image_program", "jaxclip_fs.engine.batch")}
+
+
+def _homonym(name: str, module: str) -> bool:
+    return any(module == m or module.startswith(m + ".") for m in HOMONYMS.get(name, ()))
+
+
 def test_no_method_is_named_outside_its_module_and_its_card():
     names = set(catalogue.NAMES)
+    assert set(HOMONYMS) <= names  # (a homonym no longer a method name: drop it)
     allowed = {"jaxclip_fs.catalogue"}  # (the registry reads the cards: it names none)
     wrong = []
     for module, (path, tree) in MODULES.items():
@@ -152,8 +165,8 @@ def test_no_method_is_named_outside_its_module_and_its_card():
         own = module.rpartition(".")[2]
         for node in ast.walk(tree):
             if isinstance(node, ast.Constant) and isinstance(node.value, str):
-                if node.value in names and not (module.startswith("jaxclip_fs.methods.")
-                                                and node.value == own):
+                if node.value in names and not _homonym(node.value, module) and not (
+                        module.startswith("jaxclip_fs.methods.") and node.value == own):
                     wrong.append(f"{path}:{node.lineno}: '{node.value}'")
     assert not wrong, "\n".join(wrong)
 

@@ -205,8 +205,8 @@ def image_programs(recorder: StageRecorder, mesh, cases, every_option: bool = Fa
     found = []
     for name in methods.names():
         method = methods.get(name)
-        if method.inputs != "images":
-            continue
+        if method.inputs != "images" or method.towers is not None:
+            continue  # (tower methods: tower_programs)
         options = [{}] + ([{o.name: c} for o in method.options for c in o.choices[1:]]
                           if every_option else [])
         for option in options:
@@ -258,6 +258,41 @@ def test_image_program_variants_lower_for_gpu_and_tpu(monkeypatch, as_on_acceler
     programs = image_programs(recorder, mesh, (("tiny-rn", "trunk", "float32"),),
                               every_option=True)
     programs += image_programs(recorder, mesh, OTHER_IMAGE_CASES)
+    assert_lowers(programs)
+
+
+def tower_programs(recorder: StageRecorder, mesh) -> list:
+    """The stages of every method trained through the towers (training through them, the
+    test and OOD streams) on the tiny ViT, in float32 and bfloat16."""
+    found = []
+    for name in methods.names():
+        method = methods.get(name)
+        if method.towers is None:
+            continue
+        for dtype in ("float32", "bfloat16"):
+            variant = _variant(name)
+            sizes = estimate_lib.ImageSizes(num_classes=3, pool=6, selection=0, test=7,
+                                            ood_test=OOD_TEST, path="trunk", views=2,
+                                            cache_bytes=0, budget=0)
+            estimate_lib.tower_estimate(
+                _program(variant.label), variant, abstract_clip("tiny-vit"), sizes,
+                rules=protocol_lib.rules("fair", variant.method, "d"), train_dtype=dtype,
+                batch_images=4, mesh=mesh)
+            stages = recorder.take()
+            assert len(stages) == 2 + len(OOD_TEST)
+            for stage, (jitted, args) in zip(("train", "test stream", "OOD stream"), stages):
+                found.append((f"{variant.label} {stage} (tiny-vit, {dtype})", jitted, args,
+                              stage == "train"))
+    return found
+
+
+@pytest.mark.devices(DEVICES)
+def test_tower_programs_lower_for_gpu_and_tpu(monkeypatch, as_on_accelerators):
+    """CoOp and CLIP-LoRA: training through the towers and their prediction streams."""
+    recorder = StageRecorder(monkeypatch)
+    programs = tower_programs(recorder, sharding.cell_mesh())
+    assert {name.split(" ")[0] for name, *_ in programs} == {
+        n for n in methods.names() if methods.get(n).towers is not None}
     assert_lowers(programs)
 
 

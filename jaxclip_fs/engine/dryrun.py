@@ -253,6 +253,11 @@ def _report(config, machine: planner.Machine, decisions: Sequence[planner.Decisi
                          f"{len(e.program.cells):>5} {e.cost.flops / 1e9:>11.1f} "
                          f"{e.cost.bytes_accessed / 1e9:>9.1f} {planner.gib(e.memory):>12}")
             lines += [f"      {note}" for note in e.notes]
+            lines.append("      on one chip, the smallest part (not in the totals): " + "; ".join(
+                f"{a.name.replace('NVIDIA ', '').replace('Google ', '')} "
+                f"{_time(a.seconds(e.cost.flops, e.cost.bytes_accessed, dtype)).strip()}"
+                + ("" if e.memory <= planner.FIT_FRACTION * a.memory_bytes else
+                   f" (does not fit {a.memory_bytes / 2**30:.0f} GiB)") for a in accelerators))
             continue
         lines.append(f"  {d.program.name}: plan {d.plan} -- {d.reason}")
         for group in _equal_parts(d.estimates):

@@ -38,16 +38,19 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxclip_fs.engine import batch as batch_lib
 from jaxclip_fs.engine import cost as cost_lib
-from jaxclip_fs.engine import feature_program, image_program, sharding
+from jaxclip_fs.engine import feature_program, image_program, sharding, tower_program
 from jaxclip_fs.engine.planner import Estimate
 from jaxclip_fs.engine.rules import as_trained
 from jaxclip_fs.experiment.protocol import Rules
 from jaxclip_fs.experiment.plan import Program, Variant
 from jaxclip_fs.pipelines import images as images_lib
 from jaxclip_fs.pipelines.sizes import InputSizes
+from jaxclip_fs.train import tower_methods, towers
+from jaxclip_fs.train.fit import task_key
 
 _S = jax.ShapeDtypeStruct
 
@@ -309,3 +312,96 @@ def extraction_cost(clip, batch_images: int, images: int) -> cost_lib.Cost:
 
     once = cost_lib.lowered_cost(encode, params, pixels)
     return once * math.ceil(images / batch_images)
+
+
+# --- tower programs (methods trained through CLIP's towers) --------------------------------
+
+#: Prompt positions assumed when no tokenizer is at hand (a dry run): the template or the
+#: context plus a class name of up to 8 tokens, [SOS], "." and [EOS].
+CLASS_NAME_TOKENS = 8
+
+
+def prompt_length(declared) -> int:
+    """The prompts' length L (positions up to the longest end-of-text token) assumed for a
+    dry run's shapes (module constant :data:`CLASS_NAME_TOKENS`)."""
+    if declared.adaptation == "context":
+        return min(77, int(declared.option("n_ctx", 16)) + CLASS_NAME_TOKENS + 3)
+    return min(77, 5 + CLASS_NAME_TOKENS + 3)  # "a photo of a {}."
+
+
+def tower_estimate(program: Program, variant: Variant, clip, sizes: ImageSizes, *,
+                   rules: Rules, train_dtype: str, batch_images: int, mesh,
+                   keep_logits: bool = False, mode: str | None = None,
+                   remat: bool = False, tokens: int | None = None) -> Estimate:
+    """XLA's numbers of a tower program (:mod:`~jaxclip_fs.engine.tower_program`): the
+    training program of every cell -- forward *and backward* through the towers, every
+    step -- and the prediction streams; for CoOp also the encoding of the pool's views.
+
+    Args:
+      train_dtype: the towers' compute dtype; remat: blocks rematerialised.
+      tokens: the prompts' length L (default :func:`prompt_length`).
+    """
+    method, config = variant.method, clip.config
+    declared = method.towers
+    dataset = program.datasets[0]
+    model = tower_program.tower_model(config, train_dtype, remat)
+    resolved = variant.resolve(dataset, config.embed_dim, search=rules.searches)
+    recipe = tower_methods.recipe(declared, model, resolved.values, dataset == "imagenet")
+    cells, kmax, c = len(program.cells), max(program.shots), sizes.num_classes
+    fit_mesh = image_program.fit_mesh(mesh, cells)
+    devices = fit_mesh.devices.size
+    padded = sharding.padded_length(cells, fit_mesh)
+    take = [min(i, cells - 1) for i in range(padded)]
+    masks = np.stack([np.broadcast_to(np.arange(kmax) < program.cells[i].shots, (c, kmax))
+                      for i in take]).astype(np.float32)
+    steps = towers.max_steps(recipe, masks)
+    length = tokens or prompt_length(declared)
+    variables = jax.tree.map(lambda x: _S(x.shape, x.dtype), clip.params)
+    frozen = {"clip": variables, "tokens": _S((c, length), jnp.int32)}
+    if declared.adaptation == "lora" and "text" not in tower_methods.lora_spec(declared).towers:
+        frozen["text"] = _S((c, config.embed_dim), jnp.float32)
+    size = config.image_size
+    if declared.pool == "features":
+        pool = _S((sizes.views, sizes.pool, config.embed_dim), jnp.float32)
+    else:
+        pool = _S((1, sizes.pool, size, size, 3), jnp.uint8)
+    keys = jax.eval_shape(jax.vmap(task_key), _S((padded,), jnp.int32))
+    tasks = towers.TowerTask(_S((padded, c, kmax), jnp.int32), _S((padded, c, kmax), jnp.float32),
+                             keys)
+    start = jax.eval_shape(functools.partial(towers.init_seeds, recipe), tasks)
+    train = functools.partial(towers.train_seeds, recipe, steps=steps)
+    per_cell = (tasks, start)
+    args = (*_sharded((frozen, pool), sharding.replicated(fit_mesh)),
+            *_sharded(per_cell, sharding.task_sharding(fit_mesh)))
+    fit = _stage(jax.jit(train), train, args, (frozen, pool, *per_cell),
+                 cost_lib.nbytes((frozen, pool))
+                 + _per_device((tasks.index, tasks.mask, start), devices), mode)
+
+    stream_mode = None if mode is None else "memory"
+    pixels = _S((batch_images, size, size, 3), jnp.uint8)
+    stream_frozen = {"clip": variables, "text": _S((c, config.embed_dim), jnp.float32),
+                     "logit_scale": _S((), jnp.float32)}
+    bundle = (start, _S((padded, c, config.embed_dim), jnp.float32), _S((c,), jnp.float32))
+    fetch = (images_lib.trunk_fetch(clip.model, (), augment_views=False)
+             if declared.pool == "features" else images_lib.pixels_fetch)
+    run = images_lib._through_trunk(tower_methods.predict_fn(declared, model, keep_logits), fetch)
+    arguments = ((stream_frozen, bundle), pixels)
+    streams = [_stage(jax.jit(run), run, arguments, arguments, cost_lib.nbytes(arguments),
+                      stream_mode, times=math.ceil(n / batch_images))
+               for n in (sizes.test, *sizes.ood_test)]
+    fixed = sum((s.cost for s in streams), cost_lib.ZERO)
+    if declared.pool == "features":  # the pool's views encoded once by the frozen image tower
+        fixed = fixed + extraction_cost(clip, batch_images, sizes.pool * sizes.views)
+    numbers = sum(int(np.prod(leaf.shape[1:])) for leaf in jax.tree.leaves(start))
+    notes = [f"cells {cells} over {devices} device(s) (padded to {padded}); support pool "
+             f"{sizes.pool} images, {c} classes x {kmax} shots",
+             f"trained through the towers ({declared.adaptation}, {numbers} numbers per cell), "
+             f"forward and backward every step: {steps} steps of batch {recipe.batch_size}; "
+             f"pool: {declared.pool}"
+             + (f" of {sizes.views} views" if declared.pool == "features" else
+                " cropped on device") + f"; compute {train_dtype}"
+             + (", blocks rematerialised" if remat else "") + f"; prompts {length} tokens",
+             f"nothing selected (final iterate); streams: test {sizes.test}"
+             + (f", OOD {', '.join(map(str, sizes.ood_test))}" if sizes.ood_test else "")
+             + f" images in batches of {batch_images}"]
+    return _estimate(program, [fit] + streams, fit, devices, notes, fixed)

@@ -149,7 +149,7 @@ def plan_run(config: config_lib.ExperimentConfig, variants: Mapping[str, Variant
         started = time.perf_counter()
         variant = variants[program.method]
         measure = _measure(program, variant, sizes, config, mesh, ood_of, requests,
-                           keep_params(variant), keep_logits)
+                           keep_params(variant), keep_logits, budget=here.budget)
         image = variant.method.inputs not in FEATURE_KINDS
         try:
             decision = planner.decide(program, config.execution.plan, here, measure,
@@ -211,8 +211,13 @@ def _resolve(variant: Variant, dataset: str, sizes: Sizes, search: bool):
 
 
 def _measure(whole: Program, variant: Variant, sizes: Sizes, config, mesh, ood_of, requests,
-             keep_params: bool, keep_logits: bool) -> planner.Measure:
-    """``measure(program, mode)`` for the parts of ``whole`` (memoised per part and mode)."""
+             keep_params: bool, keep_logits: bool, budget: int | None = None) -> planner.Measure:
+    """``measure(program, mode)`` for the parts of ``whole`` (memoised per part and mode).
+
+    A tower program whose compiled memory exceeds ``budget`` (bytes per device) is measured
+    again with its blocks rematerialised, and those numbers are kept when smaller (the
+    estimate's ``options`` say ``remat``; the run follows them: the same results, less
+    memory for more compute)."""
     kind = variant.method.inputs
     rules = rules_of(config, whole.protocol, variant, whole.datasets[0])
     ood = tuple(ood_of.get(whole.datasets[0], ()))
@@ -235,6 +240,27 @@ def _measure(whole: Program, variant: Variant, sizes: Sizes, config, mesh, ood_o
                 ood_test=tuple(sizes.test_size(kind, o, whole.datasets[0], variant.label)
                                for o in ood),
                 mesh=mesh, keep_params=keep_params, keep_logits=keep_logits, mode=mode)
+        elif variant.method.towers is not None:
+            clip = sizes.clip(variant.label)
+            source = sizes.sources.provider("images", variant.label)
+            image = estimate_lib.image_sizes(
+                source, program.datasets[0], program, variant.method, clip, rules=rules,
+                request=requests("images", program.datasets[0]), ood=ood)
+
+            def tower(remat: bool):
+                return estimate_lib.tower_estimate(
+                    program, variant, clip, image, rules=rules, train_dtype=config.train_dtype,
+                    batch_images=config.extraction.batch_size, mesh=mesh,
+                    keep_logits=keep_logits, mode=mode, remat=remat)
+
+            result = tower(False)
+            if budget is not None and result.exact and result.memory > budget:
+                again = tower(True)
+                if again.memory < result.memory:
+                    result = dataclasses.replace(
+                        again, options=(("remat", True),),
+                        notes=again.notes + (f"blocks rematerialised: "
+                                             f"{planner.gib(result.memory)} per device without",))
         else:
             clip = sizes.clip(variant.label)
             source = sizes.sources.provider("images", variant.label)

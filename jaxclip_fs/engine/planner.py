@@ -84,6 +84,9 @@ class Estimate:
       analysis_seconds: how long tracing it and lowering its loop bodies for
         :func:`~jaxclip_fs.engine.cost.lowered_cost` took (never cached: a
         measure of its size when the compilation came from a cache).
+      options: how the program must run for these numbers, ``((name, value), ...)``
+        (a tower program: ``remat`` -- its blocks rematerialised, chosen where memory
+        demands it).
     """
 
     program: Program
@@ -95,6 +98,7 @@ class Estimate:
     devices: int = 1
     notes: tuple[str, ...] = ()
     analysis_seconds: float = 0.0
+    options: tuple[tuple[str, object], ...] = ()
 
     @property
     def peak(self) -> int | None:

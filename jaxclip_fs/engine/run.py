@@ -21,10 +21,13 @@ grid) and ``demo`` call:
 5. run each program on the device mesh -- the feature program
    (:mod:`~jaxclip_fs.engine.feature_program`) for ``features`` / ``paired``
    inputs, the image program (:mod:`~jaxclip_fs.engine.image_program`) for
-   ``images`` -- and, as soon as it finishes, hand the sink its params
-   (orbax) and then one record per cell (:mod:`~jaxclip_fs.engine.results`).
+   ``images``, the tower program (:mod:`~jaxclip_fs.engine.tower_program`) for
+   image methods trained through the CLIP's towers (``Method.towers``) -- and, as
+   soon as it finishes, hand the sink its params (orbax) and then one record per
+   cell (:mod:`~jaxclip_fs.engine.results`).
 
-Routing is by input kind only: no method is named here. An interruption
+Routing is by input kind (and what a method declares it trains through) only: no
+method is named here. An interruption
 loses at most the program in flight; a rerun skips finished cells.
 Multi-host: every process runs every program (each on its own devices);
 process 0 alone writes.
@@ -45,7 +48,9 @@ from jax.experimental import multihost_utils
 
 from jaxclip_fs.catalogue import is_random_weights
 from jaxclip_fs.engine import batch as batch_lib
-from jaxclip_fs.engine import feature_program, image_program, layout, outdir, planner, sharding
+from jaxclip_fs.engine import (
+    feature_program, image_program, layout, outdir, planner, sharding, tower_program,
+)
 from jaxclip_fs.engine.deliver import deliver
 from jaxclip_fs.engine.results import (
     CellResult, OODResult, cell_records, check_finite, losses_of, reported,
@@ -70,6 +75,7 @@ from jaxclip_fs.pipelines.features import (
 from jaxclip_fs.pipelines.images import ImageSource
 from jaxclip_fs.pipelines.paired import PairedFeatures
 from jaxclip_fs.pipelines.session import ClipSession
+from jaxclip_fs.train import towers as towers_lib
 from jaxclip_fs.train.trainer import epoch_views
 from jaxclip_fs.report.confusion import confusion_analysis, write_confusion
 
@@ -421,12 +427,13 @@ class _Inputs:
             self._oods[key] = [provider.ood(name, parent) for name in self.ood_of.get(dataset, ())]
         return self._oods[key]
 
-    def images(self, dataset: str, taps: tuple[str, ...], label: str):
-        key = (dataset, taps)
+    def images(self, dataset: str, taps: tuple[str, ...], label: str, *, path=None,
+               aug_scale=None):
+        key = (dataset, taps, path, aug_scale)
         if key not in self._images:
             source = self.sources.provider("images", label)
             self._images[key] = source.prepare(dataset, self.requests("images", dataset), taps,
-                                               self.log)
+                                               self.log, path=path, aug_scale=aug_scale)
         return self._images[key]
 
 
@@ -503,6 +510,8 @@ def _compute(config: config_lib.ExperimentConfig, sink: Sink, sources: Sources,
                                 keep_params=lambda v: keeps_params(config, v),
                                 keep_logits=sink.keep_logits)
     programs = [part for decision in decisions for part in decision.parts]
+    # how the planner's numbers were had (a tower program rematerialised where memory demands)
+    options = {e.program: dict(e.options) for d in decisions for e in d.estimates}
     for line in planner.describe(decisions):
         say(line)
     sink.plans(decisions)
@@ -520,6 +529,10 @@ def _compute(config: config_lib.ExperimentConfig, sink: Sink, sources: Sources,
             if variant.method.inputs in FEATURE_KINDS:
                 results, params, slots = _run_feature_program(program, variant, inputs, config,
                                                               mesh, sink)
+            elif variant.method.towers is not None:
+                results, params, slots = _run_tower_program(
+                    program, variant, inputs, config, mesh, sink, say, show,
+                    remat=bool(options.get(program, {}).get("remat", False)))
             else:
                 results, params, slots = _run_image_program(program, variant, inputs, config,
                                                             mesh, sink)
@@ -685,6 +698,61 @@ def _run_image_program(program: Program, variant: Variant, inputs: _Inputs,
                  for i, q in enumerate(oods)],
             test_logits=out["test_logits"][t] if sink.keep_logits else None,
             confusion=confusion, params_row=[0, t], finite=bool(out["test_finite"][t])))
+    params = None
+    if keeps_params(config, variant):
+        params = jax.tree.map(lambda leaf: np.asarray(leaf)[None], out["params"])
+    return results, params, (program.cells,)
+
+
+def _run_tower_program(program: Program, variant: Variant, inputs: _Inputs,
+                       config: config_lib.ExperimentConfig, mesh, sink: Sink, say,
+                       progress: bool = False, remat: bool = False):
+    """A tower program (CoOp, CLIP-LoRA) → (cell results, params tree [1, T, ...] or None,
+    slots). Nothing is selected: the final iterate, ``val_size`` 0 (module
+    :mod:`~jaxclip_fs.engine.tower_program`)."""
+    (dataset,) = program.datasets
+    rules = rules_of(config, program.protocol, variant, dataset)
+    method = variant.method
+    declared = method.towers
+    source = inputs.sources.provider("images", program.method)
+    path = "cache" if declared.pool == "features" else "trunk"
+    data = inputs.images(dataset, (), program.method, path=path,
+                         aug_scale=tuple(declared.crop_scale))
+    resolved = _resolve(variant, dataset, inputs, rules)
+    oods = [source.ood(name, data) for name in inputs.ood_of.get(dataset, ())]
+    clip = source.session.clip()
+    model = tower_program.tower_model(clip.config, config.train_dtype, remat)
+    out = tower_program.run_tower_program(
+        program, method, data, resolved, oods=oods, rules=rules, mesh=mesh, model=model,
+        tokenizer=source.session.tokenizer(), keep_logits=sink.keep_logits,
+        limits=_limits(config), log=say, progress=progress)
+    provenance = {**data.meta, "compute_dtype": compute_dtypes(data.meta, method, config)}
+    length = method.training.length
+    results = []
+    for t, cell in enumerate(program.cells):
+        counts = type(out["counts"])(*(int(np.asarray(x)[t]) for x in out["counts"]))
+        final = float(out["test_accuracy"][t])
+        values = {**resolved.values,
+                  length: counts.epochs if length == "epochs" else counts.total}
+        results.append(CellResult(
+            cell=cell, method=method, provenance=provenance,
+            hyperparameters=method.used(values, {}, {}), searched=[],
+            accuracy=reported(rules.reported, final, {}, None), final_accuracy=final,
+            val_accuracy=None, val_size=0,
+            test_size=len(data.dataset.split("test")), num_classes=data.num_classes,
+            best_epoch=counts.epochs - 1,
+            epoch_losses=towers_lib.epoch_means(out["losses"][t], counts),
+            inputs={"trained_through": declared.adaptation, "pool": declared.pool,
+                    "views": int(np.shape(tower_program.training_pool(method, data))[0]),
+                    "crop_scale": list(declared.crop_scale), "steps": counts.total,
+                    "steps_per_epoch": counts.steps_per_epoch, "remat": remat,
+                    "selection": "none: the final iterate (official), nothing searched",
+                    "devices": out["devices"]},
+            ood=[OODResult(q.name, float(out["ood_accuracy"][t, i]), int(q.class_mask.sum()),
+                           len(q.indices), {**provenance, "dataset": q.name})
+                 for i, q in enumerate(oods)],
+            test_logits=out["test_logits"][t] if sink.keep_logits else None,
+            params_row=[0, t], finite=bool(out["test_finite"][t])))
     params = None
     if keeps_params(config, variant):
         params = jax.tree.map(lambda leaf: np.asarray(leaf)[None], out["params"])

@@ -119,7 +119,9 @@ def rules(protocol: str, method: Method, dataset: str, *, sampler: str | None = 
     if sampler is not None and sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got '{sampler}'")
     own = ("val" if method.epoch_selection == "validation" else "final") if method.trains else None
-    if protocol == "validation_free":
+    if protocol == "validation_free" or (method.towers is not None and protocol != "paper"):
+        # (a method trained through the towers searches nothing and keeps its final iterate
+        # under every protocol, as its official code: no validation row is read)
         return Rules(protocol, "none", "final" if method.trains else None, "none", "final",
                      sampler or "nested", prompts)
     official = method.official

@@ -345,6 +345,9 @@ class Method:
       option_values: the options this instance was built with.
       bind: image methods: ``ImageSpec -> Method`` bound to a CLIP.
       taps: a bound image method: the CLIP taps its inputs need.
+      towers: a method trained through the CLIP's towers (CoOp, CLIP-LoRA): what it
+        adapts (:class:`~jaxclip_fs.methods.images.TowerTraining`); the engine runs its
+        training and prediction (``engine/tower_program.py``), not ``init`` / ``loss``.
     """
 
     card: Card
@@ -356,6 +359,7 @@ class Method:
     option_values: Mapping[str, str] = dataclasses.field(default_factory=dict)
     bind: Callable[[Any], "Method"] | None = None
     taps: tuple[str, ...] = ()
+    towers: Any = None
 
     # --- who ---------------------------------------------------------------------------------
     @property
@@ -562,7 +566,7 @@ def check_method(method: Method) -> Method:
         if value not in option.choices:
             fail(f"option {option.name}={value} is not one of {option.choices}")
     if method.inputs == "images":
-        if method.bind is None and not method.taps:
+        if method.bind is None and not method.taps and method.towers is None:
             fail("an image method needs bind(spec)")
         if method.trains and method.epoch_selection != "final":
             fail("an image method keeps its final epoch (validation per epoch would run the "

@@ -65,3 +65,41 @@ class ImageSpec:
 def needs_binding(*args, **kwargs):
     """Stands in for an image method's functions until ``Method.bind(spec)`` provides them."""
     raise RuntimeError("an image method must be bound to a CLIP first: Method.bind(spec)")
+
+
+#: What a method trained through CLIP's towers adapts: ``context`` -- learned context
+#: vectors the text tower reads (prompt learning); ``lora`` -- low-rank factors in the
+#: attention projections of the towers.
+ADAPTATIONS = ("context", "lora")
+#: The support pool such a method trains on: the frozen image tower's ``features`` of
+#: augmented views (computed once), or ``pixels`` (cropped on device every step).
+TOWER_POOLS = ("features", "pixels")
+
+
+@dataclasses.dataclass(frozen=True)
+class TowerTraining:
+    """How a method trains *through* the frozen CLIP's towers (hashable; the engine's tower
+    program builds the training recipe from it -- ``methods/`` never sees the CLIP module).
+
+    Attributes:
+      adaptation: one of :data:`ADAPTATIONS`.
+      pool: one of :data:`TOWER_POOLS`.
+      crop_scale: RandomResizedCrop area range of the training views.
+      options: the adaptation's structural settings, ``((name, value), ...)``
+        (context: ``init`` -- ``random`` or a phrase, ``n_ctx``; LoRA: ``rank``,
+        ``alpha``, ``dropout``, ``params``, ``position``, ``encoder``).
+    """
+
+    adaptation: str
+    pool: str
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self):
+        if self.adaptation not in ADAPTATIONS:
+            raise ValueError(f"adaptation must be one of {ADAPTATIONS}, got {self.adaptation!r}")
+        if self.pool not in TOWER_POOLS:
+            raise ValueError(f"pool must be one of {TOWER_POOLS}, got {self.pool!r}")
+
+    def option(self, name: str, default: Any = None) -> Any:
+        return dict(self.options).get(name, default)

@@ -66,8 +66,8 @@ def in_compute_dtype(method: Method, dtype: str) -> Method:
     if dtype not in COMPUTE_DTYPES:
         raise ConfigError(f"compute dtype must be one of {', '.join(COMPUTE_DTYPES)}, "
                           f"got '{dtype}'")
-    if dtype == "float32" or not method.trains:
-        return method
+    if dtype == "float32" or not method.trains or method.towers is not None:
+        return method  # (a tower method computes in the dtype of the CLIP it trains through)
     own = method.option_values.get("dtype", "float32")
     if own != "float32":
         raise ConfigError(

@@ -169,6 +169,12 @@ def _trunk_fetch(model, tap_names: tuple[str, ...], augment_views: bool,
     return fetch
 
 
+def pixels_fetch(frozen, key, pixels):
+    """``fetch`` handing the pixels on as they are (a stream whose function runs its own CLIP)."""
+    del frozen, key
+    return pixels
+
+
 def cache_fetch(frozen, key, rows) -> ImageInputs:
     """``fetch`` of the tap-cache path: rows ``{"taps": (arrays), "features": [B, E]}``."""
     del key
@@ -318,15 +324,17 @@ class ImageData:
                         np.ones(self.num_classes, np.float32))
 
     def stream(self, queries: QuerySet, fn: Callable, bundle: Any,
-               desc: str | None = None) -> dict[str, np.ndarray]:
+               desc: str | None = None, *, trunk: bool = True) -> dict[str, np.ndarray]:
         """``fn(frozen, bundle, inputs)`` over the query images, in fixed batches → numpy [M, ...].
 
         Each batch goes through the frozen trunk once (no augmentation); ``fn``
         (hashable: it keys the compiled program) maps ``(frozen, bundle,
         inputs)`` -- the frozen arrays, ``bundle`` and the batch's
-        :class:`ImageInputs` -- to ``{name: [B, ...]}``.
+        :class:`ImageInputs` -- to ``{name: [B, ...]}``. With ``trunk=False``
+        ``inputs`` is the batch's uint8 pixels [B, S, S, 3] (CLIP's evaluation
+        transform) instead: ``fn`` runs its own CLIP (e.g. an adapted one).
         """
-        return self._source.stream(self, queries, fn, bundle, desc)
+        return self._source.stream(self, queries, fn, bundle, desc, trunk=trunk)
 
 
 class ImageSource:
@@ -355,14 +363,22 @@ class ImageSource:
         return image_spec(self.session.clip())
 
     def prepare(self, name: str, request, taps: Sequence[str],
-                log: Callable[[str], None] | None = None) -> ImageData:
+                log: Callable[[str], None] | None = None, *, path: str | None = None,
+                aug_scale: tuple[float, float] | None = None) -> ImageData:
         """The support pool of a :class:`~jaxclip_fs.pipelines.features.Request` (its seeds
         up to its largest shot count, and its official draws) on the chosen training path.
+
+        ``path`` / ``aug_scale`` override the settings' (methods trained through the
+        towers: CoOp's pool is the image features of augmented views -- ``cache`` without
+        taps --, CLIP-LoRA's the pixels -- ``trunk``; both crop with area 0.08-1).
 
         Raises:
           ConfigError: a bad setting. DataError: too few images for ``shots``.
         """
         s, x, o = self.session, self.session.extraction, self.settings
+        if path is not None or aug_scale is not None:
+            o = dataclasses.replace(o, train_path=path or o.train_path,
+                                    aug_scale=tuple(aug_scale or o.aug_scale))
         views = self.cache_views()
         clip, dataset = s.clip(), s.dataset(name)
         text = s.text(name, request.prompts)
@@ -431,9 +447,9 @@ class ImageSource:
                         class_mask)
 
     def stream(self, data: ImageData, queries: QuerySet, fn: Callable, bundle: Any,
-               desc: str | None) -> dict[str, np.ndarray]:
+               desc: str | None, *, trunk: bool = True) -> dict[str, np.ndarray]:
         clip, s = self.session.clip(), self.session
-        fetch = trunk_fetch(clip.model, data.taps, augment_views=False)
+        fetch = trunk_fetch(clip.model, data.taps, augment_views=False) if trunk else pixels_fetch
         size = clip.config.image_size
         split = queries.dataset.split(queries.split)
         indices = queries.indices

@@ -265,3 +265,23 @@ def run_seeds(recipe: TowerRecipe, frozen: Any, pool: Any, tasks: TowerTask, sta
     """
     return jax.vmap(functools.partial(run_task, recipe, steps=steps),
                     in_axes=(None, None, 0, 0, None))(frozen, pool, tasks, state, first_step)
+
+
+@functools.lru_cache(maxsize=16)
+def tower_model(config, dtype: str = "float32", remat: bool = False):
+    """The :class:`~jaxclip_fs.clip.model.CLIP` module a tower method trains through: compute
+    ``dtype`` (``float32`` / ``bfloat16``; parameters, adaptations and optimiser stay float32)
+    and ``remat`` (each block's activations recomputed in the backward pass). Equal arguments
+    give the same module (it keys compiled programs)."""
+    from jaxclip_fs.clip.model import CLIP
+
+    return CLIP(config, jnp.bfloat16 if dtype == "bfloat16" else jnp.float32, remat=remat)
+
+
+def epoch_means(losses, counts: StepCounts) -> list[float]:
+    """Per-epoch mean of one task's step losses [steps] (host side; steps past its total and
+    NaN entries dropped): epoch e is steps ``e·P .. e·P + P - 1``."""
+    losses = np.asarray(losses, np.float64)[:int(counts.total)]
+    per = max(1, int(counts.steps_per_epoch))
+    return [float(np.nanmean(losses[e:e + per])) for e in range(0, losses.shape[0], per)
+            if np.isfinite(losses[e:e + per]).any()]
