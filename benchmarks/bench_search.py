@@ -230,7 +230,7 @@ def main():
     for name, order, method, hp, grid, point_fn, state_of, work in runs:
         params = jax.jit(method.init)(None, task, as_arrays(hp))
         out, first, steady, _ = ours(method, task, val, hp, grid, params=params, flops=False,
-                                     repeats=2)
+                                     repeats=3)
         choice, previous = "(previous search skipped)", float("nan")
         if args.previous:
             old, _, previous, _ = ours(method, task, val, hp, grid, params=params,
