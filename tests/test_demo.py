@@ -78,3 +78,19 @@ def test_demo_errors_are_one_line(tmp_path, capsys, argv, needle):
     assert cli.main(argv + ["--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and needle in err and "\n" not in err
+
+
+def test_the_demos_default_leaves_out_the_tower_methods_unless_named(tmp_path):
+    from jaxclip_fs import methods
+
+    model = demo.DemoModel("tiny-vit", "random", True)
+    towers = {n for n in methods.names() if methods.get(n).towers is not None}
+    assert {"coop", "clip_lora"} <= towers
+
+    def names(method):
+        args = cli.build_parser().parse_args(["demo", "--out", str(tmp_path), "--method", method])
+        return {m.name for m in demo.demo_config(args, model, str(tmp_path / "imo")).methods}
+
+    default = names("all")
+    assert not default & towers and {"zero_shot", "ldc", "ta_pp", "proker"} <= default
+    assert names("coop,clip_lora") == {"coop", "clip_lora"}

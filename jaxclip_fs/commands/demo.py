@@ -1,6 +1,8 @@
 """``jaxclip-fs demo``: the whole pipeline offline on scikit-learn's ``digits``, in a few minutes.
 
-Every registered method × shots 1, 2, 4, 8, 16 × seeds 1, 2, 3 on ``digits``
+Every registered method (but those trained through CLIP's towers, which take thousands of
+steps per cell: ``--method coop,clip_lora`` runs them) × shots 1, 2, 4, 8, 16 × seeds 1, 2, 3
+on ``digits``
 (10 classes, 8x8 greyscale digits served as 32x32 RGB), through the same
 engine as ``jaxclip-fs run``: features extracted once (cached, so a second
 demo skips the encoder), one compiled program per method, records, then the
@@ -123,7 +125,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="variant (default: ViT-B/32 with real weights, tiny-vit random)")
     p.add_argument("--out", default="jaxclip-fs-demo", metavar="DIR",
                    help="run directory (default ./jaxclip-fs-demo)")
-    p.add_argument("--method", default="all", metavar="M1,M2,...", help="default: all")
+    p.add_argument("--method", default="all", metavar="M1,M2,...",
+                   help="default: all, except the methods trained through CLIP's towers "
+                        "(coop, clip_lora: name them to run them)")
     flags.add(p, ("grid.shots", "grid.seeds"))
     flags.add(p, ("extraction.views", "execution.cache_dir"), defaults={"extraction.views": 3})
     p.add_argument("--quiet", action="store_true", help="no progress bars (messages stay)")
@@ -140,6 +144,8 @@ def demo_config(args: argparse.Namespace, model: DemoModel, imo_dir: str | None)
     vit = get_config(model.backbone).is_vit
     kinds = common.input_kinds(False, imo_adapters=vit)
     names = common.selected_methods(args.method, kinds)
+    if args.method.strip() == "all":  # towers: thousands of steps through CLIP, not a demo's
+        names = tuple(n for n in names if methods.get(n).towers is None)
     paired = any(methods.get(name).inputs == "paired" for name in names)
     return common.experiment_config(
         argparse.Namespace(backbone=model.backbone, weights=model.weights, views=args.views,
