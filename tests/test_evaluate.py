@@ -24,6 +24,7 @@ from jaxclip_fs.methods.task import make_evalset
 from jaxclip_fs.methods.task import make_task as task_of
 from jaxclip_fs.train.fit import task_key
 from runs import fit_select_predict, pad_evalset
+from numpy_ref import unit as _normalize
 
 C, D = 6, 16
 
@@ -40,10 +41,6 @@ def feature_file(tmp_path_factory):
 def build_task(fs, shots, seed):
     """The (seed, shots) task of a feature set, as the engine builds it."""
     return task_of(fs.train[:, support_index(fs, shots, seed)], fs.text, fs.logit_scale)
-
-
-def _normalize(x):
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
 def test_cli_writes_logits_and_record(feature_file, tmp_path, capsys):

@@ -17,6 +17,7 @@ from jaxclip_fs.io import checkpoints
 from jaxclip_fs.methods.base import as_arrays, logits
 from jaxclip_fs.methods.task import make_task
 from jaxclip_fs.train import imo
+from numpy_ref import unit as _unit
 
 
 @pytest.fixture(scope="module")
@@ -106,10 +107,6 @@ def _paired_task(seed, identical=False):
     if identical:
         queries[:, :6] = queries[:, 6:]
     return make_task(np.concatenate([adapted, original], -1), text, 50.0), queries, text
-
-
-def _unit(x):
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
 def _kl(f, keys, text):

@@ -23,6 +23,7 @@ from jaxclip_fs.methods.optimizers import Optimizer, cosine_decay
 from jaxclip_fs.pipelines.features import GivenFeatures
 
 from test_sweep import read_records
+from numpy_ref import unit as _unit
 
 SHOTS, SEEDS = (1, 4), (1, 2)
 FS = make_task(3, num_classes=5, dim=12, shots=4, views=1, val_per_class=3, test_per_class=9)
@@ -84,10 +85,6 @@ def ridge_probe():
 
 
 # --- their NumPy restatements ------------------------------------------------------------------
-
-def _unit(x):
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
 
 def _support(shots, seed):
     """The cell's support (the nested sampler's rows), L2-normalised, and its labels."""

@@ -24,12 +24,9 @@ from jaxclip_fs.methods.search import grid_search
 from jaxclip_fs.methods.task import make_evalset, make_task, stack
 
 from test_linalg import _lapack_matrix_shapes
+from numpy_ref import unit as _normalize
 
 C, K, V, D, M = 4, 3, 3, 8, 9
-
-
-def _normalize(x):
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
 @pytest.fixture(scope="module")

@@ -16,17 +16,9 @@ from jaxclip_fs import methods
 from jaxclip_fs.methods import ape as ape_lib
 from jaxclip_fs.methods.base import as_arrays, logits
 from jaxclip_fs.methods.task import make_task
+from numpy_ref import unit as _normalize, softmax as _softmax
 
 C, K, V, D, M = 4, 3, 3, 8, 7
-
-
-def _normalize(x):
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
-def _softmax(x):
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
 
 
 @pytest.fixture(scope="module")

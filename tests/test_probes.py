@@ -32,6 +32,7 @@ from runs import pad_task
 
 from oracles import lazy
 from test_sweep import read_records
+from numpy_ref import unit as _unit, softmax as _softmax
 
 torch = lazy("torch")
 
@@ -40,15 +41,6 @@ N = C * K
 # CLIP's scale is 100; at 20 no class's gradient sinks to float32 rounding (which Adam would
 # normalise into whole steps), so the float64 references stay comparable
 TAU = 20.0
-
-
-def _unit(x):
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
-def _softmax(z):
-    e = np.exp(z - z.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
 
 
 @pytest.fixture(scope="module")
